@@ -1,0 +1,174 @@
+"""RunConfig: the one frozen, serialisable description of a training run (logged to MLflow, saved in checkpoints).
+
+Defaults are the demo scale on the built-in synthetic data (so `python -m fcn.train` finishes in minutes on a laptop
+CPU); `--preset paper` sets the paper's scale. Paper facts cite PAPER.md; [D]/[U] mark derived/unknown choices.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any
+
+from fcn.errors import UserError
+from fcn.frontends import INPUTS, FrontEndParams
+from fcn.models import DEPTHS
+
+DATASETS = ("mtat", "msd")
+
+# Paper scale [C]: the full model on 29.12 s clips.
+PAPER_WIDTH = 1.0
+PAPER_CLIP_SECONDS = 29.12
+# [U] The paper does not give its training recipe. The sibling CRNN paper used Adam with defaults and early stopping
+# on validation AUC [C2]; Won et al. 2020 used batch 16. Max epochs and patience are ours.
+PAPER_LR = 1e-3
+PAPER_BATCH = 16
+PAPER_EPOCHS = 100
+PAPER_PATIENCE = 10
+
+# Demo scale [D]: an eighth of the widths on 4 s clips, so the whole 30-cell grid trains on 2 CPU cores in minutes.
+DEMO_WIDTH = 0.125
+DEMO_CLIP_SECONDS = 4.0
+
+
+def _f(default: Any, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # --- what to run (the cell) ---
+    dataset: str = _f("mtat", "data set layout: mtat (MagnaTagATune) or msd (Million Song Dataset)", choices=DATASETS)
+    input: str = _f("mel", "front end: mel (96 rows), stft (128 rows) or mfcc (30+Δ+ΔΔ = 90 rows)", choices=INPUTS)
+    depth: int = _f(4, "FCN depth, 3..7 (PAPER.md's architecture table)", choices=DEPTHS)
+    seed: int = _f(0, "seed of weights, data order and dropout")
+    # --- data ---
+    data_root: str = _f("", "root of the real data set (MTAT: folder with annotations_final.csv and 0..f/; MSD: "
+                            "folder with lastfm_tags.db); empty = the built-in synthetic set in the same layout")
+    splits_dir: str = _f("", "folder of split lists (MTAT clean split: Lee/Won lists; MSD: Choi's lists); "
+                             "empty = <data_root>/splits")
+    split: str = _f("folder", "MTAT split: folder (0-b / c / d-f) or clean (Lee/Won lists); MSD always uses "
+                              "Choi's split", choices=("folder", "clean"))
+    store: str = _f("", "HDF5 feature store; empty = <data_dir>/<name>.h5, built on first use")
+    data_dir: str = _f("data", "where built-in data sets and derived feature stores are kept")
+    synth_clips: int = _f(1200, "size of the built-in synthetic data set (clips)")
+    train_fraction: float = _f(1.0, "fraction of the training split used (RQ4: data size)")
+    # --- model and front end ---
+    width: float = _f(DEMO_WIDTH, "channel multiplier; 1.0 is the paper's model [demo 0.125]")
+    clip_seconds: float = _f(DEMO_CLIP_SECONDS, "clip length fed to the front end; the paper's is 29.12 [demo 4.0]")
+    # --- optimisation ---
+    batch_size: int = _f(32, "per-process batch size [paper preset 16, U]")
+    lr: float = _f(PAPER_LR, "Adam learning rate [U: Adam defaults, as in the sibling CRNN paper]")
+    epochs: int = _f(15, "maximum epochs")
+    patience: int = _f(4, "early stopping: epochs without a better validation ROC-AUC")
+    # --- runtime ---
+    device: str = _f("auto", "auto (cuda if available), cpu, or cuda", choices=("auto", "cpu", "cuda"))
+    amp: str = _f("auto", "autocast: auto (bf16 on CUDA, off on CPU), bf16, or off", choices=("auto", "bf16", "off"))
+    channels_last: bool = _f(True, "channels_last memory format (faster with oneDNN and cuDNN)")
+    num_workers: int = _f(0, "DataLoader worker processes per training process")
+    threads: int = _f(0, "torch CPU threads per process; 0 = all cores divided among local processes")
+    # --- where results go ---
+    out_dir: str = _f("runs", "run directories (checkpoints, metrics.json) and the default SQLite MLflow store")
+    experiment: str = _f("fcn", "MLflow experiment name")
+    tracking_uri: str = _f("", "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///<out_dir>/mlflow.db")
+    parent_run_id: str = _f("", "MLflow parent run (set by the harness for sweeps)")
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type == "float" and isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, f.name, float(v))
+                v = float(v)
+            want = {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+            if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                raise UserError(f"config field {f.name}={v!r} must be {f.type}")
+            choices = f.metadata.get("choices")
+            if choices and v not in choices:
+                raise UserError(f"unknown {f.name} {v!r}: choose one of {', '.join(map(str, choices))}")
+        if not 0 < self.train_fraction <= 1:
+            raise UserError(f"train_fraction={self.train_fraction} must be in (0, 1]")
+        for name in ("width", "clip_seconds", "lr"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be positive")
+        for name in ("batch_size", "epochs", "patience", "synth_clips"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1")
+
+    # The cell's stable key, e.g. mtat-mel-fcn4-s0 (RQ4 runs on part of the data get a suffix).
+    @property
+    def key(self) -> str:
+        k = f"{self.dataset}-{self.input}-fcn{self.depth}-s{self.seed}"
+        return k if self.train_fraction == 1.0 else f"{k}-f{self.train_fraction:g}"
+
+    @property
+    def frontend(self) -> FrontEndParams:
+        return FrontEndParams.for_seconds(self.clip_seconds)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise UserError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def replace(self, **kw) -> "RunConfig":
+        unknown = set(kw) - {f.name for f in fields(self)}
+        if unknown:
+            raise UserError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        return replace(self, **kw)
+
+
+# Presets are plain override sets applied before command-line flags; the resulting config records every value.
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "paper": dict(width=PAPER_WIDTH, clip_seconds=PAPER_CLIP_SECONDS, batch_size=PAPER_BATCH, lr=PAPER_LR,
+                  epochs=PAPER_EPOCHS, patience=PAPER_PATIENCE, num_workers=4),
+}
+
+
+def _parse_bool(s: str) -> bool:
+    low = s.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One --flag per RunConfig field (type-checked by argparse; unknown flags are errors) plus --preset."""
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
+                        help="demo: small model on 4 s clips (CPU minutes); paper: the paper's scale (GPU)")
+    parser.add_argument("--config", default="", metavar="JSON",
+                        help="a whole run config as a JSON file (as saved in metrics.json); flags override it")
+    for f in fields(RunConfig):
+        if f.name in skip:
+            continue
+        typ = {"int": int, "float": float, "str": str, "bool": _parse_bool}[f.type]
+        default = f.default if f.default is not MISSING else None
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=typ, default=None,
+            choices=f.metadata.get("choices") if f.type != "bool" else None,
+            metavar=f.type.upper() if not f.metadata.get("choices") else None,
+            help=f"{f.metadata['help']} (default: {default!r})",
+        )
+
+
+def config_from_args(args: argparse.Namespace, **extra) -> RunConfig:
+    values = dict(PRESETS[args.preset])
+    if getattr(args, "config", ""):
+        try:
+            with open(args.config) as f:
+                values.update(RunConfig.from_dict(json.load(f)).to_dict())
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read --config {args.config}: {e}")
+    values.update({f.name: getattr(args, f.name) for f in fields(RunConfig)
+                   if getattr(args, f.name, None) is not None})
+    values.update(extra)
+    return RunConfig(**values)

@@ -1,0 +1,149 @@
+"""MLflow: where runs go, whether the server is up, and the one run of each cell (never two).
+
+mlflow is imported inside the functions: a worker that never logs should not pay its import time.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from fcn.errors import UserError
+
+CELL_TAG = "cell_key"
+
+
+def resolve_uri(tracking_uri: str, out_dir: str) -> str:
+    """The --tracking-uri, else $MLFLOW_TRACKING_URI, else a SQLite store beside the run directories."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    return uri or f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+def artifact_root(uri: str, out_dir: str) -> str | None:
+    """For a local store, artifacts beside it (not in ./mlruns of whatever directory a job starts in)."""
+    if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
+        return (Path(out_dir).resolve() / "mlartifacts").as_uri()
+    return None  # a server decides (--serve-artifacts)
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """One clear line when the tracking server is down, before any work starts."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise OSError(f"HTTP {r.status}")
+        except (OSError, urllib.error.URLError) as e:
+            reason = getattr(e, "reason", e)
+            raise UserError(f"MLflow tracking server {uri} is not reachable ({reason}): start it, or pass "
+                            f"--tracking-uri of a running one (or leave it empty for a local SQLite store)")
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the MLflow store's folder {db.parent}: {e}")
+
+
+def client(uri: str):
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network at run time
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Updating database tables" etc. on every start
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(c, name: str, artifact_location: str | None) -> str:
+    """Get or create; safe when many jobs start at once (the loser of a creation race reads the winner's)."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(5):
+        exp = c.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                c.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        try:
+            return c.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:
+            time.sleep(0.2 * (attempt + 1))
+    raise UserError(f"could not create or find MLflow experiment {name!r}")
+
+
+def cell_runs(c, exp_id: str, key: str) -> list:
+    """All live runs of a cell, oldest first."""
+    runs = c.search_runs([exp_id], filter_string=f"tags.{CELL_TAG} = '{key}'", max_results=100)
+    return sorted(runs, key=lambda r: r.info.start_time or 0)
+
+
+def is_finished(run) -> bool:
+    return run.info.status == "FINISHED" and "test_roc_auc" in run.data.metrics
+
+
+class Tracker:
+    """MLflow logging of one cell from rank 0. After the start, a failing server costs a warning, not the run:
+    metrics.json and the checkpoints stay the truth, and the next run of the command re-syncs the final result."""
+
+    def __init__(self, uri: str, experiment: str, out_dir: str, enabled: bool = True):
+        self.uri, self.enabled, self.run_id, self._warned = uri, enabled, None, False
+        self.exp_id = None
+        if enabled:
+            self.c = client(uri)
+            self.exp_id = experiment_id(self.c, experiment, artifact_root(uri, out_dir))
+
+    def start(self, key: str, params: dict, tags: dict, run_id: str | None = None) -> str | None:
+        """Continue `run_id` (from a checkpoint), else the cell's existing unfinished run, else a new one."""
+        if not self.enabled:
+            return None
+        if run_id is None:
+            existing = [r for r in cell_runs(self.c, self.exp_id, key) if not is_finished(r)]
+            run_id = existing[-1].info.run_id if existing else None
+        if run_id is None:
+            run = self.c.create_run(self.exp_id, run_name=key, tags={CELL_TAG: key, **tags})
+            run_id = run.info.run_id
+            self._call(self._log_params, run_id, params)
+        else:
+            self._call(self.c.update_run, run_id, status="RUNNING")
+        self.run_id = run_id
+        return run_id
+
+    def _log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        self.c.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def _call(self, fn, *a, **kw):
+        for attempt in range(3):  # SQLite stores shared by parallel cells can be briefly locked
+            try:
+                return fn(*a, **kw)
+            except Exception as e:  # noqa: BLE001 - any tracking failure is survivable
+                if attempt == 2:
+                    if not self._warned:
+                        print(f"warning: MLflow logging to {self.uri} failed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}); training goes on, rerun the command to re-sync",
+                              file=sys.stderr)
+                        self._warned = True
+                    return None
+                time.sleep(0.5 * (attempt + 1))
+
+    def metrics(self, values: dict, step: int | None = None) -> None:
+        if not (self.enabled and self.run_id):
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step or 0) for k, v in values.items() if v == v]  # skip NaN
+        self._call(self.c.log_batch, self.run_id, metrics=batch)
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled and self.run_id:
+            self._call(self.c.log_artifact, self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.enabled and self.run_id:
+            self._call(self.c.set_terminated, self.run_id, status)

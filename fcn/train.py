@@ -1,0 +1,336 @@
+"""Train and evaluate one cell of the paper's grid: `train(config) -> metrics`.
+
+    python -m fcn.train                                           # FCN-4 on mel, built-in synthetic MTAT, demo scale
+    python -m fcn.train --dataset mtat --data-root /data/mtat --preset paper --depth 4 --input mel
+    torchrun --nproc_per_node 2 -m fcn.train --depth 4            # DDP (gloo on CPU, NCCL on CUDA); srun works too
+
+Reproduces Choi, Fazekas & Sandler 2016: FCN-3..7 on mel / STFT / MFCC, Adam + binary cross-entropy, early stopping
+on validation macro ROC-AUC, test macro ROC-AUC of the best checkpoint. Rerunning the same command resumes from the
+last epoch's checkpoint, or, if the cell is finished, prints its result again without training.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fcn import checkpoint, dist, metrics as M
+from fcn.config import RunConfig, add_config_arguments, config_from_args
+from fcn.errors import UserError, run_cli
+from fcn.models import FCN, n_params
+
+# Fields that say where or how fast a run goes, not what it computes: they may change between a run and its resume.
+RUNTIME_FIELDS = {"device", "num_workers", "threads", "out_dir", "tracking_uri", "parent_run_id", "data_dir",
+                  "store", "experiment", "data_root", "splits_dir"}
+
+
+def run_dir(config: RunConfig) -> Path:
+    return Path(config.out_dir) / config.experiment / config.key
+
+
+def _log(d: dist.Dist, rdir: Path, msg: str) -> None:
+    if d.main:
+        print(msg, file=sys.stderr, flush=True)
+        with open(rdir / "train.log", "a") as f:
+            f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _autocast(config: RunConfig, device: torch.device):
+    use = config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
+
+
+def _loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool):
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    # One sampler for every world size: the epoch's order depends only on (seed, epoch), so a resumed run sees
+    # exactly the batches an uninterrupted one would.
+    sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=shuffle, seed=config.seed,
+                                 drop_last=False)
+    return DataLoader(ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+                      pin_memory=d.device.type == "cuda", persistent_workers=config.num_workers > 0,
+                      drop_last=False)
+
+
+@torch.no_grad()
+def predict(model, loader, config: RunConfig, d: dist.Dist) -> tuple[np.ndarray, np.ndarray, float]:
+    """(indices, sigmoid scores, mean BCE) over the whole split, gathered from every rank to every rank."""
+    model.eval()
+    idx, scores, loss_sum, n = [], [], 0.0, 0
+    for x, y, i in loader:
+        x = x.to(d.device, non_blocking=True)
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(d.device)
+        with _autocast(config, d.device):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += float(F.binary_cross_entropy_with_logits(logits, y, reduction="sum")) / y.shape[1]
+        n += len(y)
+        idx.append(i.numpy())
+        scores.append(torch.sigmoid(logits).cpu().numpy())
+    parts = dist.gather((np.concatenate(idx), np.concatenate(scores), loss_sum, n), d)
+    all_idx = np.concatenate([p[0] for p in parts])
+    all_scores = np.concatenate([p[1] for p in parts])
+    # DistributedSampler pads the last round with repeats: keep each clip once, in dataset order
+    uniq, first = np.unique(all_idx, return_index=True)
+    return uniq, all_scores[first], sum(p[2] for p in parts) / max(1, sum(p[3] for p in parts))
+
+
+def _finished(rdir: Path, config: RunConfig, d: dist.Dist) -> dict | None:
+    """A finished cell's metrics (re-synced to MLflow if the server missed the end), or None."""
+    path = rdir / "metrics.json"
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    if d.main:
+        _sync_finished(result, rdir, config)
+    return result
+
+
+def _sync_finished(result: dict, rdir: Path, config: RunConfig) -> None:
+    from fcn import tracking
+
+    uri = tracking.resolve_uri(config.tracking_uri, config.out_dir)
+    try:
+        c = tracking.client(uri)
+        run = c.get_run(result["run_id"]) if result.get("run_id") else None
+    except Exception:  # noqa: BLE001 - the server is down: metrics.json is the truth; nothing to do now
+        return
+    if run is not None and not tracking.is_finished(run):
+        t = tracking.Tracker(uri, config.experiment, config.out_dir)
+        t.run_id = run.info.run_id
+        _log_final(t, result, rdir)
+
+
+def _log_final(t, result: dict, rdir: Path) -> None:
+    t.metrics({k: result[k] for k in ("test_roc_auc", "test_pr_auc", "best_epoch", "best_valid_roc_auc",
+                                      "train_time_s", "n_params") if k in result})
+    for name in ("metrics.json", "per_tag_auc.csv", "test_predictions.npz"):
+        if (rdir / name).exists():
+            t.artifact(rdir / name)
+    if (rdir / "ckpt" / "best.pt").exists():
+        t.artifact(rdir / "ckpt" / "best.pt", "model")
+    t.finish("FINISHED")
+
+
+def _cell_lock(rdir: Path):
+    """Hold the cell's lock for the life of this process; a second trainer of the same cell stops with one line."""
+    import fcntl
+
+    f = open(rdir / ".lock", "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UserError(f"{rdir.name} is being trained by another process right now (lock {rdir / '.lock'}); "
+                        f"wait for it, or stop it first")
+    _LOCKS.append(f)
+    return f
+
+
+_LOCKS: list = []
+
+
+def train(config: RunConfig) -> dict:
+    """Train one cell to its early-stopping point, evaluate the best checkpoint on the test split, return metrics."""
+    from fcn import tracking
+    from fcn.preprocess import ensure_store, store_path
+    from fcn.store import FeatureDataset, check_store
+
+    d = dist.setup(config.device)
+    try:
+        threads = config.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or \
+            max(1, (os.cpu_count() or 1) // d.local_world)
+        torch.set_num_threads(threads)
+        rdir = run_dir(config)
+        if d.main:
+            (rdir / "ckpt").mkdir(parents=True, exist_ok=True)
+        dist.barrier(d)
+        if d.main:
+            _cell_lock(rdir)  # held until train() returns or the process dies
+        done = _finished(rdir, config, d)
+        if done is not None:
+            _log(d, rdir, f"{config.key} is finished (test ROC-AUC {done['test_roc_auc']:.4f}); nothing to do")
+            return done
+
+        uri = tracking.resolve_uri(config.tracking_uri, config.out_dir)
+        if d.main:
+            tracking.check_reachable(uri)
+            ensure_store(config)  # built once, under a lock, if missing
+        dist.barrier(d)
+        store = store_path(config)
+        meta = check_store(store, input=config.input, params=config.frontend, dataset=config.dataset)
+
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        np.random.seed(config.seed)
+        random.seed(config.seed)
+        train_ds = FeatureDataset(store, config.input, "train", fraction=config.train_fraction, seed=config.seed)
+        valid_ds = FeatureDataset(store, config.input, "valid")
+        test_ds = FeatureDataset(store, config.input, "test")
+        for name, ds in (("train", train_ds), ("valid", valid_ds), ("test", test_ds)):
+            if len(ds) == 0:
+                raise UserError(f"the {name} split of {store} is empty: check the split lists of the data set")
+        model = FCN(config.depth, config.width, n_tags=len(meta["tags"])).to(d.device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+        state = checkpoint.load(rdir / "ckpt" / "last.pt")
+        if state is not None:
+            saved = {k: v for k, v in state["config"].items() if k not in RUNTIME_FIELDS}
+            now = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
+            if saved != now:
+                diff = ", ".join(f"{k}={saved.get(k)!r}→{now.get(k)!r}" for k in now if saved.get(k) != now.get(k))
+                raise UserError(f"{rdir} holds a checkpoint of another configuration ({diff}); "
+                                f"use another --out-dir or --experiment, or delete {rdir}")
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            _set_rng_state(state["rng"][min(d.rank, len(state["rng"]) - 1)])
+        progress = dict(epoch=0, best=-1.0, best_epoch=-1, bad=0, train_time=0.0, history=[])
+        if state is not None:
+            progress.update(state["progress"])
+
+        tracker = tracking.Tracker(uri, config.experiment, config.out_dir, enabled=d.main)
+        tags = {"run_dir": str(rdir.resolve())}
+        if config.parent_run_id:
+            tags["mlflow.parentRunId"] = config.parent_run_id
+        run_id = tracker.start(config.key, {**config.to_dict(), "key": config.key}, tags,
+                               run_id=state.get("run_id") if state else None)
+        if d.main and state is None:
+            tracker.metrics({"n_params": n_params(model)})
+
+        net = model
+        if d.world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        train_dl = _loader(train_ds, config, d, shuffle=True)
+        valid_dl = _loader(valid_ds, config, d, shuffle=False)
+        test_dl = _loader(test_ds, config, d, shuffle=False)
+        if state is not None:
+            _log(d, rdir, f"{config.key}: resuming after epoch {progress['epoch']} (best valid ROC-AUC "
+                          f"{progress['best']:.4f} at epoch {progress['best_epoch']})")
+        else:
+            _log(d, rdir, f"{config.key}: {n_params(model):,} parameters, {len(train_ds)}/{len(valid_ds)}/"
+                          f"{len(test_ds)} clips, {d.world} process(es) on {d.device}, store {store}")
+
+        from tqdm import tqdm
+
+        for epoch in range(progress["epoch"], config.epochs):
+            if progress["bad"] >= config.patience:
+                break
+            t0 = time.time()
+            train_dl.sampler.set_epoch(epoch)
+            net.train()
+            loss_sum, n = 0.0, 0
+            bar = tqdm(train_dl, desc=f"{config.key} epoch {epoch + 1}/{config.epochs}", leave=False,
+                       disable=not d.main or not sys.stderr.isatty(), unit="batch", file=sys.stderr)
+            for x, y, _ in bar:
+                x = x.to(d.device, non_blocking=True)
+                if config.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = y.to(d.device, non_blocking=True)
+                with _autocast(config, d.device):
+                    logits = net(x)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach().item() * len(y)
+                n += len(y)
+                bar.set_postfix(loss=f"{loss_sum / n:.4f}")
+            train_loss = sum(dist.gather(loss_sum, d)) / max(1, sum(dist.gather(n, d)))
+            vi, vs, vloss = predict(net, valid_dl, config, d)
+            valid = M.macro(valid_ds.labels[vi], vs)
+            improved = valid["roc_auc"] > progress["best"]
+            progress["train_time"] += time.time() - t0
+            progress["epoch"] = epoch + 1
+            if improved:
+                progress.update(best=valid["roc_auc"], best_epoch=epoch + 1, bad=0)
+            else:
+                progress["bad"] += 1
+            row = dict(epoch=epoch + 1, train_loss=train_loss, valid_loss=vloss, valid_roc_auc=valid["roc_auc"],
+                       valid_pr_auc=valid["pr_auc"], epoch_time_s=time.time() - t0)
+            progress["history"].append(row)
+            rngs = dist.gather(_rng_state(), d)
+            if d.main:
+                if improved:
+                    checkpoint.save({"model": model.state_dict(), "config": config.to_dict(), "epoch": epoch + 1,
+                                     "tags": meta["tags"], "frontend": meta["frontend"].to_dict(),
+                                     "valid_roc_auc": valid["roc_auc"], "run_id": run_id}, rdir / "ckpt" / "best.pt")
+                checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rngs,
+                                 "progress": progress, "config": config.to_dict(), "run_id": run_id},
+                                rdir / "ckpt" / "last.pt")
+                tracker.metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+            _log(d, rdir, f"{config.key} epoch {epoch + 1}: train loss {train_loss:.4f}, valid loss {vloss:.4f}, "
+                          f"valid ROC-AUC {valid['roc_auc']:.4f} (best {progress['best']:.4f} at epoch "
+                          f"{progress['best_epoch']}), {row['epoch_time_s']:.1f} s")
+            dist.barrier(d)  # rank 0's checkpoint is on disk before anyone moves on
+
+        # The test split is scored once, with the best checkpoint (early stopping on validation ROC-AUC).
+        best = checkpoint.load(rdir / "ckpt" / "best.pt")
+        model.load_state_dict(best["model"])
+        ti, ts, tloss = predict(net, test_dl, config, d)
+        y = test_ds.labels[ti].astype(np.uint8)
+        test = M.macro(y, ts)
+        result = dict(key=config.key, run_id=run_id, test_roc_auc=test["roc_auc"], test_pr_auc=test["pr_auc"],
+                      test_loss=tloss, tags_evaluated=test["tags_evaluated"], best_epoch=progress["best_epoch"],
+                      best_valid_roc_auc=progress["best"], epochs_run=progress["epoch"],
+                      train_time_s=progress["train_time"], n_params=n_params(model), world_size=d.world,
+                      run_dir=str(rdir.resolve()), config=config.to_dict())
+        if d.main:
+            roc, pr = M.per_tag(y, ts)
+            with open(rdir / "per_tag_auc.csv", "w") as f:
+                f.write("tag,roc_auc,pr_auc\n")
+                for tag, r, p in zip(meta["tags"], roc, pr):
+                    f.write(f"{tag},{r:.6f},{p:.6f}\n")
+            np.savez_compressed(rdir / "test_predictions.npz", clip_id=test_ds.clip_ids[ti], y_true=y,
+                                y_score=ts.astype(np.float32), tags=np.array(meta["tags"]))
+            tmp = rdir / "metrics.json.tmp"
+            tmp.write_text(json.dumps(result, indent=1) + "\n")
+            os.replace(tmp, rdir / "metrics.json")  # written last: its presence means the cell is finished
+            _log_final(tracker, result, rdir)
+            _log(d, rdir, f"{config.key}: test ROC-AUC {result['test_roc_auc']:.4f}, PR-AUC "
+                          f"{result['test_pr_auc']:.4f} (best epoch {result['best_epoch']})")
+        dist.barrier(d)
+        return result
+    finally:
+        dist.cleanup()
+        while _LOCKS:
+            _LOCKS.pop().close()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m fcn.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(ap)
+    config = config_from_args(ap.parse_args(argv))
+    result = train(config)
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0) == 0:
+        print(json.dumps({k: v for k, v in result.items() if k != "config"}), flush=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)
