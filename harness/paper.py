@@ -1,0 +1,66 @@
+"""The published numbers (macro ROC-AUC over 50 tags) that our results are put beside.
+
+Source: Choi, Fazekas & Sandler, ISMIR 2016 (arXiv 1606.00298), as collected in PAPER.md. Marks as there:
+[C] confirmed from the authors' own material. All values here are [C].
+
+`PUBLISHED` holds the paper's tables; `MSD_RERUN` the first author's later re-run on MSD (no LR schedule, 480 epochs),
+which he gave because the published MSD numbers were not reproducible. Keys are (dataset, input, depth).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PaperAUC:
+    dataset: str  # 'mtat' | 'msd'
+    input: str  # 'mel' | 'stft' | 'mfcc'
+    depth: int  # 3..7
+    roc_auc: float
+    source: str  # which published table / statement
+    mark: str = "[C]"
+
+
+PUBLISHED: dict[tuple[str, str, int], PaperAUC] = {
+    (p.dataset, p.input, p.depth): p
+    for p in [
+        # MTAT, input comparison at FCN-4 (RQ1/RQ3).
+        PaperAUC("mtat", "mel", 4, 0.894, "paper, MTAT input table (headline)"),
+        PaperAUC("mtat", "stft", 4, 0.846, "paper, MTAT input table"),
+        PaperAUC("mtat", "mfcc", 4, 0.862, "paper, MTAT input table"),
+        # MTAT, depth comparison with mel input (RQ2).
+        PaperAUC("mtat", "mel", 3, 0.852, "paper, MTAT depth table"),
+        PaperAUC("mtat", "mel", 5, 0.890, "paper, MTAT depth table"),
+        # MSD, depth comparison with mel input (RQ4), as published.
+        PaperAUC("msd", "mel", 3, 0.786, "paper, MSD depth table (as published; not reproducible per the author)"),
+        PaperAUC("msd", "mel", 4, 0.808, "paper, MSD depth table (as published; not reproducible per the author)"),
+        PaperAUC("msd", "mel", 5, 0.848, "paper, MSD depth table (as published; not reproducible per the author)"),
+        PaperAUC("msd", "mel", 6, 0.851, "paper, MSD depth table (as published; not reproducible per the author)"),
+        PaperAUC("msd", "mel", 7, 0.845, "paper, MSD depth table (as published; not reproducible per the author)"),
+    ]
+}
+
+MSD_RERUN: dict[tuple[str, str, int], PaperAUC] = {
+    (p.dataset, p.input, p.depth): p
+    for p in [
+        PaperAUC("msd", "mel", 3, 0.839, "first author's re-run (no LR schedule, 480 epochs)"),
+        PaperAUC("msd", "mel", 4, 0.852, "first author's re-run (no LR schedule, 480 epochs)"),
+        PaperAUC("msd", "mel", 5, 0.855, "first author's re-run (no LR schedule, 480 epochs)"),
+    ]
+}
+
+# The cells of the two result tables, in display order.
+INPUT_CELLS: list[tuple[str, str, int]] = [("mtat", inp, 4) for inp in ("mel", "stft", "mfcc")]
+DEPTH_CELLS: list[tuple[str, str, int]] = [(ds, "mel", d) for ds in ("mtat", "msd") for d in range(3, 8)]
+
+
+def published(dataset: str, input: str, depth: int) -> float | None:
+    """The paper's ROC-AUC for a cell, or None where the paper gives none (e.g. MTAT FCN-6/7)."""
+    p = PUBLISHED.get((dataset, input, depth))
+    return None if p is None else p.roc_auc
+
+
+def rerun(dataset: str, input: str, depth: int) -> float | None:
+    """The author's MSD re-run ROC-AUC for a cell, or None."""
+    p = MSD_RERUN.get((dataset, input, depth))
+    return None if p is None else p.roc_auc

@@ -1,0 +1,579 @@
+"""A real single-node Slurm cluster (with accounting) for tests (pytest plugin).
+
+Fixture `slurm_cluster` (session-scoped) starts, all on this machine and all state under one fresh temp dir:
+munged (own socket) -> mariadbd (own datadir, port) -> slurmdbd -> slurmctld -> slurmd, with the config in
+/etc/slurm/ (slurm.conf, slurmdbd.conf, gres.conf). The node has the real CPUs/memory (`slurmd -C`) plus two fake
+GPUs (character devices 195:0/1), so `--gpus-per-node=2` jobs run with CUDA_VISIBLE_DEVICES=0,1 and asking for 3
+is rejected at submit. Jobs run as root and see the same filesystem, so they can run sys.executable.
+
+It yields a `SlurmCluster`: `.partition`, `.node`, `.workdir`, `.env`, `.gpus_per_node`, `.cpus`, and
+`.run(*args)`, `.sbatch(*args) -> int`, `.wait_job(jobid, timeout) -> state`, `.job_state(jobid)`,
+`.sacct_state(jobid)`, `.wait_sacct(jobid, timeout)`, `.requeue(jobid)`, `.cancel_all()`, `.log_tails()`.
+
+Requires root and the Debian packages from .ci/install_system.sh: without them the fixture skips, or fails when
+env CI is set. Only one cluster can run per machine (/etc/slurm is global): concurrent sessions wait on a lock.
+Daemons left over by a crashed session (marked by env FCN_SWEEP_SLURM_FIXTURE) are stopped before start.
+Set FCN_SLURM_KEEP=1 to keep the work dir after the session (for debugging).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+CONF_DIR = Path("/etc/slurm")
+RUN_DIR = Path("/run/fcn-sweep-slurm")  # lock + registry of the live cluster's pids
+MARKER = "FCN_SWEEP_SLURM_FIXTURE"  # env var put on every daemon we start, to recognise leftovers
+CLUSTER_NAME = "fcnsweep"
+PARTITION = "debug"
+GPUS_PER_NODE = 2
+TERMINAL_STATES = {
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
+    "DEADLINE", "REVOKED", "SPECIAL_EXIT",
+}
+DAEMON_NAMES = ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged")  # stop order
+REQUIRED_BINARIES = ("munged", "mariadbd", "mariadb-install-db", "mariadb", "slurmdbd", "slurmctld", "slurmd",
+                     "sbatch", "sacct", "sacctmgr", "scontrol", "sinfo")
+DB_PASS = "fcn-sweep-slurm"
+SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+START_TIMEOUT = 60.0
+
+
+class SlurmStartError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class SlurmCluster:
+    partition: str
+    node: str
+    workdir: Path
+    env: dict[str, str]
+    gpus_per_node: int
+    cpus: int
+    procs: dict[str, subprocess.Popen] = dataclasses.field(default_factory=dict, repr=False)
+
+    # --- CLI -------------------------------------------------------------------------------------------------------
+    def run(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run a Slurm CLI (sbatch, squeue, scontrol, sacct, ...) with text output; raises on non-zero exit."""
+        return subprocess.run([str(a) for a in args], check=check, text=True, capture_output=True,
+                              env={**os.environ, **self.env}, timeout=timeout)
+
+    def sbatch(self, *args: str) -> int:
+        """`sbatch --parsable -p <partition> ARGS`; returns the job id."""
+        out = self.run("sbatch", "--parsable", "-p", self.partition, *args).stdout.strip()
+        return int(out.split(";")[0])
+
+    # --- job state -------------------------------------------------------------------------------------------------
+    def job_state(self, jobid: int | str) -> str | None:
+        """State from slurmctld (`scontrol show job`), e.g. RUNNING; None once slurmctld has forgotten the job."""
+        p = self.run("scontrol", "-o", "show", "job", str(jobid), check=False)
+        if p.returncode != 0:
+            return None
+        for field in p.stdout.split():
+            if field.startswith("JobState="):
+                return field.split("=", 1)[1]
+        return None
+
+    def sacct_state(self, jobid: int | str) -> str | None:
+        """State of the job's allocation in accounting (sacct), e.g. COMPLETED; None while unknown to slurmdbd."""
+        p = self.run("sacct", "-X", "-n", "-P", "-j", str(jobid), "-o", "State", check=False)
+        lines = [ln.strip() for ln in p.stdout.splitlines() if ln.strip()]
+        if p.returncode != 0 or not lines:
+            return None
+        return lines[-1].split()[0]  # "CANCELLED by 0" -> "CANCELLED"
+
+    def wait_job(self, jobid: int | str, timeout: float = 60.0, poll: float = 0.3) -> str:
+        """Poll until the job reaches a terminal state (COMPLETED, FAILED, CANCELLED, TIMEOUT, ...) and return it."""
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = self.job_state(jobid) or self.sacct_state(jobid)
+            if state in TERMINAL_STATES:
+                return state
+            time.sleep(poll)
+        raise TimeoutError(f"slurm job {jobid} not finished after {timeout:.0f} s (last state {state})\n"
+                           + self.run("scontrol", "show", "job", str(jobid), check=False).stdout
+                           + self.log_tails())
+
+    def wait_sacct(self, jobid: int | str, timeout: float = 30.0, poll: float = 0.3) -> str:
+        """Poll sacct until accounting shows a terminal state for the job, and return it."""
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = self.sacct_state(jobid)
+            if state in TERMINAL_STATES:
+                return state
+            time.sleep(poll)
+        raise TimeoutError(f"sacct shows no final state for job {jobid} after {timeout:.0f} s (last {state})")
+
+    def requeue(self, jobid: int | str) -> None:
+        """`scontrol requeue`: no signal is sent; the batch script restarts from its start after ~cred_expire s."""
+        self.run("scontrol", "requeue", str(jobid))
+
+    def cancel_all(self, timeout: float = 20.0) -> None:
+        """Cancel every job of this cluster and wait until none is left running."""
+        ids = self.run("squeue", "-h", "-o", "%i", check=False).stdout.split()
+        if ids:
+            self.run("scancel", *ids, check=False)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.run("squeue", "-h", "-o", "%i", check=False).stdout.split():
+                time.sleep(0.3)
+
+    def log_tails(self, lines: int = 25) -> str:
+        return _log_tails(self.workdir, lines)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# helpers
+
+def _log_tails(workdir: Path, lines: int = 25) -> str:
+    """The last lines of each daemon's log (a daemon's stdout only where it has no log file: -D duplicates it)."""
+    logs = sorted((workdir / "log").glob("*.log")) + [workdir / "mysql" / "mysqld.err"]
+    logs += [f for f in sorted((workdir / "log").glob("*.stdout")) if not f.with_suffix(".log").exists()]
+    out = []
+    for f in logs:
+        if f.name == "mariadb-install-db.log":
+            continue
+        try:
+            text = f.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        if text:
+            out.append(f"--- {f} (last {len(text)} lines) ---\n" + "\n".join(text))
+    return "\n".join(out)
+
+
+def _missing_requirements() -> str | None:
+    if os.geteuid() != 0:
+        return "the Slurm test cluster needs root (daemons, /etc/slurm, mknod)"
+    missing = [b for b in REQUIRED_BINARIES if shutil.which(b, path=SBIN_PATH) is None]
+    for user in ("munge", "mysql"):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            missing.append(f"user {user}")
+    if missing:
+        return ("Slurm/munge/MariaDB not installed (missing: " + ", ".join(missing)
+                + "); run `sudo .ci/install_system.sh`")
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    stat = _read(f"/proc/{pid}/stat")
+    return bool(stat) and stat.rsplit(b")", 1)[-1].split()[0] != b"Z"
+
+
+def _own_lineage() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        stat = _read(f"/proc/{pid}/stat")
+        if not stat:
+            break
+        pid = int(stat.rsplit(b")", 1)[-1].split()[1])
+    return pids
+
+
+def _ours(wd: Path | None = None) -> dict[str, list[int]]:
+    """Live processes of the test cluster of session `wd` (None: of any session), by kind:
+    'daemon:<name>' (env marker set by _spawn), 'stepd' (slurmstepd, whose cwd is the work dir: it starts with an
+    empty environment) and 'job' (job processes: env SLURM_CLUSTER_NAME=<ours>, including ones that escaped
+    proctrack/linuxproc by daemonising, e.g. `ray start` without --block)."""
+    marker = f"{MARKER}={wd}\0".encode() if wd else f"{MARKER}=".encode()
+    job_tag = f"SLURM_CLUSTER_NAME={CLUSTER_NAME}\0".encode()
+    skip = _own_lineage()
+    found: dict[str, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) in skip:
+            continue
+        pid = int(d)
+        comm = _read(f"/proc/{pid}/comm").decode(errors="replace").strip()
+        if comm.startswith("slurmstepd"):
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                continue
+            if (str(wd) == cwd) if wd else Path(cwd).name.startswith("fcn-slurm-"):
+                kind = "stepd"
+            else:
+                continue
+        else:
+            env = _read(f"/proc/{pid}/environ")
+            if marker in env and comm in DAEMON_NAMES + ("slurmscriptd",):
+                kind = f"daemon:{comm}"
+            elif job_tag in env:
+                kind = "job"
+            else:
+                continue
+        if _alive(pid):
+            found.setdefault(kind, []).append(pid)
+    return found
+
+
+def _terminate(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _kill_cluster_processes(wd: Path | None, procs: dict[str, subprocess.Popen] | None = None) -> None:
+    """Stop, in order: slurmd, job steps and job processes, slurmctld, slurmdbd, mariadbd, munged.
+    `procs`: the Popen handles of a live session (also reaped); leftovers of other sessions are found in /proc."""
+    procs = procs or {}
+
+    def stop(name: str) -> None:
+        p = procs.get(name)
+        if p is not None and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        left = _ours(wd).get(f"daemon:{name}", [])
+        if left:
+            _terminate(left, timeout=10)
+
+    stop("slurmd")
+    found = _ours(wd)
+    steps = found.get("stepd", []) + found.get("job", [])
+    if steps:
+        _terminate(steps, timeout=5)
+    for name in ("slurmctld", "slurmscriptd", "slurmdbd", "mariadbd", "munged"):
+        stop(name)
+    for p in procs.values():  # reap
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=5)
+
+
+def _stop_leftovers() -> None:
+    """Stop everything of a crashed earlier session (we hold the lock, so no live session owns them)."""
+    registry = RUN_DIR / "registry.json"
+    old_workdir = None
+    if registry.exists():
+        try:
+            old_workdir = json.loads(registry.read_text()).get("workdir")
+        except (OSError, ValueError):
+            pass
+    if _ours(None):
+        _kill_cluster_processes(None)
+    registry.unlink(missing_ok=True)
+    if old_workdir and Path(old_workdir).name.startswith("fcn-slurm-") and not os.environ.get("FCN_SLURM_KEEP"):
+        shutil.rmtree(old_workdir, ignore_errors=True)
+
+
+class _Lock:
+    """Machine-wide lock: /etc/slurm and the node name are global, so one cluster at a time."""
+
+    def __init__(self, timeout: float):
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        self.fh = open(RUN_DIR / "lock", "w")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self.fh.close()
+                    raise SlurmStartError(f"another test session holds {RUN_DIR}/lock (a Slurm test cluster is "
+                                          f"running) for more than {timeout:.0f} s")
+                time.sleep(1.0)
+
+    def release(self) -> None:
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def _wait(cond, timeout: float, what: str, workdir: Path, procs: dict[str, subprocess.Popen]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        for name, p in procs.items():
+            if p.poll() is not None:
+                raise SlurmStartError(f"{name} exited with {p.returncode} while waiting for {what}\n"
+                                      + _log_tails(workdir))
+        time.sleep(0.1)
+    raise SlurmStartError(f"timed out after {timeout:.0f} s waiting for {what}\n" + _log_tails(workdir))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# configuration
+
+def _node_line(node: str) -> tuple[str, int]:
+    """`slurmd -C`'s NodeName line (real CPUs, sockets, memory) minus UpTime, and the CPU count."""
+    out = subprocess.run([shutil.which("slurmd", path=SBIN_PATH) or "slurmd", "-C"], check=True, text=True, capture_output=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("NodeName="))
+    fields = [f for f in line.split() if not f.startswith("UpTime")]
+    cpus = int(next(f for f in fields if f.startswith("CPUs=")).split("=")[1])
+    assert fields[0] == f"NodeName={node}", (fields[0], node)
+    return " ".join(fields), cpus
+
+
+def _write_configs(wd: Path, node: str, ports: dict[str, int]) -> int:
+    node_line, cpus = _node_line(node)
+    munge_sock = wd / "munge" / "munge.socket.2"
+    CONF_DIR.mkdir(parents=True, exist_ok=True)
+    slurm_conf = f"""\
+# Written by tests/services/slurm.py for a throw-away single-node test cluster; state in {wd}
+ClusterName={CLUSTER_NAME}
+SlurmctldHost={node}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort={ports['slurmctld']}
+SlurmdPort={ports['slurmd']}
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={munge_sock},cred_expire=10
+StateSaveLocation={wd}/state
+SlurmdSpoolDir={wd}/spool
+SlurmctldPidFile={wd}/run/slurmctld.pid
+SlurmdPidFile={wd}/run/slurmd.pid
+SlurmctldLogFile={wd}/log/slurmctld.log
+SlurmdLogFile={wd}/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1024
+GresTypes=gpu
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=5
+EnforcePartLimits=ALL
+MailProg=/bin/true
+ReturnToService=2
+JobRequeue=1
+KillWait=10
+InactiveLimit=0
+MinJobAge=300
+JobCompType=jobcomp/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort={ports['slurmdbd']}
+AccountingStoragePass={munge_sock}
+AccountingStorageTRES=gres/gpu
+{node_line} NodeAddr=127.0.0.1 Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN
+PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+    (CONF_DIR / "slurm.conf").write_text(slurm_conf)
+    os.chmod(CONF_DIR / "slurm.conf", 0o644)
+    (CONF_DIR / "gres.conf").write_text(
+        f"AutoDetect=off\nName=gpu File={wd}/dev/nvidia[0-{GPUS_PER_NODE - 1}]\n")
+    dbd = CONF_DIR / "slurmdbd.conf"
+    dbd.unlink(missing_ok=True)
+    fd = os.open(dbd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"""\
+AuthType=auth/munge
+AuthInfo=socket={munge_sock}
+DbdAddr=127.0.0.1
+DbdHost={node}
+DbdPort={ports['slurmdbd']}
+SlurmUser=root
+DebugLevel=info
+LogFile={wd}/log/slurmdbd.log
+PidFile={wd}/run/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={ports['mariadb']}
+StorageUser=slurm
+StoragePass={DB_PASS}
+StorageLoc=slurm_acct_db
+""")
+    os.chown(dbd, 0, 0)  # slurmdbd wants its config owned by SlurmUser (root here) and mode 0600
+    return cpus
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# start / stop
+
+def _spawn(name: str, argv: list[str], wd: Path, procs: dict[str, subprocess.Popen], **kw) -> subprocess.Popen:
+    out = open(wd / "log" / f"{name}.stdout", "ab")
+    env = {**os.environ, MARKER: str(wd)}
+    argv = [shutil.which(argv[0], path=SBIN_PATH) or argv[0], *argv[1:]]
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                         start_new_session=True, cwd=wd, **kw)
+    out.close()
+    procs[name] = p
+    (RUN_DIR / "registry.json").write_text(json.dumps(
+        {"owner_pid": os.getpid(), "workdir": str(wd), "pids": {k: v.pid for k, v in procs.items()}}))
+    return p
+
+
+def start_cluster(workdir: Path | None = None) -> SlurmCluster:
+    """Start the whole cluster (caller holds the lock). Raises SlurmStartError with log tails on failure."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    wd = Path(workdir or tempfile.mkdtemp(prefix="fcn-slurm-"))
+    os.chmod(wd, 0o755)  # munge and mysql users must traverse it
+    for sub in ("log", "run", "state", "spool", "dev"):
+        (wd / sub).mkdir(parents=True, exist_ok=True)
+    node = socket.gethostname().split(".")[0]
+    ports = {"mariadb": _free_port(), "slurmdbd": _free_port(), "slurmctld": _free_port(), "slurmd": _free_port()}
+    if len(set(ports.values())) < len(ports):
+        ports = {k: _free_port() + i for i, k in enumerate(ports)}
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for i in range(GPUS_PER_NODE):
+            os.mknod(wd / "dev" / f"nvidia{i}", 0o666 | 0o020000, os.makedev(195, i))  # S_IFCHR
+        cpus = _write_configs(wd, node, ports)
+
+        # munged, on its own socket (AuthInfo=socket=... points Slurm at it)
+        key = Path("/etc/munge/munge.key")
+        if not key.exists() or key.stat().st_size == 0:
+            key.parent.mkdir(parents=True, exist_ok=True)
+            key.write_bytes(os.urandom(1024))
+            shutil.chown(key, "munge", "munge")
+            key.chmod(0o400)
+        mdir = wd / "munge"
+        mdir.mkdir(mode=0o755)
+        shutil.chown(mdir, "munge", "munge")
+        (wd / "log" / "munged.log").touch()
+        shutil.chown(wd / "log" / "munged.log", "munge", "munge")
+        _spawn("munged", ["munged", "-F", f"--socket={mdir}/munge.socket.2", f"--pid-file={mdir}/munged.pid",
+                          f"--seed-file={mdir}/munged.seed", f"--log-file={wd}/log/munged.log"],
+               wd, procs, user="munge", group="munge", extra_groups=[])
+
+        # MariaDB with a fresh datadir (~0.5 s to initialise), TCP on 127.0.0.1 only
+        mysql = wd / "mysql"
+        mysql.mkdir(mode=0o755)
+        shutil.chown(mysql, "mysql", "mysql")
+        (wd / "my.cnf").write_text(f"""\
+[mariadbd]
+datadir={mysql}/data
+socket={mysql}/mysqld.sock
+pid-file={mysql}/mysqld.pid
+log-error={mysql}/mysqld.err
+port={ports['mariadb']}
+bind-address=127.0.0.1
+skip-name-resolve
+skip-log-bin
+performance_schema=OFF
+innodb_buffer_pool_size=32M
+innodb_log_file_size=8M
+""")
+        (wd / "init.sql").write_text(
+            f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{DB_PASS}';\n"
+            "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';\n")
+        p = subprocess.run([shutil.which("mariadb-install-db", path=SBIN_PATH) or "mariadb-install-db", f"--defaults-file={wd}/my.cnf", "--user=mysql",
+                            "--auth-root-authentication-method=socket", "--skip-test-db"],
+                           text=True, capture_output=True)
+        (wd / "log" / "mariadb-install-db.log").write_text(p.stdout + p.stderr)
+        if p.returncode != 0:
+            raise SlurmStartError("mariadb-install-db failed:\n" + p.stdout[-2000:] + p.stderr[-2000:])
+        _spawn("mariadbd", ["mariadbd", f"--defaults-file={wd}/my.cnf", "--user=mysql",
+                            f"--init-file={wd}/init.sql"], wd, procs)
+        _wait(lambda: (mdir / "munge.socket.2").exists(), 20, "munged's socket", wd, procs)
+
+        def db_ready() -> bool:
+            return subprocess.run(["mariadb", "-h127.0.0.1", f"-P{ports['mariadb']}", "-uslurm", f"-p{DB_PASS}",
+                                   "-e", "SELECT 1"], capture_output=True).returncode == 0
+        _wait(db_ready, 30, "MariaDB", wd, procs)
+
+        _spawn("slurmdbd", ["slurmdbd", "-D"], wd, procs)
+        _wait(lambda: _port_open(ports["slurmdbd"]), 30, "slurmdbd", wd, procs)
+        _spawn("slurmctld", ["slurmctld", "-D", "-f", str(CONF_DIR / "slurm.conf")], wd, procs)
+        _spawn("slurmd", ["slurmd", "-D", "-f", str(CONF_DIR / "slurm.conf")], wd, procs)
+
+        cluster = SlurmCluster(partition=PARTITION, node=node, workdir=wd,
+                               env={"SLURM_CONF": str(CONF_DIR / "slurm.conf")},
+                               gpus_per_node=GPUS_PER_NODE, cpus=cpus, procs=procs)
+
+        def node_idle() -> bool:
+            r = cluster.run("sinfo", "-h", "-N", "-p", PARTITION, "-o", "%T", check=False, timeout=10)
+            return r.returncode == 0 and r.stdout.strip() == "idle"
+        try:
+            _wait(node_idle, START_TIMEOUT, f"node {node} to be idle in sinfo", wd, procs)
+        except SlurmStartError as e:
+            r = cluster.run("sinfo", "-N", "-o", "%N %T %E", check=False, timeout=10)
+            raise SlurmStartError(f"sinfo: {r.stdout.strip()} {r.stderr.strip()}\n{e}") from None
+        return cluster
+    except BaseException:
+        stop_cluster(procs, wd)
+        raise
+
+
+def stop_cluster(procs: dict[str, subprocess.Popen], wd: Path) -> None:
+    """Stop what session `wd` started (its daemons, job steps and job processes), leaving nothing behind."""
+    _kill_cluster_processes(wd, procs)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    reason = _missing_requirements()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI: {reason}", pytrace=False)
+        pytest.skip(reason)
+    lock = _Lock(timeout=float(os.environ.get("FCN_SLURM_LOCK_TIMEOUT", "900")))
+    wd = None
+    try:
+        _stop_leftovers()
+        cluster = start_cluster()
+        wd = cluster.workdir
+        try:
+            yield cluster
+        finally:
+            try:
+                cluster.cancel_all()
+            finally:
+                stop_cluster(cluster.procs, wd)
+                (RUN_DIR / "registry.json").unlink(missing_ok=True)
+                if not os.environ.get("FCN_SLURM_KEEP"):
+                    shutil.rmtree(wd, ignore_errors=True)
+    finally:
+        lock.release()
