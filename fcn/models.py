@@ -27,18 +27,19 @@ SPECS: dict[int, tuple[tuple[tuple[int, tuple[int, int]], ...], tuple[int, ...]]
 }
 DEPTHS = tuple(sorted(SPECS))
 N_TAGS = 50
-DROPOUT = 0.5  # after every max-pool [C]
+DROPOUT = 0.5  # after every max-pool [C]; demo runs use less (fcn.config: DEMO_DROPOUT)
 
 
 class Block(nn.Module):
     """conv (k×k, same padding) → BN → ReLU → max-pool → dropout; pool=None means global max-pool."""
 
-    def __init__(self, c_in: int, c_out: int, pool: tuple[int, int] | None, kernel: int = 3):
+    def __init__(self, c_in: int, c_out: int, pool: tuple[int, int] | None, kernel: int = 3,
+                 dropout: float = DROPOUT):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2)
         self.bn = nn.BatchNorm2d(c_out)
         self.pool = pool
-        self.drop = nn.Dropout(DROPOUT)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn(self.conv(x)))
@@ -59,7 +60,7 @@ def scaled(channels: int, width: float) -> int:
 class FCN(nn.Module):
     """FCN-`depth` (3..7) of Choi et al. 2016 on a 1×rows×frames log-spectrogram; returns (batch, 50) logits."""
 
-    def __init__(self, depth: int = 4, width: float = 1.0, n_tags: int = N_TAGS):
+    def __init__(self, depth: int = 4, width: float = 1.0, n_tags: int = N_TAGS, dropout: float = DROPOUT):
         super().__init__()
         if depth not in SPECS:
             raise ValueError(f"unknown depth {depth!r}: FCN depths are {', '.join(map(str, DEPTHS))}")
@@ -68,10 +69,10 @@ class FCN(nn.Module):
         layers, c_in = [], 1
         for i, (c, pool) in enumerate(convs):
             last = i == len(convs) - 1
-            layers.append(Block(c_in, scaled(c, width), None if last else pool))
+            layers.append(Block(c_in, scaled(c, width), None if last else pool, dropout=dropout))
             c_in = scaled(c, width)
         for c in extras:
-            layers.append(Block(c_in, scaled(c, width), None, kernel=1))
+            layers.append(Block(c_in, scaled(c, width), None, kernel=1, dropout=dropout))
             c_in = scaled(c, width)
         self.features = nn.Sequential(*layers)
         self.out = nn.Linear(c_in, n_tags)

@@ -212,7 +212,7 @@ def synth_root(config) -> Path:
             if not (root / ".complete").exists():
                 maker = synth.make_mtat if config.dataset == "mtat" else synth.make_msd
                 print(f"generating the built-in synthetic {config.dataset.upper()} set in {root}", file=sys.stderr)
-                maker(root, config.synth_clips, seconds=config.clip_seconds, seed=0)
+                maker(root, config.synth_clips, seconds=config.clip_seconds, seed=0, workers=os.cpu_count() or 1)
                 (root / ".complete").touch()
     return root
 

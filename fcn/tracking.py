@@ -52,7 +52,11 @@ def client(uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network at run time
     import logging
 
+    import warnings
+
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Updating database tables" etc. on every start
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="alembic")  # SQLite schema migration chatter, not ours to fix
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)

@@ -193,7 +193,7 @@ def train(config: RunConfig) -> dict:
         for name, ds in (("train", train_ds), ("valid", valid_ds), ("test", test_ds)):
             if len(ds) == 0:
                 raise UserError(f"the {name} split of {store} is empty: check the split lists of the data set")
-        model = FCN(config.depth, config.width, n_tags=len(meta["tags"])).to(d.device)
+        model = FCN(config.depth, config.width, n_tags=len(meta["tags"]), dropout=config.dropout).to(d.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -279,6 +279,7 @@ def train(config: RunConfig) -> dict:
                 if improved:
                     checkpoint.save({"model": model.state_dict(), "config": config.to_dict(), "epoch": epoch + 1,
                                      "tags": meta["tags"], "frontend": meta["frontend"].to_dict(),
+                                     "norm": (train_ds.mean, train_ds.std),
                                      "valid_roc_auc": valid["roc_auc"], "run_id": run_id}, rdir / "ckpt" / "best.pt")
                 checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rngs,
                                  "progress": progress, "config": config.to_dict(), "run_id": run_id},
@@ -306,7 +307,7 @@ def train(config: RunConfig) -> dict:
                 f.write("tag,roc_auc,pr_auc\n")
                 for tag, r, p in zip(meta["tags"], roc, pr):
                     f.write(f"{tag},{r:.6f},{p:.6f}\n")
-            np.savez_compressed(rdir / "test_predictions.npz", clip_id=test_ds.clip_ids[ti], y_true=y,
+            np.savez_compressed(rdir / "test_predictions.npz", clip_id=np.asarray(test_ds.clip_ids[ti]).astype(str), y_true=y,
                                 y_score=ts.astype(np.float32), tags=np.array(meta["tags"]))
             tmp = rdir / "metrics.json.tmp"
             tmp.write_text(json.dumps(result, indent=1) + "\n")

@@ -53,7 +53,7 @@ def add_grid_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root-mtat", default="", help="real MTAT root (default: the built-in synthetic set)")
     g.add_argument("--data-root-msd", default="", help="real MSD root (default: the built-in synthetic set)")
     add_config_arguments(ap.add_argument_group("every cell's run config (fcn.train flags)"), skip=AXES)
-    ap.set_defaults(experiment=None)
+    ap.set_defaults(experiment=None, preset="grid-demo")
 
 
 def grid_from_args(args) -> list[RunConfig]:
@@ -87,6 +87,9 @@ def _parent_run(uri: str, cells: list[RunConfig]) -> str:
     if runs:
         c.update_run(runs[0].info.run_id, status="RUNNING")
         return runs[0].info.run_id
+    from harness.ui import install_runs_view
+
+    install_runs_view(c, exp_id)  # the UI's runs table then shows dataset/input/depth/seed and the AUCs
     run = c.create_run(exp_id, run_name=f"sweep-{cells[0].experiment}", tags={"sweep": "parent"})
     c.log_param(run.info.run_id, "cells", ",".join(x.key for x in cells)[:6000])
     return run.info.run_id
@@ -238,13 +241,22 @@ def _finish_parent(uri: str, cells: list[RunConfig], all_done: bool) -> None:
         c.set_terminated(runs[0].info.run_id, "FINISHED" if all_done else "FAILED")
 
 
+def _parent_id(uri: str, cells: list[RunConfig]) -> str | None:
+    from fcn import tracking
+
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name(cells[0].experiment)
+    runs = c.search_runs([exp.experiment_id], filter_string="tags.sweep = 'parent'", max_results=1) if exp else []
+    return runs[0].info.run_id if runs else None
+
+
 def _tables(cells: list[RunConfig], uri: str, results: str) -> None:
     try:
         from harness.tables import write_tables
     except ImportError:
         return
     try:
-        paths = write_tables(cells[0].experiment, uri, results)
+        paths = write_tables(cells[0].experiment, uri, results, parent_run_id=_parent_id(uri, cells))
         print(f"tables: {len(paths)} files in {results}", file=sys.stderr)
     except Exception as e:  # noqa: BLE001 - the runs are safe in MLflow; tables can be redone with harness.tables
         print(f"warning: writing tables failed ({e}); rerun `python -m harness.tables`", file=sys.stderr)

@@ -1,0 +1,119 @@
+"""Tag audio files with a trained cell's model.
+
+    python -m fcn.predict song.mp3 --run mtat-mel-fcn4-s0              # a cell key (its run dir under --out-dir)
+    python -m fcn.predict a.mp3 b.wav --run 3f2c...e1 --tracking-uri http://mlflow:5000   # an MLflow run id
+    python -m fcn.predict song.mp3 --run runs/fcn/mtat-mel-fcn4-s0/ckpt/best.pt --top 5 --json
+
+Uses the run's own best checkpoint, front end (type and parameters) and input standardisation, so a file is seen
+exactly as the test clips were: mono, 12 kHz, centre-cropped or zero-padded to the clip length.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fcn import checkpoint
+from fcn.errors import UserError, run_cli
+
+
+def find_checkpoint(run: str, *, out_dir: str = "runs", experiment: str = "fcn", tracking_uri: str = "") -> Path:
+    """A .pt path, a cell key (its run dir), or an MLflow run id / cell key whose `model/best.pt` artifact is used."""
+    p = Path(run)
+    if p.suffix == ".pt" and p.exists():
+        return p
+    local = Path(out_dir) / experiment / run / "ckpt" / "best.pt"
+    if local.exists():
+        return local
+    from fcn import tracking
+
+    uri = tracking.resolve_uri(tracking_uri, out_dir)
+    tracking.check_reachable(uri)
+    c = tracking.client(uri)
+    run_id = run
+    exp = c.get_experiment_by_name(experiment)
+    if exp is not None:
+        runs = [r for r in tracking.cell_runs(c, exp.experiment_id, run) if tracking.is_finished(r)]
+        if runs:
+            run_id = runs[-1].info.run_id
+    try:
+        c.get_run(run_id)
+    except Exception:  # noqa: BLE001 - mlflow raises its own exception types for a bad id
+        raise UserError(f"no finished run {run!r}: not a checkpoint file, not a cell key under {out_dir}/"
+                        f"{experiment}/, and not an MLflow run id in {uri}")
+    import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/best.pt",
+                                                    tracking_uri=uri))
+
+
+class Tagger:
+    def __init__(self, ckpt_path: Path):
+        from fcn.config import RunConfig
+        from fcn.frontends import FrontEnd, FrontEndParams
+        from fcn.models import FCN
+
+        state = checkpoint.load(ckpt_path)
+        if state is None or "norm" not in state:
+            raise UserError(f"{ckpt_path} is not a best.pt checkpoint of fcn.train")
+        self.config = RunConfig.from_dict(state["config"])
+        self.tags = list(state["tags"])
+        self.params = FrontEndParams.from_dict(state["frontend"])
+        self.frontend = FrontEnd(self.config.input, self.params)
+        self.model = FCN(self.config.depth, self.config.width, n_tags=len(self.tags), dropout=self.config.dropout)
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+        self.mean, self.std = state["norm"]
+
+    @torch.no_grad()
+    def scores(self, path: str | Path) -> np.ndarray:
+        from fcn.audio import fix_length, load
+
+        wave = fix_length(load(path, sr=self.params.sample_rate), self.params.n_samples)
+        x = self.frontend(torch.from_numpy(wave)[None])
+        x = (x.float() - self.mean) / self.std
+        return torch.sigmoid(self.model(x))[0].numpy()
+
+    def top(self, path: str | Path, k: int = 10) -> list[tuple[str, float]]:
+        s = self.scores(path)
+        order = np.argsort(-s)[:k]
+        return [(self.tags[i], float(s[i])) for i in order]
+
+
+def main(argv=None) -> None:
+    from fcn.audio import AudioError
+
+    ap = argparse.ArgumentParser(prog="python -m fcn.predict", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+", help="audio files (MP3, WAV, any rate or channel count)")
+    ap.add_argument("--run", required=True, help="cell key, MLflow run id, or a best.pt path")
+    ap.add_argument("--top", type=int, default=10, help="how many tags to print (default: 10)")
+    ap.add_argument("--out-dir", default="runs")
+    ap.add_argument("--experiment", default="fcn", help="MLflow experiment (a grid's: fcn-sweep)")
+    ap.add_argument("--tracking-uri", default="")
+    ap.add_argument("--json", action="store_true", help="one JSON object per file instead of text")
+    args = ap.parse_args(argv)
+    tagger = Tagger(find_checkpoint(args.run, out_dir=args.out_dir, experiment=args.experiment,
+                                    tracking_uri=args.tracking_uri))
+    failed = 0
+    for f in args.files:
+        try:
+            top = tagger.top(f, args.top)
+        except AudioError as e:
+            print(f"error: {e}", file=sys.stderr)  # one bad file does not stop the others
+            failed += 1
+            continue
+        if args.json:
+            print(json.dumps({"file": f, "run": tagger.config.key, "tags": dict(top)}))
+        else:
+            print(f"{f} ({tagger.config.key}): " + ", ".join(f"{t} {p:.2f}" for t, p in top))
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_cli(main)
