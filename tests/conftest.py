@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny synthetic data sets built once per session, run configs that train in seconds.
+
+Real services (Slurm, MLflow server) come from the plugins in tests/services/.
+"""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["tests.services.slurm", "tests.services.mlflow_server"]
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough that one training run takes seconds on one core, big enough that AUC shows learning.
+TINY = dict(synth_clips=320, clip_seconds=2.0, width=0.125, batch_size=16, epochs=3, patience=3, threads=1)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """Built-in synthetic MTAT and MSD sets and their stores, made once for the whole session."""
+    from fcn.config import RunConfig
+    from fcn.preprocess import ensure_store
+
+    d = tmp_path_factory.mktemp("data")
+    for ds in ("mtat", "msd"):
+        ensure_store(RunConfig(dataset=ds, data_dir=str(d), **TINY), workers=1, progress=False)
+    return d
+
+
+@pytest.fixture
+def tiny(data_dir, tmp_path):
+    """A factory of tiny run configs writing into this test's own out_dir (and SQLite MLflow store)."""
+    from fcn.config import RunConfig
+
+    def make(**kw):
+        values = dict(TINY, data_dir=str(data_dir), out_dir=str(tmp_path / "runs"))
+        values.update(kw)
+        return RunConfig(**values)
+
+    return make
+
+
+def config_flags(config) -> list[str]:
+    """The command-line flags that reproduce `config` (for subprocess tests of the CLIs)."""
+    flags = []
+    for k, v in config.to_dict().items():
+        if v != "" and k != "parent_run_id":
+            flags += ["--" + k.replace("_", "-"), str(v).lower() if isinstance(v, bool) else str(v)]
+    return flags
+
+
+def run_py(*args, env=None, timeout=600, check=False, cwd=REPO):
+    e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=e,
+                          check=check, cwd=cwd)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
