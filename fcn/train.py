@@ -106,11 +106,11 @@ def _finished(rdir: Path, config: RunConfig, d: dist.Dist) -> dict | None:
         return None
     result = json.loads(path.read_text())
     if d.main:
-        _sync_finished(result, rdir, config)
+        sync_finished(result, rdir, config)
     return result
 
 
-def _sync_finished(result: dict, rdir: Path, config: RunConfig) -> None:
+def sync_finished(result: dict, rdir: Path, config: RunConfig) -> None:
     from fcn import tracking
 
     uri = tracking.resolve_uri(config.tracking_uri, config.out_dir)

@@ -12,6 +12,7 @@ ones; a finished cell never gets a second MLflow run. `python -m harness.status`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -33,7 +34,8 @@ def _csv(typ, allowed=None):
         bad = [v for v in vals if allowed is not None and v not in allowed]
         if bad or not vals:
             raise argparse.ArgumentTypeError(
-                f"unknown value(s) {', '.join(map(str, bad)) or s!r}; choose from {', '.join(map(str, allowed))}")
+                f"unknown value(s) {', '.join(map(str, bad)) if bad else repr(s)}; "
+                f"choose from {', '.join(map(str, allowed))}")
         return vals
     return parse
 
@@ -77,18 +79,29 @@ def grid_from_args(args) -> list[RunConfig]:
     return cells
 
 
-def _parent_run(uri: str, cells: list[RunConfig]) -> str:
-    """The sweep's parent run: one per experiment, found again on every rerun."""
+def _find_parent(uri: str, experiment: str):
+    """(client, experiment id, the sweep's parent run or None); the experiment id is None if it doesn't exist."""
     from fcn import tracking
 
     c = tracking.client(uri)
-    exp_id = tracking.experiment_id(c, cells[0].experiment, tracking.artifact_root(uri, cells[0].out_dir))
-    runs = c.search_runs([exp_id], filter_string="tags.sweep = 'parent'", max_results=1)
-    if runs:
-        c.update_run(runs[0].info.run_id, status="RUNNING")
-        return runs[0].info.run_id
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return c, None, None
+    runs = c.search_runs([exp.experiment_id], filter_string="tags.sweep = 'parent'", max_results=1)
+    return c, exp.experiment_id, (runs[0] if runs else None)
+
+
+def _parent_run(uri: str, cells: list[RunConfig]) -> str:
+    """The sweep's parent run: one per experiment, found again on every rerun."""
+    from fcn import tracking
     from harness.ui import install_runs_view
 
+    c, exp_id, parent = _find_parent(uri, cells[0].experiment)
+    if parent is not None:
+        c.update_run(parent.info.run_id, status="RUNNING")
+        return parent.info.run_id
+    if exp_id is None:
+        exp_id = tracking.experiment_id(c, cells[0].experiment, tracking.artifact_root(uri, cells[0].out_dir))
     install_runs_view(c, exp_id)  # the UI's runs table then shows dataset/input/depth/seed and the AUCs
     run = c.create_run(exp_id, run_name=f"sweep-{cells[0].experiment}", tags={"sweep": "parent"})
     c.log_param(run.info.run_id, "cells", ",".join(x.key for x in cells)[:6000])
@@ -169,6 +182,7 @@ def main(argv=None) -> int:
         slurm.check(slurm_opts)  # before anything is submitted
         if args.gpus_per_node and cells[0].device == "cpu":
             raise UserError("--gpus-per-node with --device cpu: drop one of them")
+    _resync(cells, states)
     todo = [c for c in cells if states[c.key].state != "finished"]
     done = len(cells) - len(todo)
     print(f"grid: {len(cells)} cells ({done} finished, {len(todo)} to run) on {where}; experiment "
@@ -217,6 +231,17 @@ def main(argv=None) -> int:
     return 1 if failed or n_done < len(cells) else 0
 
 
+def _resync(cells: list[RunConfig], states: dict) -> None:
+    """Finished on disk but not in MLflow (killed between the two, or the server was down): log the end now."""
+    from fcn.train import sync_finished, run_dir
+
+    for c in cells:
+        s = states[c.key]
+        if s.state == "finished" and not s.synced:
+            rdir = run_dir(c)
+            sync_finished(json.loads((rdir / "metrics.json").read_text()), rdir, c)
+
+
 def _prepare_stores(cells: list[RunConfig], progress: bool) -> None:
     """Build each distinct feature store once, here, before cells start (they would otherwise queue on its lock)."""
     from fcn.preprocess import ensure_store, store_path
@@ -230,24 +255,9 @@ def _prepare_stores(cells: list[RunConfig], progress: bool) -> None:
 
 
 def _finish_parent(uri: str, cells: list[RunConfig], all_done: bool) -> None:
-    from fcn import tracking
-
-    c = tracking.client(uri)
-    exp = c.get_experiment_by_name(cells[0].experiment)
-    if exp is None:
-        return
-    runs = c.search_runs([exp.experiment_id], filter_string="tags.sweep = 'parent'", max_results=1)
-    if runs:
-        c.set_terminated(runs[0].info.run_id, "FINISHED" if all_done else "FAILED")
-
-
-def _parent_id(uri: str, cells: list[RunConfig]) -> str | None:
-    from fcn import tracking
-
-    c = tracking.client(uri)
-    exp = c.get_experiment_by_name(cells[0].experiment)
-    runs = c.search_runs([exp.experiment_id], filter_string="tags.sweep = 'parent'", max_results=1) if exp else []
-    return runs[0].info.run_id if runs else None
+    c, _, parent = _find_parent(uri, cells[0].experiment)
+    if parent is not None:
+        c.set_terminated(parent.info.run_id, "FINISHED" if all_done else "FAILED")
 
 
 def _tables(cells: list[RunConfig], uri: str, results: str) -> None:
@@ -256,7 +266,8 @@ def _tables(cells: list[RunConfig], uri: str, results: str) -> None:
     except ImportError:
         return
     try:
-        paths = write_tables(cells[0].experiment, uri, results, parent_run_id=_parent_id(uri, cells))
+        parent = _find_parent(uri, cells[0].experiment)[2]
+        paths = write_tables(cells[0].experiment, uri, results, parent_run_id=parent.info.run_id if parent else None)
         print(f"tables: {len(paths)} files in {results}", file=sys.stderr)
     except Exception as e:  # noqa: BLE001 - the runs are safe in MLflow; tables can be redone with harness.tables
         print(f"warning: writing tables failed ({e}); rerun `python -m harness.tables`", file=sys.stderr)

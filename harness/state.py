@@ -25,6 +25,7 @@ class CellState:
     epochs: int | None = None
     run_id: str | None = None
     log: str = ""
+    synced: bool = True  # False: finished on disk, but its MLflow run missed the end (killed, server down)
 
 
 def _lock_held(path: Path) -> bool:
@@ -69,7 +70,7 @@ def cell_state(config: RunConfig, runs: list) -> CellState:
     if m.exists():
         r = json.loads(m.read_text())
         return CellState(config.key, "finished", r["test_roc_auc"], r["test_pr_auc"], r.get("epochs_run"),
-                         r.get("run_id"), log)
+                         r.get("run_id"), log, synced=any(tracking.is_finished(x) for x in runs))
     done = [r for r in runs if tracking.is_finished(r)]
     if done:
         met = done[0].data.metrics

@@ -1,0 +1,124 @@
+"""harness.grid: pure expansion, and the local and Ray back ends end to end (Slurm: tests/test_grid_slurm.py)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fcn.config import RunConfig
+from harness.cells import PAPER_CELLS, GridSpec, expand
+from tests.conftest import REPO, TINY, free_port, run_py
+
+
+def test_expand_is_pure_and_keys_are_stable():
+    base = RunConfig()
+    cells = expand(GridSpec(), base)
+    assert len(cells) == 30 and len({c.key for c in cells}) == 30
+    assert [c.key for c in cells] == [c.key for c in expand(GridSpec(), base)]
+    assert "msd-mel-fcn7-s0" in {c.key for c in cells} and "mtat-mfcc-fcn3-s0" in {c.key for c in cells}
+    paper = expand(GridSpec(paper=True), base)
+    assert {(c.dataset, c.input, c.depth) for c in paper} == PAPER_CELLS and len(paper) == 10
+    seeds = expand(GridSpec(seeds=(0, 1, 2), only=("mtat-*-fcn4-*",), exclude=("*-stft-*",)), base)
+    assert [c.key for c in seeds] == ["mtat-mel-fcn4-s0", "mtat-mel-fcn4-s1", "mtat-mel-fcn4-s2",
+                                      "mtat-mfcc-fcn4-s0", "mtat-mfcc-fcn4-s1", "mtat-mfcc-fcn4-s2"]
+    frac = expand(GridSpec(datasets=("msd",), inputs=("mel",), depths=(4,), fractions=(0.5, 1.0)), base)
+    assert [c.key for c in frac] == ["msd-mel-fcn4-s0-f0.5", "msd-mel-fcn4-s0"]
+    assert all(c.width == base.width for c in cells)  # everything but the axes comes from the base config
+
+
+def grid_flags(data_dir, tmp_path, *extra):
+    flags = ["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+             "--quiet"]
+    for k, v in TINY.items():
+        flags += ["--" + k.replace("_", "-"), str(v)]
+    return flags + list(extra)
+
+
+def _cell_runs(tmp_path, experiment="fcn-sweep"):
+    from fcn import tracking
+
+    c = tracking.client(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    exp = c.get_experiment_by_name(experiment)
+    runs = c.search_runs([exp.experiment_id], max_results=1000)
+    cells = [r for r in runs if "cell_key" in r.data.tags]
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    return cells, parents
+
+
+def test_local_grid_end_to_end_then_rerun_submits_nothing(data_dir, tmp_path):
+    flags = grid_flags(data_dir, tmp_path, "--inputs", "mel,mfcc", "--depths", "3", "--epochs", "2")
+    out = run_py("-m", "harness.grid", *flags)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "4/4 cells finished" in out.stderr
+    cells, parents = _cell_runs(tmp_path)
+    assert sorted(r.info.run_name for r in cells) == ["msd-mel-fcn3-s0", "msd-mfcc-fcn3-s0", "mtat-mel-fcn3-s0",
+                                                       "mtat-mfcc-fcn3-s0"]
+    assert len(parents) == 1 and all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in cells)
+    assert all(r.info.status == "FINISHED" for r in cells)
+    assert (tmp_path / "results").is_dir()
+
+    again = run_py("-m", "harness.grid", *flags)
+    assert again.returncode == 0 and "(4 finished, 0 to run)" in again.stderr
+    assert len(_cell_runs(tmp_path)[0]) == 4
+
+    status = run_py("-m", "harness.status", "--data-dir", str(data_dir), "--out-dir", str(tmp_path / "runs"),
+                    "--inputs", "mel,mfcc", "--depths", "3")
+    assert status.returncode == 0 and status.stdout.count("finished") == 4
+
+
+def test_killing_the_harness_mid_grid_then_rerun_finishes_only_what_was_missing(data_dir, tmp_path):
+    flags = grid_flags(data_dir, tmp_path, "--datasets", "mtat", "--inputs", "mel,stft,mfcc", "--depths", "3",
+                       "--parallel", "1", "--epochs", "2")
+    proc = subprocess.Popen([sys.executable, "-m", "harness.grid", *flags], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    first = tmp_path / "runs" / "fcn-sweep" / "mtat-mel-fcn3-s0" / "metrics.json"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert first.exists() and proc.poll() is None
+    os.kill(proc.pid, signal.SIGKILL)  # the harness only: its workers die with it (PR_SET_PDEATHSIG)
+    proc.wait()
+    time.sleep(1)
+    out = run_py("-m", "harness.grid", *flags)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "(1 finished, 2 to run)" in out.stderr
+    cells, _ = _cell_runs(tmp_path)
+    assert sorted(r.info.run_name for r in cells) == ["mtat-mel-fcn3-s0", "mtat-mfcc-fcn3-s0", "mtat-stft-fcn3-s0"]
+    assert all(r.info.status == "FINISHED" for r in cells)
+    log = (first.parent / "train.log").read_text()
+    assert log.count("parameters,") == 1  # the finished cell was not trained again
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--cluster", "pbs"], "invalid choice: 'pbs'"),
+    (["--datasets", "gtzan"], "unknown value(s) gtzan"),
+    (["--inputs", "cqt"], "unknown value(s) cqt"),
+    (["--depths", "3,9"], "unknown value(s) 9"),
+    (["--gpus-per-node", "2"], "need --cluster slurm"),
+    (["--only", "nothing-*"], "the grid is empty"),
+])
+def test_bad_flags_end_with_one_line_and_nothing_submitted(data_dir, tmp_path, flags, message):
+    out = run_py("-m", "harness.grid", *grid_flags(data_dir, tmp_path, *flags))
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs" / "fcn-sweep").exists()
+
+
+def test_unreachable_tracking_server_submits_nothing(data_dir, tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    out = run_py("-m", "harness.grid", *grid_flags(data_dir, tmp_path, "--tracking-uri", uri))
+    assert out.returncode == 2 and "is not reachable" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs" / "fcn-sweep").exists()
+
+
+def test_ray_grid_end_to_end(data_dir, tmp_path):
+    flags = grid_flags(data_dir, tmp_path, "--cluster", "ray", "--datasets", "mtat", "--inputs", "mel,stft",
+                       "--depths", "4", "--epochs", "2")
+    out = run_py("-m", "harness.grid", *flags, env={"RAY_AUTH_MODE": "disabled"})
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "2/2 cells finished" in out.stderr
+    cells, parents = _cell_runs(tmp_path)
+    assert sorted(r.info.run_name for r in cells) == ["mtat-mel-fcn4-s0", "mtat-stft-fcn4-s0"]
+    assert all(r.info.status == "FINISHED" and "test_roc_auc" in r.data.metrics for r in cells)
