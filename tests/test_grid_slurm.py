@@ -21,8 +21,10 @@ def _runs(uri, experiment="fcn-sweep"):
 
 def test_slurm_grid_with_external_requeue(slurm_cluster, mlflow_server, data_dir, tmp_path):
     flags = grid_flags(data_dir, tmp_path, "--cluster", "slurm", "--partition", slurm_cluster.partition,
-                       "--datasets", "mtat,msd", "--inputs", "mel", "--depths", "3", "--epochs", "8",
-                       "--patience", "8", "--time-min", "10", "--tracking-uri", mlflow_server.uri)
+                       "--datasets", "mtat,msd", "--inputs", "mel", "--depths", "3", "--epochs", "30",
+                       "--patience", "30", "--time-min", "10", "--tracking-uri", mlflow_server.uri)
+    # 30 epochs of ~1 s: a requeue sends SIGTERM (which submitit ignores) and SIGKILL 10 s later (KillWait), so the
+    # cell must still be training then for the requeue to interrupt it
     proc = subprocess.Popen([sys.executable, "-m", "harness.grid", *flags], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     runs_dir = tmp_path / "runs" / "fcn-sweep"
