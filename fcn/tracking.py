@@ -54,10 +54,12 @@ def client(uri: str):
 
     import warnings
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Updating database tables" etc. on every start
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="alembic")  # SQLite schema migration chatter, not ours to fix
     from mlflow.tracking import MlflowClient
+
+    # after the import: mlflow configures its own loggers at import time ("Updating database tables" on every start)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
     return MlflowClient(tracking_uri=uri)
 
