@@ -64,7 +64,10 @@ def _launcher_env() -> tuple[int, int, int, int]:
 def _check_gpus(local_world: int, want_cuda: bool) -> None:
     """A GPU request that does not match the processes per node is an error at start, never a hang."""
     gpus_on_node = os.environ.get("SLURM_GPUS_ON_NODE")
-    if gpus_on_node and int(gpus_on_node) != local_world:
+    # Only training processes launched as srun tasks (or by torchrun) are held to one process per GPU: a single
+    # process inside a GPU job, such as a Ray trial or a local grid under sbatch, may use the GPUs as it likes.
+    launched = os.environ.get("SLURM_STEP_ID", "").isdigit() or "LOCAL_WORLD_SIZE" in os.environ
+    if gpus_on_node and launched and int(gpus_on_node) != local_world:
         raise UserError(
             f"this Slurm job has {gpus_on_node} GPU(s) per node but runs {local_world} training process(es) per "
             f"node: set --ntasks-per-node equal to --gpus-per-node (one process per GPU)")

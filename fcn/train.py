@@ -157,7 +157,7 @@ _LOCKS: list = []
 def train(config: RunConfig) -> dict:
     """Train one cell to its early-stopping point, evaluate the best checkpoint on the test split, return metrics."""
     from fcn import tracking
-    from fcn.preprocess import ensure_store, store_path
+    from fcn.preprocess import ensure_store
     from fcn.store import FeatureDataset, check_store
 
     d = dist.setup(config.device)
@@ -179,9 +179,10 @@ def train(config: RunConfig) -> dict:
         uri = tracking.resolve_uri(config.tracking_uri, config.out_dir)
         if d.main:
             tracking.check_reachable(uri)
-            ensure_store(config)  # built once, under a lock, if missing
+        # Every rank asks; the store's file lock lets one build it while the others wait on the lock, which has no
+        # timeout (a collective barrier would time out during a paper-scale MSD build).
+        store = ensure_store(config, progress=d.main)
         dist.barrier(d)
-        store = store_path(config)
         meta = check_store(store, input=config.input, params=config.frontend, dataset=config.dataset)
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
@@ -248,6 +249,10 @@ def train(config: RunConfig) -> dict:
             bar = tqdm(train_dl, desc=f"{config.key} epoch {epoch + 1}/{config.epochs}", leave=False,
                        disable=not d.main or not sys.stderr.isatty(), unit="batch", file=sys.stderr)
             for x, y, _ in bar:
+                if len(y) < 2:
+                    # A last batch of one clip can't be batch-normalised; every rank has the same batch count
+                    # (DistributedSampler pads), so all ranks skip it together and DDP stays in step.
+                    continue
                 x = x.to(d.device, non_blocking=True)
                 if config.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
