@@ -1,0 +1,359 @@
+"""Generate `slurm/<dataset>_fcn<depth>.sh`: one sbatch script per (dataset, depth) of the paper's grid (one template).
+
+    python -m harness.sbatch            # (re)write slurm/mtat_fcn3.sh ... slurm/msd_fcn7.sh
+    python -m harness.sbatch --check    # exit 1, listing the scripts that differ from what would be generated
+    python -m harness.sbatch --out DIR  # write (or --check) DIR instead of the repository's slurm/
+
+The grid comes from harness.cells (the same expansion as `python -m harness.grid`), the published numbers from
+harness.paper, the cost of each model from fcn.models (multiply-adds counted on the real network). Each script runs one
+cell with `srun python -m fcn.train --preset paper ...`: one task per GPU, DDP through fcn/dist.py, requeue + resume on
+preemption or time limit. The input (mel / STFT / MFCC) is a variable of the script, INPUT=${INPUT:-mel}.
+
+The time estimates are derived, not measured: training costs 3 × 2 × forward multiply-adds FLOPs per clip (forward +
+backward), validation 2 ×; one H100 is assumed to sustain the planning figure of ~2,600 FCN-4 clips/s in bf16, i.e.
+~156 TFLOP/s (PAPER.md "Compute at paper scale": ~60 GFLOP per FCN-4 training clip).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import re
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM_DIR = REPO / "slurm"
+
+# --- compute model (PAPER.md, "Compute at paper scale" [D]) -----------------------------------------------------------
+FCN4_CLIPS_PER_S = 2600  # planning figure for one H100 in bf16 on FCN-4, 96×1366 mel; not measured here
+# Training / validation clips per epoch: MTAT's clean split (PAPER.md; --split folder keeps more clips) and Choi's
+# MSD split [C].
+SPLIT_CLIPS = {"mtat": (15_244, 1_529), "msd": (201_680, 12_634)}
+FEATURE_KB = 262  # a 96×1366 float16 feature (PAPER.md)
+# What each job asks for. One GPU by default: the paper preset's batch of 16 is per process, so one GPU is the
+# recipe as written; more GPUs are a flag away (see each script's header).
+GPUS = 1
+CPUS_PER_TASK = 8  # 4 DataLoader workers (paper preset) + the trainer + headroom
+MEM = {"mtat": "32G", "msd": "64G"}  # per node
+SIGNAL_S = 120  # USR2 this long before the time limit (Slurm may send it up to ~30 s early: FACTS.md)
+LOG = "slurm/logs/%x-%j.out"
+
+INPUT_NOTE = {"mel": "96×1366 log-mel", "stft": "128×1366 log-STFT", "mfcc": "90×1366 MFCC+Δ+ΔΔ"}
+
+
+@dataclass(frozen=True)
+class Script:
+    dataset: str
+    depth: int
+    text: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}_fcn{self.depth}.sh"
+
+
+def grid_pairs() -> list[tuple[str, int]]:
+    """(dataset, depth) of every cell of the paper's grid (harness.cells), in the grid's order."""
+    from fcn.config import RunConfig
+    from harness.cells import GridSpec, expand
+
+    pairs: list[tuple[str, int]] = []
+    for c in expand(GridSpec(), RunConfig()):
+        if (c.dataset, c.depth) not in pairs:
+            pairs.append((c.dataset, c.depth))
+    return pairs
+
+
+@functools.lru_cache(maxsize=None)
+def _macs(depth: int) -> int:
+    """Forward multiply-adds of FCN-`depth` at paper scale on a 96×1366 mel."""
+    from fcn.frontends import FrontEndParams
+    from fcn.models import FCN, forward_macs
+
+    p = FrontEndParams()
+    return forward_macs(FCN(depth, 1.0), p.rows("mel"), p.n_frames)
+
+
+def _dur(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _reproduces(dataset: str, depth: int) -> list[str]:
+    from harness import paper
+
+    lines = []
+    for inp in ("mel", "stft", "mfcc"):
+        pub, rerun = paper.published(dataset, inp, depth), paper.rerun(dataset, inp, depth)
+        if pub is None and rerun is None:
+            continue
+        if dataset == "msd":
+            txt = f"{pub:.3f} as published"
+            txt += (f"; {rerun:.3f} in the first author's re-run (no LR schedule, 480 epochs)" if rerun is not None
+                    else "; no re-run number for this depth")
+        else:
+            txt = f"{pub:.3f}" + (" (the paper's headline)" if (inp, depth) == ("mel", 4) else "")
+        lines.append(f"INPUT={inp}: {txt} [C]")
+    if not lines:
+        lines.append("not in the paper (it reports MTAT FCN-3/4/5): our extension of the depth axis")
+    elif not any(ln.startswith("INPUT=stft") for ln in lines):
+        lines.append("INPUT=stft / mfcc: not in the paper for this depth")
+    if dataset == "msd":
+        lines.append("The first author later warned the published MSD numbers were not reproducible (learning-rate "
+                     "schedule) [C].")
+    if depth >= 6:
+        lines.append("FCN-6/7 architecture is a third-party reading [U]: FCN-5 plus "
+                     + ("one 1×1 convolution" if depth == 6 else "two 1×1 convolutions") + " to 1024 maps.")
+    return lines
+
+
+def _estimate(dataset: str, depth: int, macs: int, macs4: int) -> tuple[list[str], int]:
+    """Header lines on how long the job takes, and the time limit in hours."""
+    from fcn.config import PAPER_EPOCHS, PAPER_PATIENCE
+
+    flops_per_s = FCN4_CLIPS_PER_S * 6 * macs4  # the assumed sustained rate of one H100
+    clips_per_s = flops_per_s / (6 * macs)
+    n_train, n_valid = SPLIT_CLIPS[dataset]
+    epoch_flop = n_train * 6 * macs + n_valid * 2 * macs
+    epoch_s = epoch_flop / flops_per_s
+    worst_s = PAPER_EPOCHS * epoch_s
+    hours = math.ceil(1.5 * worst_s / 3600 + 1)  # margin + building the feature store / first-epoch warm-up
+    split = "clean split; --split folder has more" if dataset == "mtat" else "Choi's split"
+    lines = [
+        f"FCN-{depth} costs {macs / 1e9:.2f} G multiply-adds per 96×1366 mel clip forward: ≈{6 * macs / 1e9:.0f} GFLOP "
+        f"per training clip (forward + backward), {2 * macs / 1e9:.0f} per validation clip.",
+        f"One {dataset.upper()} epoch ({n_train:,} training + {n_valid:,} validation clips, {split}) ≈ "
+        f"{epoch_flop / 1e15:.2f} PFLOP.",
+        f"Assumed: one H100 sustains ≈{flops_per_s / 1e12:.0f} TFLOP/s in bf16 (the planning figure: "
+        f"≈{FCN4_CLIPS_PER_S:,} FCN-4 clips/s), here ≈{clips_per_s:,.0f} clips/s.",
+        f"≈{_dur(epoch_s)} per epoch on 1 GPU; the worst case, {PAPER_EPOCHS} epochs (early stopping, patience "
+        f"{PAPER_PATIENCE}): ≈{_dur(worst_s)} on 1 GPU, ≈{_dur(worst_s / 4)} on 4, ≈{_dur(worst_s / 8)} on 8 "
+        f"(linear scaling assumed).",
+        f"The store must deliver {clips_per_s:,.0f} clips/s × {FEATURE_KB} KB ≈ {clips_per_s * FEATURE_KB / 1e3:,.0f} "
+        f"MB/s: keep it on local disk or in page cache.",
+        "STFT (128 rows) costs about a third more than mel; MFCC (90 rows) about the same.",
+        f"Time limit: {hours} h (1.5 × the worst case + 1 h); reaching it is not fatal (the job requeues itself and "
+        "resumes).",
+        "Build the feature store first (CPU-bound; on first use rank 0 builds it while the other ranks wait):",
+        f"  python -m fcn.preprocess --dataset {dataset} --data-root $DATA_ROOT --preset paper",
+    ]
+    return lines, hours
+
+
+TEMPLATE = r"""#!/bin/bash
+# @TITLE@
+#
+# Generated by `python -m harness.sbatch` from harness/cells.py (the grid), harness/paper.py (the published
+# numbers) and fcn/models.py (the cost). Edit the template in harness/sbatch.py, not this file:
+# `python -m harness.sbatch --check` tells whether the scripts are in sync.
+#
+# Run it from the repository root (relative paths are relative to the directory you submit from):
+#     DATA_ROOT=@DATA_EXAMPLE@ sbatch slurm/@NAME@
+#     INPUT=stft DATA_ROOT=@DATA_EXAMPLE@ MLFLOW_TRACKING_URI=http://mlflow.example.org:5000 sbatch slurm/@NAME@
+#     sbatch --partition=gpu --account=myproj slurm/@NAME@    # sbatch flags override the #SBATCH lines
+# The cell's key is @DATASET@-<INPUT>-fcn@DEPTH@-s0; its run directory $OUT_DIR/$EXPERIMENT/<key>/ (checkpoints,
+# train.log, metrics.json); its MLflow run is named after the key. The job prints one JSON line with the result.
+#
+# Reproduces (macro ROC-AUC over the 50 tags on the test split; harness/paper.py, PAPER.md):
+@REPRODUCES@
+#
+# How long: an ESTIMATE from PAPER.md's compute figures, not a measurement.
+@ESTIMATE@
+#
+# GPUs: one training process per GPU (one srun task each, DDP through fcn/dist.py). Keep --ntasks-per-node equal to
+# --gpus-per-node (the job stops at once with an error otherwise), and raise --mem with them. Examples:
+#     sbatch --gpus-per-node=4 --ntasks-per-node=4 --mem=128G slurm/@NAME@            # 4 GPUs on one node
+#     sbatch --nodes=2 --gpus-per-node=4 --ntasks-per-node=4 --mem=128G slurm/@NAME@  # 8 GPUs on two nodes
+# The paper preset's batch size (16 [U]) is per process: N GPUs train with a global batch of 16 × N. To keep 16 in
+# all, add FCN_ARGS="--batch-size $((16 / N))".
+#
+# Preemption and time limit: Slurm sends USR2 @SIGNAL_S@ s before the limit (TERM on preemption); the script then runs
+# `scontrol requeue`, and the restarted job resumes from the cell's last epoch checkpoint (ckpt/last.pt) in the same
+# MLflow run. Resubmitting by hand does the same; a finished cell only prints its result again.
+#
+# Environment (sbatch passes yours to the job):
+#   INPUT=mel                 mel | stft | mfcc
+#   DATA_ROOT=                the @DATASET_UPPER@ root (@DATA_HINT@); empty = the built-in
+#                             synthetic set in the same layout (a smoke test, not the paper)
+#   OUT_DIR=runs              run directories and the default MLflow store
+#   EXPERIMENT=fcn-sweep      MLflow experiment; the same as `python -m harness.grid`, so harness.status and
+#                             harness.tables see this cell
+#   MLFLOW_TRACKING_URI=      MLflow server; empty = sqlite:///<OUT_DIR>/mlflow.db
+#   PYTHON=.venv/bin/python   the interpreter with fcn-sweep installed (`bash scripts/setup.sh`)
+#   FCN_ARGS=                 extra `python -m fcn.train` flags, passed last so they win, e.g. "--seed 1 --lr 5e-4"
+#
+#SBATCH --job-name=fcn-@DATASET@-fcn@DEPTH@
+#SBATCH --nodes=1
+#SBATCH --gpus-per-node=@GPUS@
+#SBATCH --ntasks-per-node=@GPUS@
+#SBATCH --cpus-per-task=@CPUS@
+#SBATCH --mem=@MEM@
+#SBATCH --time=@TIME@
+#SBATCH --requeue
+#SBATCH --signal=B:USR2@@SIGNAL_S@
+#SBATCH --open-mode=append
+#SBATCH --output=@LOG@
+
+set -uo pipefail  # not -e: srun's exit status and the requeue trap are handled below
+
+die() { echo "error: $*" >&2; exit 2; }
+[ -n "${SLURM_JOB_ID:-}" ] || die "submit this script with sbatch, from the repository root: sbatch slurm/@NAME@"
+
+INPUT=${INPUT:-mel}
+DATA_ROOT=${DATA_ROOT:-}
+OUT_DIR=${OUT_DIR:-runs}
+EXPERIMENT=${EXPERIMENT:-fcn-sweep}
+MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-}
+PYTHON=${PYTHON:-.venv/bin/python}
+FCN_ARGS=${FCN_ARGS:-}
+
+# --- fail fast, before any training process starts -------------------------------------------------------------
+case "$INPUT" in mel|stft|mfcc) ;; *) die "INPUT=$INPUT: choose mel, stft or mfcc" ;; esac
+command -v "$PYTHON" >/dev/null 2>&1 \
+    || die "PYTHON=$PYTHON is not executable from $(pwd): submit from the repository root or set PYTHON=/path/to/python"
+if [ -n "$DATA_ROOT" ]; then
+    [ -d "$DATA_ROOT" ] || die "DATA_ROOT=$DATA_ROOT does not exist on $(hostname)" \
+        "(the @DATASET_UPPER@ root: @DATA_HINT@)"
+else
+    echo "warning: DATA_ROOT is not set: training on the built-in synthetic @DATASET_UPPER@ set, not the real data" >&2
+fi
+nodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
+tasks_per_node=${SLURM_NTASKS_PER_NODE:-${SLURM_TASKS_PER_NODE:-$(( ${SLURM_NTASKS:-1} / nodes ))}}
+tasks_per_node=${tasks_per_node%%[(,]*}
+if [ -n "${SLURM_GPUS_ON_NODE:-}" ] && [ "$SLURM_GPUS_ON_NODE" != "$tasks_per_node" ]; then
+    die "this job has $SLURM_GPUS_ON_NODE GPU(s) per node but $tasks_per_node task(s) per node: one training" \
+        "process per GPU, so pass --ntasks-per-node=$SLURM_GPUS_ON_NODE with --gpus-per-node=$SLURM_GPUS_ON_NODE"
+fi
+mkdir -p "$OUT_DIR" || die "cannot create OUT_DIR=$OUT_DIR"
+eval "extra=($FCN_ARGS)" || die "cannot parse FCN_ARGS=$FCN_ARGS"
+
+# --- rendezvous for DDP: the same rule as fcn/dist.py --------------------------------------------------------------
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null | head -n 1)
+export MASTER_ADDR=${MASTER_ADDR:-$(hostname)}
+export MASTER_PORT=$((15000 + SLURM_JOB_ID % 20000))
+
+# --- preemption / time limit: requeue; the cell's checkpoint holds the state ----------------------------------------
+requeued=
+requeue() {
+    [ -n "$requeued" ] && return
+    requeued=1
+    local state  # only a running (or preempted / timed-out) job is requeued: never undo a scancel
+    state=$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2)
+    case ${state:-RUNNING} in
+        RUNNING|PREEMPTED|TIMEOUT) ;;
+        *) echo "$(date '+%F %T') got $1 while the job is $state: Slurm is ending or requeueing it" >&2; return ;;
+    esac
+    echo "$(date '+%F %T') got $1: requeueing job $SLURM_JOB_ID; it resumes from the cell's last checkpoint" >&2
+    scontrol requeue "$SLURM_JOB_ID" || echo "scontrol requeue failed: resubmit this script to resume" >&2
+}
+trap 'requeue USR2' USR2
+trap 'requeue TERM' TERM
+
+echo "$(date '+%F %T') job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): @DATASET@ FCN-@DEPTH@ $INPUT on" \
+     "$nodes node(s) × $tasks_per_node task(s), ${SLURM_GPUS_ON_NODE:-0} GPU(s) per node," \
+     "master $MASTER_ADDR:$MASTER_PORT"
+srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} \
+    "$PYTHON" -m fcn.train --preset paper --dataset @DATASET@ --depth @DEPTH@ --input "$INPUT" \
+    --data-root "$DATA_ROOT" --tracking-uri "$MLFLOW_TRACKING_URI" --out-dir "$OUT_DIR" --experiment "$EXPERIMENT" \
+    ${extra[@]+"${extra[@]}"} &
+pid=$!
+wait "$pid"
+rc=$?
+while kill -0 "$pid" 2>/dev/null; do  # a trapped signal interrupts `wait`: keep waiting for srun
+    wait "$pid"
+    rc=$?
+done
+exit "$rc"
+"""
+
+
+def _comment(lines: list[str], width: int = 118) -> str:
+    """Header comment lines, wrapped; continuation lines indented under their first line."""
+    out = []
+    for ln in lines:
+        lead = len(ln) - len(ln.lstrip(" "))
+        out += textwrap.wrap(ln, width, initial_indent="#   ", subsequent_indent="#     " + " " * lead,
+                             break_long_words=False, break_on_hyphens=False)
+    return "\n".join(out)
+
+
+def render(dataset: str, depth: int, macs: int, macs4: int) -> Script:
+    name = f"{dataset}_fcn{depth}.sh"
+    est, hours = _estimate(dataset, depth, macs, macs4)
+    values = {
+        "TITLE": f"{dataset.upper()} FCN-{depth}: one cell of Choi, Fazekas & Sandler 2016 (FCN music auto-tagging), "
+                 f"paper scale, on Slurm.",
+        "NAME": name,
+        "DATASET": dataset,
+        "DATASET_UPPER": dataset.upper(),
+        "DEPTH": str(depth),
+        "DATA_EXAMPLE": f"/data/{dataset}",
+        "DATA_HINT": ("annotations_final.csv and the folders 0..f" if dataset == "mtat"
+                      else "lastfm_tags.db, splits/, audio/"),
+        "REPRODUCES": _comment(_reproduces(dataset, depth)),
+        "ESTIMATE": _comment(est),
+        "GPUS": str(GPUS),
+        "CPUS": str(CPUS_PER_TASK),
+        "MEM": MEM[dataset],
+        "TIME": f"{hours:02d}:00:00",
+        "SIGNAL_S": str(SIGNAL_S),
+        "LOG": LOG,
+    }
+    text = TEMPLATE
+    for k, v in values.items():
+        text = text.replace(f"@{k}@", v)
+    left = re.findall(r"@[A-Z_]+@", text)
+    assert not left, f"unfilled placeholder(s) {left} in the sbatch template"
+    return Script(dataset, depth, text)
+
+
+def generate() -> list[Script]:
+    pairs = grid_pairs()
+    macs = {d: _macs(d) for d in sorted({d for _, d in pairs} | {4})}
+    return [render(ds, d, macs[d], macs[4]) for ds, d in pairs]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m harness.sbatch", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true",
+                    help="write nothing; exit 1 listing the scripts that differ from what would be generated")
+    ap.add_argument("--out", default=str(SLURM_DIR), metavar="DIR", help="where the scripts are (default: slurm/)")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    scripts = generate()
+    if args.check:
+        stale = []
+        for s in scripts:
+            path = out / s.name
+            if not path.exists():
+                stale.append(f"{path} (missing)")
+            elif path.read_text() != s.text:
+                stale.append(f"{path} (differs)")
+        if stale:
+            print(f"{len(stale)} of {len(scripts)} sbatch script(s) out of sync with the grid; regenerate with "
+                  f"`python -m harness.sbatch" + (f" --out {args.out}`" if out != SLURM_DIR else "`") + ":",
+                  file=sys.stderr)
+            for s in stale:
+                print(f"  {s}", file=sys.stderr)
+            return 1
+        print(f"{len(scripts)} sbatch scripts in {out} are in sync with the grid", file=sys.stderr)
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    for s in scripts:
+        path = out / s.name
+        if not path.exists() or path.read_text() != s.text:
+            path.write_text(s.text)
+        path.chmod(0o755)
+    print(f"wrote {len(scripts)} sbatch scripts to {out}: " + " ".join(s.name for s in scripts), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
