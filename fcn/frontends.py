@@ -90,11 +90,15 @@ class FrontEnd(nn.Module):
         elif kind == "stft":
             self.spec = T.Spectrogram(n_fft=p.stft_n_fft, hop_length=p.hop, power=1.0, pad_mode=p.pad_mode)
         else:
-            self.spec = T.MFCC(
-                sample_rate=p.sample_rate, n_mfcc=p.n_mfcc,
-                melkwargs=dict(n_fft=p.n_fft, hop_length=p.hop, n_mels=p.n_mels, mel_scale=p.mel_scale,
-                               norm=p.mel_norm, pad_mode=p.pad_mode),
+            import torchaudio.functional as AF
+
+            # Not T.MFCC: its 80 dB floor is taken over the whole batch, so a clip's MFCC depended on its neighbours
+            # (bench/preprocess.py found differences of hundreds of units). Here the floor is per clip, as librosa's.
+            self.spec = T.MelSpectrogram(
+                sample_rate=p.sample_rate, n_fft=p.n_fft, hop_length=p.hop, n_mels=p.n_mels, power=2.0,
+                mel_scale=p.mel_scale, norm=p.mel_norm, pad_mode=p.pad_mode,
             )
+            self.register_buffer("dct", AF.create_dct(p.n_mfcc, p.n_mels, "ortho"))
             self.delta = T.ComputeDeltas(win_length=p.delta_width)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
@@ -105,6 +109,9 @@ class FrontEnd(nn.Module):
         elif self.kind == "stft":
             x = 20.0 * torch.log10(torch.clamp(x[..., :-1, :], min=p.amin))  # drop the Nyquist bin → 128 rows
         else:
+            db = 10.0 * torch.log10(torch.clamp(x, min=p.amin))
+            db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - 80.0)  # librosa's top_db=80, per clip
+            x = torch.matmul(db.transpose(-1, -2), self.dct).transpose(-1, -2)
             d1 = self.delta(x)
             x = torch.cat([x, d1, self.delta(d1)], dim=-2)
         return x.unsqueeze(1)

@@ -71,3 +71,13 @@ def test_batched_equals_one_by_one():
 def test_unknown_input():
     with pytest.raises(ValueError, match="unknown input 'cqt'"):
         FrontEnd("cqt")
+
+
+def test_a_clip_features_do_not_depend_on_its_batch():
+    p = FrontEndParams.for_seconds(2.0)
+    loud = torch.from_numpy(_wave(2.0, seed=3)[: p.n_samples])
+    quiet = loud * 1e-6  # 120 dB quieter: a batch-wide dB floor would flatten it
+    both = compute(torch.stack([loud, quiet]), INPUTS, p)
+    alone = compute(quiet[None], INPUTS, p)
+    for k in INPUTS:
+        torch.testing.assert_close(both[k][1], alone[k][0], atol=1e-3, rtol=1e-4)
