@@ -19,7 +19,11 @@ def per_tag(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def macro(y_true: np.ndarray, y_score: np.ndarray) -> dict:
-    roc, pr = per_tag(y_true, y_score)
+    return summarise(*per_tag(y_true, y_score))
+
+
+def summarise(roc: np.ndarray, pr: np.ndarray) -> dict:
+    """Macro averages of per-tag AUCs (tags with one class in the split are left out)."""
     if np.all(np.isnan(roc)):
         return {"roc_auc": float("nan"), "pr_auc": float("nan"), "tags_evaluated": 0}
     return {"roc_auc": float(np.nanmean(roc)), "pr_auc": float(np.nanmean(pr)),

@@ -315,14 +315,14 @@ def train(config: RunConfig) -> dict:
         model.load_state_dict(best["model"])
         ti, ts, tloss = predict(net, test_dl, config, d)
         y = test_ds.labels[ti].astype(np.uint8)
-        test = M.macro(y, ts)
+        roc, pr = M.per_tag(y, ts)  # once: the macro figures and per_tag_auc.csv both come from it
+        test = M.summarise(roc, pr)
         result = dict(key=config.key, run_id=run_id, test_roc_auc=test["roc_auc"], test_pr_auc=test["pr_auc"],
                       test_loss=tloss, tags_evaluated=test["tags_evaluated"], best_epoch=progress["best_epoch"],
                       best_valid_roc_auc=progress["best"], epochs_run=progress["epoch"],
                       train_time_s=progress["train_time"], n_params=n_params(model), world_size=d.world,
                       run_dir=str(rdir.resolve()), config=config.to_dict())
         if d.main:
-            roc, pr = M.per_tag(y, ts)
             with open(rdir / "per_tag_auc.csv", "w") as f:
                 f.write("tag,roc_auc,pr_auc\n")
                 for tag, r, p in zip(meta["tags"], roc, pr):
