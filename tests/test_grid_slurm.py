@@ -21,10 +21,11 @@ def _runs(uri, experiment="fcn-sweep"):
 
 def test_slurm_grid_with_external_requeue(slurm_cluster, mlflow_server, data_dir, tmp_path):
     flags = grid_flags(data_dir, tmp_path, "--cluster", "slurm", "--partition", slurm_cluster.partition,
-                       "--datasets", "mtat,msd", "--inputs", "mel", "--depths", "3", "--epochs", "30",
-                       "--patience", "30", "--time-min", "10", "--tracking-uri", mlflow_server.uri)
-    # 30 epochs of ~1 s: a requeue sends SIGTERM (which submitit ignores) and SIGKILL 10 s later (KillWait), so the
-    # cell must still be training then for the requeue to interrupt it
+                       "--datasets", "mtat,msd", "--inputs", "mel", "--depths", "3", "--epochs", "40",
+                       "--patience", "40", "--time-min", "10", "--tracking-uri", mlflow_server.uri)
+    # a requeue sends SIGTERM (which submitit ignores) and SIGKILL KillWait later, so the cell must still be training
+    # then for the requeue to interrupt it. Epochs take 0.3 s (CI) to 1 s (a loaded machine): with KillWait=2 s the
+    # kill lands by epoch ~8 of 40. KillWait=10 s was once too long: CI finished all 30 epochs before the kill.
     proc = subprocess.Popen([sys.executable, "-m", "harness.grid", *flags], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     runs_dir = tmp_path / "runs" / "fcn-sweep"
@@ -46,6 +47,8 @@ def test_slurm_grid_with_external_requeue(slurm_cluster, mlflow_server, data_dir
     runs = _runs(mlflow_server.uri)
     assert sorted(r.info.run_name for r in runs) == ["msd-mel-fcn3-s0", "mtat-mel-fcn3-s0"]  # once each
     assert all(r.info.status == "FINISHED" and "test_roc_auc" in r.data.metrics for r in runs)
+    shown = slurm_cluster.run("scontrol", "show", "job", str(job)).stdout
+    assert "Restarts=1" in shown, "the requeue did not restart the job (did the cell finish before the kill?)"
     assert "resuming after epoch" in (victim / "train.log").read_text()  # the requeued job resumed, not restarted
     # the job really ran through Slurm's accounting
     assert slurm_cluster.wait_sacct(job, timeout=60) == "COMPLETED"

@@ -127,7 +127,7 @@ class SlurmCluster:
 
     def requeue(self, jobid: int | str) -> None:
         """`scontrol requeue`: like scancel, the running job's processes get SIGCONT+SIGTERM at once (no advance
-        warning signal) and SIGKILL after KillWait=10 s; the job (same id, SLURM_RESTART_COUNT+1) restarts its batch
+        warning signal) and SIGKILL after KillWait=2 s; the job (same id, SLURM_RESTART_COUNT+1) restarts its batch
         script from the start ~12 s later (cred_expire=10 + sched_interval)."""
         self.run("scontrol", "requeue", str(jobid))
 
@@ -415,7 +415,7 @@ EnforcePartLimits=ALL
 MailProg=/bin/true
 ReturnToService=2
 JobRequeue=1
-KillWait=10
+KillWait=2
 InactiveLimit=0
 MinJobAge=300
 JobCompType=jobcomp/none
