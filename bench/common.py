@@ -62,17 +62,10 @@ def allocator_env(allocator: str) -> dict[str, str]:
 
 
 def glibc_keep_memory() -> bool:
-    """Tell glibc malloc, from inside a running process, to keep freed memory: serve big blocks from the heap
-    instead of fresh mmap()s (M_MMAP_MAX = 0) and never trim the heap (M_TRIM_THRESHOLD = -1, man mallopt(3)).
-    A training step then reuses the previous step's pages instead of page-faulting its activations in again."""
-    import ctypes
+    """glibc keeps freed memory (fcn.malloc.keep_freed_memory, what fcn.train and fcn.preprocess's workers call)."""
+    from fcn.malloc import keep_freed_memory
 
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
-    except (OSError, AttributeError):
-        return False  # not glibc: nothing to tune
+    return keep_freed_memory()
 
 
 def apply_allocator(allocator: str) -> None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from fcn import checkpoint, dist, metrics as M
 from fcn.config import RunConfig, add_config_arguments, config_from_args
 from fcn.errors import UserError, run_cli
+from fcn.malloc import keep_freed_memory
 from fcn.models import FCN, n_params
 
 # Fields that say where or how fast a run goes, not what it computes: they may change between a run and its resume.
@@ -136,19 +137,6 @@ def _log_final(t, result: dict, rdir: Path) -> None:
     t.finish("FINISHED")
 
 
-def _keep_freed_memory() -> None:
-    """On CPU, stop glibc returning freed activation memory to the OS after every step: the next step re-faults
-    every page (bench/train_step.py: 1.8× samples/s at demo scale, 1.3-1.5× at paper scale; more resident memory)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-4, 0)  # M_MMAP_MAX: no mmap'd blocks, which munmap on free
-        libc.mallopt(-1, -1)  # M_TRIM_THRESHOLD: never trim the heap
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
 def _cell_lock(rdir: Path):
     """Hold the cell's lock for the life of this process; a second trainer of the same cell stops with one line."""
     import fcntl
@@ -179,7 +167,7 @@ def train(config: RunConfig) -> dict:
             max(1, (os.cpu_count() or 1) // d.local_world)
         torch.set_num_threads(threads)
         if d.device.type == "cpu":
-            _keep_freed_memory()
+            keep_freed_memory()  # fcn/malloc.py: the step stops re-faulting its activations
         rdir = run_dir(config)
         if d.main:
             (rdir / "ckpt").mkdir(parents=True, exist_ok=True)
