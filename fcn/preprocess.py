@@ -151,7 +151,10 @@ def _worker_main(conn) -> None:
     """A worker process: shard jobs in, progress messages out, until told to stop or the parent is gone."""
     import torch
 
+    from fcn.malloc import keep_freed_memory
+
     torch.set_num_threads(1)  # one process per core; threads inside would only fight each other
+    keep_freed_memory()  # a 32-clip batch's STFTs would otherwise be fresh mmap()s, page-faulted in on every shard
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us cleanly
     while True:
         try:
@@ -292,7 +295,10 @@ def _run_shards(jobs: dict, n_workers: int, decode_timeout: float, on_done) -> N
 
 def _manifest(items, params: FrontEndParams, inputs, shard_size: int) -> str:
     """What the parts of a build depend on: a rerun resumes only parts made from exactly this."""
+    from fcn.store import FORMAT_VERSION
+
     h = hashlib.sha256()
+    h.update(f"format {FORMAT_VERSION}\n".encode())  # parts of an older format's build must not be reused
     h.update(params.to_json().encode())
     h.update(json.dumps([list(inputs), shard_size]).encode())  # the shard size fixes which clips each part holds
     for it in items:
@@ -472,13 +478,27 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _current(path: Path) -> bool:
+    """Whether `path` is a store of this fcn's format (False when absent, older or unreadable)."""
+    from fcn.store import FORMAT_VERSION, read_meta
+
+    if not path.exists():
+        return False
+    try:
+        return read_meta(path)["format_version"] == FORMAT_VERSION
+    except UserError:
+        return False
+
+
 def ensure_store(config, *, workers: int = 0, progress: bool = True) -> Path:
     """The run's store, built (once, under a lock) if it does not exist yet."""
     path = store_path(config)
-    if path.exists() or config.store:
+    if config.store or _current(path):
         return path  # an explicit --store is never built implicitly: a wrong path must be an error, not a build
     with _lock(path.with_name(path.name + ".lock")):
-        if not path.exists():
+        if not _current(path):
+            if path.exists():  # a derived store is a cache: one of an older format is rebuilt, not refused
+                print(f"feature store {path} is of an older format: rebuilding it", file=sys.stderr)
             tags, items, problems = read_items(config)
             report = build(items, tags, dataset=config.dataset, out=path, params=config.frontend,
                            workers=workers, progress=progress, reader_problems=problems)

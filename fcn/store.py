@@ -17,7 +17,9 @@ import torch
 from fcn.errors import UserError
 from fcn.frontends import FrontEndParams
 
-FORMAT_VERSION = 1
+# 2: the MFCC's 80 dB floor is per clip (format 1 floored each 32-clip batch as a whole, so a clip's MFCC depended
+# on its neighbours). Stores of another format are refused, or rebuilt when they are the derived default.
+FORMAT_VERSION = 2
 SPLITS = ("train", "valid", "test")
 
 
@@ -79,6 +81,9 @@ def read_meta(path: str | Path) -> dict:
 def check_store(path: str | Path, *, input: str, params: FrontEndParams, dataset: str | None = None) -> dict:
     """Refuse a store built with other front-end parameters, another data set or without this input type."""
     meta = read_meta(path)
+    if meta["format_version"] != FORMAT_VERSION:
+        raise UserError(f"feature store {path} has format {meta['format_version']}, and this fcn reads format "
+                        f"{FORMAT_VERSION} (store.py says what changed); rebuild it with `python -m fcn.preprocess`")
     if meta["frontend"] != params:
         a, b = meta["frontend"].to_dict(), params.to_dict()
         diff = ", ".join(f"{k}: store {a[k]!r} vs run {b[k]!r}" for k in a if a[k] != b.get(k))

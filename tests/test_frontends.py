@@ -81,3 +81,15 @@ def test_a_clip_features_do_not_depend_on_its_batch():
     alone = compute(quiet[None], INPUTS, p)
     for k in INPUTS:
         torch.testing.assert_close(both[k][1], alone[k][0], atol=1e-3, rtol=1e-4)
+
+
+def test_mfcc_from_the_mel_equals_the_mfcc_front_end_alone():
+    # compute() derives the MFCC from the mel's dB when both are asked for (one STFT fewer); the values must be those
+    # of the MFCC front end run on its own, in either order of the inputs
+    p = FrontEndParams.for_seconds(2.0)
+    waves = torch.from_numpy(np.stack([_wave(2.0, seed=s)[: p.n_samples] for s in range(2)]))
+    alone = FrontEnd("mfcc", p)(waves)[:, 0]
+    for kinds in (("mel", "mfcc"), ("mfcc", "stft", "mel")):
+        out = compute(waves, kinds, p)
+        assert tuple(out) == kinds
+        torch.testing.assert_close(out["mfcc"], alone, atol=0, rtol=0)

@@ -315,8 +315,9 @@ def test_kill_mid_run_and_rerun_give_the_identical_store(base_root, inject_env, 
     assert sorted(decoded) == sorted(missing)
 
 
-def test_stale_parts_are_discarded_and_a_finished_store_is_left_alone(base_root, tmp_path, monkeypatch, capsys):
+def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_format_rebuilt(base_root, tmp_path, monkeypatch, capsys):
     import fcn.preprocess as pp
+    import fcn.errors
     import fcn.store
     from fcn.config import RunConfig
     from fcn.frontends import FrontEndParams
@@ -361,6 +362,18 @@ def test_stale_parts_are_discarded_and_a_finished_store_is_left_alone(base_root,
     monkeypatch.setattr(pp, "read_items", must_not_run)
     assert pp.ensure_store(config, workers=1, progress=False) == path
     assert path.stat().st_mtime_ns == stamp
+
+    # a store of an older format (format 1's MFCC had a batch-wide floor): refused when named, rebuilt when derived
+    monkeypatch.undo()
+    with h5py.File(path, "r+") as h:
+        h.attrs["format_version"] = 1
+    with pytest.raises(fcn.errors.UserError, match=r"has format 1, and this fcn reads format 2 .*rebuild it"):
+        fcn.store.check_store(path, input="mel", params=config.frontend, dataset="mtat")
+    capsys.readouterr()
+    assert pp.ensure_store(config, workers=1, progress=False) == path
+    assert "of an older format: rebuilding it" in capsys.readouterr().err
+    assert fcn.store.read_meta(path)["format_version"] == fcn.store.FORMAT_VERSION == 2
+    _assert_same_store(path, ref)
 
 
 def test_a_file_too_long_to_be_a_clip_is_refused_before_decoding(tmp_path):
