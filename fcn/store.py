@@ -135,13 +135,43 @@ class FeatureDataset(torch.utils.data.Dataset):
         return self._h5[self.input]
 
     def __getitem__(self, i: int):
-        # float16 → float32 in torch, not numpy: torch's conversion is vectorised and numpy's is not, so loading is
-        # several times faster (bench/loading.py); the values are bit-identical to (x.astype(float32) - mean) / std.
-        x = torch.from_numpy(self._file()[self.index[i]]).float()
-        x.sub_(self.mean).div_(self.std)
+        """One clip, standardised float32 (1, rows, frames); training reads whole batches instead (read_batch)."""
+        x = self.standardise(torch.from_numpy(self._file()[self.index[i]]))
         return x.unsqueeze(0), torch.from_numpy(self.labels[i]), i
+
+    def read_batch(self, idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clips `idx` (positions in this split) as one float16 batch (B, 1, rows, frames), their labels (B, 50) and
+        `idx`. Standardising is left to the consumer (`standardise`, on the device): half the bytes through worker
+        pipes and host-to-device copies, and no per-clip collation (bench/loading.py: 2-3× the clips/s of per-clip
+        float32 items). Rows are read in increasing file order with read_direct into one array."""
+        idx = np.asarray(idx, dtype=np.int64)
+        d = self._file()
+        x = np.empty((len(idx), *d.shape[1:]), dtype=d.dtype)
+        rows = self.index[idx]
+        for k in np.argsort(rows, kind="stable"):  # increasing offsets; h5py's fancy indexing costs more than it saves
+            d.read_direct(x, np.s_[int(rows[k])], np.s_[k])
+        return torch.from_numpy(x).unsqueeze(1), torch.from_numpy(self.labels[idx]), torch.from_numpy(idx)
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """float16 features → standardised float32, on whatever device `x` is on. torch's float16 → float32 is
+        vectorised (numpy's is not), and the values are bit-identical to (x.astype(float32) - mean) / std."""
+        return x.float().sub_(self.mean).div_(self.std)
 
     def __getstate__(self):
         d = dict(self.__dict__)
         d["_h5"] = None
         return d
+
+
+class Batches(torch.utils.data.Dataset):
+    """A FeatureDataset served one whole batch per fetch: `DataLoader(Batches(ds), batch_size=None,
+    sampler=BatchSampler(sampler, batch_size, drop_last))` yields (float16 x, labels, idx) batches (read_batch)."""
+
+    def __init__(self, ds: FeatureDataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, idx):
+        return self.ds.read_batch(idx)

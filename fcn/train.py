@@ -64,15 +64,24 @@ def _autocast(config: RunConfig, device: torch.device):
 
 
 def _loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool):
-    from torch.utils.data import DataLoader, DistributedSampler
+    """Whole float16 batches of `ds` (fcn.store.Batches), standardised later on the device (`_inputs`)."""
+    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+    from fcn.store import Batches
 
     # One sampler for every world size: the epoch's order depends only on (seed, epoch), so a resumed run sees
     # exactly the batches an uninterrupted one would.
     sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=shuffle, seed=config.seed,
                                  drop_last=False)
-    return DataLoader(ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                      pin_memory=d.device.type == "cuda", persistent_workers=config.num_workers > 0,
-                      drop_last=False)
+    return DataLoader(Batches(ds), batch_size=None, sampler=BatchSampler(sampler, config.batch_size, drop_last=False),
+                      num_workers=config.num_workers, pin_memory=d.device.type == "cuda",
+                      persistent_workers=config.num_workers > 0)
+
+
+def _inputs(x: torch.Tensor, loader, config: RunConfig, d: dist.Dist) -> torch.Tensor:
+    """A loader's float16 batch on the device, standardised there, in the model's memory format."""
+    x = loader.dataset.ds.standardise(x.to(d.device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if config.channels_last else x
 
 
 @torch.no_grad()
@@ -81,9 +90,7 @@ def predict(model, loader, config: RunConfig, d: dist.Dist) -> tuple[np.ndarray,
     model.eval()
     idx, scores, loss_sum, n = [], [], 0.0, 0
     for x, y, i in loader:
-        x = x.to(d.device, non_blocking=True)
-        if config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = _inputs(x, loader, config, d)
         y = y.to(d.device)
         with _autocast(config, d.device):
             logits = model(x)
@@ -246,7 +253,7 @@ def train(config: RunConfig) -> dict:
             if progress["bad"] >= config.patience:
                 break
             t0 = time.time()
-            train_dl.sampler.set_epoch(epoch)
+            train_dl.sampler.sampler.set_epoch(epoch)  # the BatchSampler's DistributedSampler
             net.train()
             loss_sum, n = 0.0, 0
             bar = tqdm(train_dl, desc=f"{config.key} epoch {epoch + 1}/{config.epochs}", leave=False,
@@ -256,9 +263,7 @@ def train(config: RunConfig) -> dict:
                     # A last batch of one clip can't be batch-normalised; every rank has the same batch count
                     # (DistributedSampler pads), so all ranks skip it together and DDP stays in step.
                     continue
-                x = x.to(d.device, non_blocking=True)
-                if config.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = _inputs(x, train_dl, config, d)
                 y = y.to(d.device, non_blocking=True)
                 with _autocast(config, d.device):
                     logits = net(x)

@@ -1,0 +1,30 @@
+"""fcn.store: the training loader's whole float16 batches are exactly the per-clip standardised items, batched."""
+import torch
+
+from fcn.config import RunConfig
+from tests.conftest import TINY
+
+
+def test_batches_equal_per_clip_items_in_the_same_order(data_dir):
+    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+    from fcn.dist import Dist
+    from fcn.preprocess import store_path
+    from fcn.store import FeatureDataset
+    from fcn.train import _inputs, _loader
+
+    config = RunConfig(data_dir=str(data_dir), **TINY).replace(batch_size=7, channels_last=False)
+    ds = FeatureDataset(store_path(config), "mel", "train", fraction=0.8, seed=3)
+    d = Dist(rank=0, world=1, local_rank=0, local_world=1, device=torch.device("cpu"))
+    fast = _loader(ds, config, d, shuffle=True)
+    fast.sampler.sampler.set_epoch(2)
+    per_clip = DataLoader(ds, batch_size=7, sampler=DistributedSampler(ds, 1, 0, shuffle=True, seed=config.seed))
+    per_clip.sampler.set_epoch(2)
+    n = 0
+    for (x16, y, i), (x, y2, i2) in zip(fast, per_clip, strict=True):
+        assert x16.dtype == torch.float16 and x16.shape == x.shape
+        torch.testing.assert_close(_inputs(x16, fast, config, d), x, rtol=0, atol=0)  # bit-identical
+        torch.testing.assert_close(y, y2, rtol=0, atol=0)
+        assert torch.equal(i, i2)
+        n += len(i)
+    assert n == len(ds) > 7  # every clip once, over several batches
