@@ -40,7 +40,8 @@ def jemalloc_path() -> str | None:
 # ≈ user time, FACTS.md). Both fixes keep freed memory for reuse; "-keep" variants are the ones this project proposes.
 ALLOCATORS = {
     "glibc": "glibc malloc (the default)",
-    "glibc-keep": "glibc malloc + mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1) called inside the process",
+    "glibc-keep": "glibc malloc + mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1, M_ARENA_MAX=1) called inside the "
+                  "process (fcn.malloc.keep_freed_memory, what fcn.train does on CPU)",
     "jemalloc": "jemalloc via LD_PRELOAD, its default MALLOC_CONF",
     "jemalloc-keep": "jemalloc via LD_PRELOAD + MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 (never purge)",
 }

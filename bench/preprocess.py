@@ -140,23 +140,10 @@ def peers(paths: list[Path], out: Path, workers: int) -> float:
 
 # ---------------------------------------------------------------- where one clip's time goes (1 core)
 
-def mfcc_from_mel(mel_db, params):
-    """MFCC + Δ + ΔΔ from log-mel already computed (as librosa.feature.mfcc(S=...) does): the DCT of the dB mel
-    floored 80 dB below each clip's own maximum (librosa's and torchaudio's top_db), then fcn's deltas."""
-    import torch
-
-    from fcn.frontends import frontend
-
-    fe = frontend("mfcc", params)
-    x = torch.maximum(mel_db, mel_db.amax(dim=(-2, -1), keepdim=True) - fe.spec.top_db)
-    m = torch.matmul(x.transpose(-1, -2), fe.spec.dct_mat).transpose(-1, -2)
-    d1 = fe.delta(m)
-    return torch.cat([m, d1, fe.delta(d1)], dim=-2)
-
-
 def mfcc_checks(waves) -> dict[str, float]:
     """Max |difference| (in MFCC units) of: (a) fcn's MFCC of a clip computed alone vs in a batch beside a clip
-    1000× quieter/louder, (b) the proposed from-mel MFCC vs fcn's MFCC of each clip alone."""
+    1000× quieter, (b) the MFCC fcn.preprocess stores (derived from the mel, both asked together) vs the MFCC
+    front end alone."""
     import torch
 
     from fcn.frontends import FrontEndParams, compute
@@ -165,9 +152,9 @@ def mfcc_checks(waves) -> dict[str, float]:
     w = torch.stack([waves[0], waves[1] * 1e-3])
     alone = [compute(w[i:i + 1], ("mfcc",), p)["mfcc"][0] for i in range(2)]
     batch = compute(w, ("mfcc",), p)["mfcc"]
-    proposed = mfcc_from_mel(compute(w, ("mel",), p)["mel"], p)
+    from_mel = compute(w, ("mel", "stft", "mfcc"), p)["mfcc"]
     return {"batch_vs_alone": max(float((batch[i] - alone[i]).abs().max()) for i in range(2)),
-            "proposed_vs_alone": max(float((proposed[i] - alone[i]).abs().max()) for i in range(2))}
+            "from_mel_vs_alone": max(float((from_mel[i] - alone[i]).abs().max()) for i in range(2))}
 
 
 def worker(spec: dict) -> dict:
@@ -183,7 +170,7 @@ def breakdown(paths: list[Path]) -> dict[str, float]:
     import torch
 
     from fcn.audio import fix_length, load, resample
-    from fcn.frontends import FrontEndParams, compute
+    from fcn.frontends import FrontEndParams, compute, frontend
 
     torch.set_num_threads(1)  # what each pool worker does
     one_blas_thread()
@@ -197,15 +184,18 @@ def breakdown(paths: list[Path]) -> dict[str, float]:
         "ours: resample 16→12 kHz (torchaudio)": median(time_calls(
             lambda: [resample(r, SOURCE_SR, 12_000) for r in raw], 3)) * per,
     }
-    for kind in ("mel", "stft", "mfcc"):
+    for kind in ("mel", "stft"):
         out[f"ours: {kind} (torchaudio, batch of {len(ps)})"] = median(time_calls(
             lambda: compute(waves, (kind,), p), 3)) * per
+    mel_db = 10.0 * torch.log10(torch.clamp(frontend("mel", p).spec(waves), min=p.amin))
+    out["ours: mfcc from the mel's dB (DCT + deltas, no 2nd STFT)"] = median(time_calls(
+        lambda: frontend("mfcc", p).mfcc_from_mel_db(mel_db), 3)) * per
+    # not summed (parenthesised): the MFCC front end alone, as when MFCC is the only input asked for
+    out[f"(ours: mfcc alone, torchaudio STFT + mel + DCT, batch of {len(ps)})"] = median(time_calls(
+        lambda: compute(waves, ("mfcc",), p), 3)) * per
     w32 = waves.repeat(4, 1)  # fcn.preprocess computes one 32-clip shard per call
     out["(ours: all three features in one call on a 32-clip shard, as fcn.preprocess does)"] = median(time_calls(
         lambda: compute(w32, ("mel", "stft", "mfcc"), p), 3)) * per / 4
-    mel = compute(waves, ("mel",), p)["mel"]
-    out["ours, proposed: mfcc from that mel (DCT + deltas, no 2nd STFT)"] = median(time_calls(
-        lambda: mfcc_from_mel(mel, p), 3)) * per
     feats = {k: v.numpy().astype(np.float16) for k, v in compute(waves, ("mel", "stft", "mfcc"), p).items()}
     with tempfile.TemporaryDirectory() as d:
         out["ours: float16 + shard .npz write"] = median(time_calls(
@@ -267,8 +257,6 @@ def run(quick: bool = False) -> Section:
                 f"load)"))
         bds = {a: run_worker("preprocess", dict(allocator=a, paths=[str(p) for p in paths[:8]]),
                              env=allocator_env(a), timeout=600) for a in ("glibc", "glibc-keep")}
-        if steady:
-            sec.rows.append(_proposal_row(bds, m_ours, f_ours, workers))
         sec.details = _details(bds, gen_s, mb, sizes, t_ours, t_peers, workers, _checks(paths[:2]))
         sec.rows.append(_gpu_row(paths[:32 if quick else 64]))
     finally:
@@ -316,29 +304,10 @@ def _checks(paths: list[Path]) -> dict[str, float]:
     return mfcc_checks(torch.from_numpy(np.stack([fix_length(load(str(x)), n) for x in paths])))
 
 
-def _sums(bd: dict) -> tuple[float, float, float]:
-    """(ours, ours with the MFCC computed from the mel, peers): single-core ms per clip."""
-    ours = sum(v for k, v in bd.items() if k.startswith("ours:"))
-    mf = next(v for k, v in bd.items() if k.startswith("ours: mfcc"))
-    prop = next(v for k, v in bd.items() if k.startswith("ours, proposed"))
-    return ours, ours - mf + prop, sum(v for k, v in bd.items() if k.startswith("peers"))
-
-
-def _proposal_row(bds: dict, marginal: float, fixed: float, workers: int) -> Row:
-    """What the two proposed changes would give, projected: single-core stage times under glibc-keep with the
-    MFCC from the mel, scaled by how well the real pool turned single-core time into throughput here."""
-    ours_now, _, peers_now = _sums(bds["glibc"])
-    _, ours_new, peers_keep = _sums(bds["glibc-keep"])
-    efficiency = marginal / (workers * 1000.0 / ours_now)  # the pool's measured rate vs its stage sum
-    rate = efficiency * workers * 1000.0 / ours_new
-    total = fixed + MTAT_CLIPS / rate
-    return Row("all of MTAT with the proposed changes (MFCC from the mel; mallopt in the workers), projected",
-               fmt_s(total), f"as measured: {fmt_s(fixed + MTAT_CLIPS / marginal)}",
-               f"{ours_now / ours_new:.2f}× faster per clip", f"≤ {TARGET_MTAT_S / 60:.0f} min", total <= TARGET_MTAT_S,
-               f"single-core {ours_now:.1f} → {ours_new:.1f} ms/clip (peers {peers_now:.1f}; "
-               f"{peers_now / ours_new:.2f}× "
-               f"peers' single-core time); projection scales the measured pool rate by the stage sums "
-               f"(pool efficiency here {100 * efficiency:.0f} %)")
+def _sums(bd: dict) -> tuple[float, float]:
+    """(ours, peers): single-core ms per clip, the sum of each path's stages."""
+    return (sum(v for k, v in bd.items() if k.startswith("ours:")),
+            sum(v for k, v in bd.items() if k.startswith("peers")))
 
 
 def _details(bds: dict, gen_s: float, mb: float, sizes, t_ours: dict, t_peers: dict, workers: int,
@@ -355,31 +324,26 @@ def _details(bds: dict, gen_s: float, mb: float, sizes, t_ours: dict, t_peers: d
               if not k.startswith("(")]
     sums = {a: _sums(bds[a]) for a in allocs}
     lines += ["| **ours, sum** | " + " | ".join(f"**{sums[a][0]:.1f}**" for a in allocs) + " |",
-              "| ours with the MFCC from the mel, sum | " + " | ".join(f"{sums[a][1]:.1f}" for a in allocs) + " |",
-              "| **peers, sum** | " + " | ".join(f"**{sums[a][2]:.1f}**" for a in allocs) + " |"]
-    shard = next(k for k in bds["glibc"] if k.startswith("("))
-    feats8 = {a: sum(v for k, v in bds[a].items() if k.split(" (")[0] in ("ours: mel", "ours: stft", "ours: mfcc"))
-              for a in allocs}
-    lines += ["", "The three features at fcn.preprocess's batch of 32 clips per call (ms/clip): "
-              + ", ".join(f"{bds[a][shard]:.1f} under {a} (vs {feats8[a]:.1f} in batches of 8)" for a in allocs)
-              + ". Under glibc a 32-clip batch's intermediate tensors (the 32×257×1366 complex STFT alone is 90 MB) "
-              "are fresh mmap()s that page-fault on every call."]
-    bd = bds["glibc"]
-    mf = next(k for k in bd if k.startswith("ours: mfcc"))
-    prop = next(k for k in bd if k.startswith("ours, proposed"))
-    saved = bd[mf] - bd[prop]
+              "| **peers, sum** | " + " | ".join(f"**{sums[a][1]:.1f}**" for a in allocs) + " |"]
+    shard = next(k for k in bds["glibc"] if k.startswith("(ours: all three"))
+    alone = next(k for k in bds["glibc"] if k.startswith("(ours: mfcc alone"))
+    lines += ["", "Not in the sums: the three features at fcn.preprocess's batch of 32 clips per call (ms/clip): "
+              + ", ".join(f"{bds[a][shard]:.1f} under {a}" for a in allocs)
+              + "; under glibc a 32-clip batch's intermediate tensors (the 32×257×1366 complex STFT alone is 90 MB) "
+              "are fresh mmap()s that page-fault on every call, which is why fcn.preprocess's workers keep freed "
+              "memory (fcn.malloc). The MFCC front end alone (a second STFT and mel filterbank), as when MFCC is the "
+              "only input asked for: " + ", ".join(f"{bds[a][alone]:.1f} under {a}" for a in allocs) + " ms/clip."]
+    bd = bds["glibc-keep"]
     dec = next(k for k in bd if k.startswith("ours: decode"))
     lines += ["",
-              f"fcn.frontends' MFCC (torchaudio.transforms.MFCC) recomputes the STFT and mel filterbank the mel input "
-              f"already computed (same n_fft and hop): {100 * bd[mf] / sums['glibc'][0]:.0f} % of our single-core "
-              f"time. Computing it from the mel instead saves {saved:.1f} ms/clip; that version agrees with fcn's "
-              f"MFCC of each clip computed alone within {checks['proposed_vs_alone']:.1e}. Both paths decode with "
-              f"the same libsndfile/mpg123 ({bd[dec]:.1f} ms/clip here), which bounds any speed-up over the peers.",
+              f"fcn.preprocess computes the MFCC from the mel input's dB (FrontEnd.mfcc_from_mel_db) instead of a "
+              f"second STFT: it agrees with the MFCC front end run alone on each clip within "
+              f"{checks['from_mel_vs_alone']:.1e}. Both paths decode with the same libsndfile/mpg123 "
+              f"({bd[dec]:.1f} ms/clip here), which bounds any speed-up over the peers.",
               "",
-              f"Correctness finding: torchaudio's MFCC applies its 80 dB floor (top_db) to the max over the whole "
-              f"batch, not per clip, so fcn's MFCC of a clip depends on the other clips in its 32-clip shard: a clip "
-              f"beside one 1000× quieter differs from the same clip computed alone by up to "
-              f"{checks['batch_vs_alone']:.1f} (MFCC units). The per-clip floor above fixes both."]
+              f"The MFCC's 80 dB floor (top_db) is per clip: a clip beside one 1000× quieter in the same batch "
+              f"differs from the same clip computed alone by {checks['batch_vs_alone']:.1e} (MFCC units; "
+              f"torchaudio's own MFCC floors the whole batch at once, which made it 327 before store format 2)."]
     return "\n".join(lines)
 
 
