@@ -8,8 +8,9 @@ The "normalised" speedup of a variant over the baseline divides each one's sampl
 beside its steps, which cancels part of the drift in how busy the shared machine was while each ran (a 2-thread
 training step suffers more from a busy neighbour than one long convolution does, so not all of it).
 
-Variants (each in its own process, because an allocator is chosen at process start): eager NCHW vs channels_last,
-torch.compile, four allocators (common.ALLOCATORS: glibc, glibc + mallopt, jemalloc, jemalloc that never purges),
+Variants (each in its own process, because an allocator is chosen at process start): eager NCHW vs channels_last
+(fcn.train's memory_format "auto" picks between them by width and CPU: the headline says whether it picked the
+fastest), torch.compile, four allocators (common.ALLOCATORS: glibc, glibc + mallopt, jemalloc, jemalloc that never purges),
 bf16 autocast on CPU as an experiment; on GPU fp32 eager / channels_last, bf16 autocast and compile. The step is
 fcn.train's: forward, BCE with logits, zero_grad, backward, Adam (data loading excluded: bench.loading measures it).
 The fastest fp32 variant is run a second time, with a torch.profiler step at the end.
@@ -148,11 +149,12 @@ class Variant:
 
 
 def cpu_variants(quick: bool, have_jemalloc: bool) -> list[Variant]:
-    """Layouts under the default allocator, allocators under channels_last (fcn.train's default layout), then
+    """Both layouts under glibc with and without mallopt, the other allocators under channels_last, then
     compile and bf16 under the best-keeping allocator."""
     keep = "jemalloc-keep" if have_jemalloc else "glibc-keep"
     vs = [Variant("eager NCHW, glibc", allocator="glibc"),
           Variant("channels_last, glibc", channels_last=True, allocator="glibc"),
+          Variant("eager NCHW, glibc + mallopt", allocator="glibc-keep"),
           Variant("channels_last, glibc + mallopt", channels_last=True, allocator="glibc-keep")]
     if have_jemalloc:
         vs += [Variant("channels_last, jemalloc", channels_last=True, allocator="jemalloc"),
@@ -186,10 +188,14 @@ GPU_VARIANTS = (
 
 
 def default_path() -> tuple[Variant, str]:
-    """The CPU variant `python -m fcn.train` runs, from RunConfig's defaults and what fcn.train does to malloc."""
-    from fcn.config import RunConfig
+    """The CPU variant `python -m fcn.train --preset paper` runs here: its layout (fcn.train.channels_last, which
+    decides "auto" by this CPU) and what fcn.train does to malloc."""
+    import torch
 
-    c = RunConfig()
+    from fcn.config import PRESETS, RunConfig
+    from fcn.train import channels_last
+
+    c = RunConfig(**PRESETS["paper"])
     src = (REPO / "fcn" / "train.py").read_text()
     inherited = os.environ.get("LD_PRELOAD", "")
     if "keep_freed_memory()" in src:
@@ -200,8 +206,8 @@ def default_path() -> tuple[Variant, str]:
         alloc, how = "jemalloc", "LD_PRELOAD of this environment"
     else:
         alloc, how = "glibc", "fcn.train leaves malloc alone and LD_PRELOAD is unset"
-    return Variant("", channels_last=c.channels_last, amp="off" if c.amp in ("auto", "off") else c.amp,
-                   allocator=alloc), how
+    return Variant("", channels_last=channels_last(c, torch.device("cpu")),
+                   amp="off" if c.amp in ("auto", "off") else c.amp, allocator=alloc), how
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -318,28 +324,31 @@ def _limit(v: Variant, r: dict) -> tuple[str, str]:
 
 
 def _demo_rows(quick: bool, have_je: bool) -> list[Row]:
-    """fcn.train's demo scale (what the default grid trains): does the allocator matter there? One thread, as the
-    local back end gives each of its one-cell-per-core workers."""
+    """fcn.train's demo scale (what the default grid trains): does the allocator matter there, and which layout?
+    One thread, as the local back end gives each of its one-cell-per-core workers."""
     warmup, steps = (2, 5) if quick else (3, 15)
     allocs = ["glibc", "glibc-keep"] + (["jemalloc-keep"] if have_je else [])
     r = {}
-    for alloc in allocs:
-        v = Variant(alloc, channels_last=True, allocator=alloc)
+    for alloc, cl in [(a, True) for a in allocs] + [("glibc-keep", False)]:
+        v = Variant(alloc, channels_last=cl, allocator=alloc)
         try:
-            r[alloc] = run_worker("train_step", v.spec(DEMO, warmup, steps, 1), env=allocator_env(alloc), timeout=300)
+            r[alloc, cl] = run_worker("train_step", v.spec(DEMO, warmup, steps, 1), env=allocator_env(alloc),
+                                      timeout=300)
         except RuntimeError as e:
             return [Row("demo-scale step", f"failed: {str(e).splitlines()[0]}", met=False)]
-    g = r["glibc"]
+    g = r["glibc", True]
+    scale = "demo-scale step (width 0.125, 96×188, batch 32, 1 thread"
     rows = []
     for alloc in allocs[1:]:
-        x = r[alloc]
-        rows.append(Row(f"demo-scale step (width 0.125, 96×188, batch 32, 1 thread, channels_last), {alloc}",
-                        fmt_rate(x["samples_per_s"], "samples/s"),
-                        f"glibc: {fmt_rate(g['samples_per_s'], 'samples/s')}",
-                        _speedup(x, g), "—", None,
+        x = r[alloc, True]
+        rows.append(Row(f"{scale}, channels_last), {alloc}", fmt_rate(x["samples_per_s"], "samples/s"),
+                        f"glibc: {fmt_rate(g['samples_per_s'], 'samples/s')}", _speedup(x, g), "—", None,
                         f"page faults/step glibc {g['faults_per_step'] / 1e3:,.1f} k vs "
-                        f"{x['faults_per_step'] / 1e3:,.1f} k:"
-                        f" what the default grid's cells would gain"))
+                        f"{x['faults_per_step'] / 1e3:,.1f} k: what the default grid's cells would gain"))
+    cl, nc = r["glibc-keep", True], r["glibc-keep", False]
+    rows.append(Row(f"{scale}, contiguous), glibc-keep", fmt_rate(nc["samples_per_s"], "samples/s"),
+                    f"channels_last, glibc-keep: {fmt_rate(cl['samples_per_s'], 'samples/s')}", _speedup(nc, cl),
+                    "—", None, "fcn.train's memory_format auto takes channels_last at this width"))
     return rows
 
 

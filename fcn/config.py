@@ -70,7 +70,9 @@ class RunConfig:
     # --- runtime ---
     device: str = _f("auto", "auto (cuda if available), cpu, or cuda", choices=("auto", "cpu", "cuda"))
     amp: str = _f("auto", "autocast: auto (bf16 on CUDA, off on CPU), bf16, or off", choices=("auto", "bf16", "off"))
-    channels_last: bool = _f(True, "channels_last memory format (faster with oneDNN and cuDNN)")
+    memory_format: str = _f("auto", "activations' layout: auto (channels_last on CUDA and at demo width; contiguous "
+                                     "at full width on a CPU without AVX-512, bench/train_step.py), channels_last, or "
+                                     "contiguous", choices=("auto", "channels_last", "contiguous"))
     num_workers: int = _f(0, "DataLoader worker processes per training process")
     threads: int = _f(0, "torch CPU threads per process; 0 = all cores divided among local processes")
     # --- where results go ---

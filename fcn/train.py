@@ -30,7 +30,7 @@ from fcn.malloc import keep_freed_memory
 from fcn.models import FCN, n_params
 
 # Fields that say where or how fast a run goes, not what it computes: they may change between a run and its resume.
-RUNTIME_FIELDS = {"device", "num_workers", "threads", "out_dir", "tracking_uri", "parent_run_id", "data_dir",
+RUNTIME_FIELDS = {"device", "memory_format", "num_workers", "threads", "out_dir", "tracking_uri", "parent_run_id", "data_dir",
                   "store", "experiment", "data_root", "splits_dir"}
 
 
@@ -63,6 +63,22 @@ def _autocast(config: RunConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
 
 
+def channels_last(config: RunConfig, device: torch.device) -> bool:
+    """Whether the model and its inputs use the channels_last layout (config.memory_format; "auto" decides by the
+    measurements in bench/train_step.py and results/benchmarks.md).
+
+    auto: channels_last on CUDA (cuDNN's NHWC kernels, the usual choice for bf16 convolutions) and on CPU at demo
+    width (1.4× the samples/s of contiguous at width 0.125 on an AVX2 CPU, one thread); contiguous at full width on a
+    CPU without AVX-512 (1.4× the samples/s of channels_last for FCN-4 at 96×1366 on an AVX2 EPYC), channels_last with
+    it (as fast or faster on an AVX-512 EPYC). [D] Widths were measured at 0.125 and 1.0 only: 0.5 splits them.
+    """
+    if config.memory_format != "auto":
+        return config.memory_format == "channels_last"
+    if device.type != "cpu" or config.width < 0.5:
+        return True
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 def _loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool):
     """Whole float16 batches of `ds` (fcn.store.Batches), standardised later on the device (`_inputs`)."""
     from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
@@ -81,7 +97,7 @@ def _loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool):
 def _inputs(x: torch.Tensor, loader, config: RunConfig, d: dist.Dist) -> torch.Tensor:
     """A loader's float16 batch on the device, standardised there, in the model's memory format."""
     x = loader.dataset.ds.standardise(x.to(d.device, non_blocking=True))
-    return x.contiguous(memory_format=torch.channels_last) if config.channels_last else x
+    return x.contiguous(memory_format=torch.channels_last) if channels_last(config, d.device) else x
 
 
 @torch.no_grad()
@@ -205,7 +221,7 @@ def train(config: RunConfig) -> dict:
             if len(ds) == 0:
                 raise UserError(f"the {name} split of {store} is empty: check the split lists of the data set")
         model = FCN(config.depth, config.width, n_tags=len(meta["tags"]), dropout=config.dropout).to(d.device)
-        if config.channels_last:
+        if channels_last(config, d.device):
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
 
