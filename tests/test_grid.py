@@ -1,4 +1,5 @@
 """harness.grid: pure expansion, and the local and Ray back ends end to end (Slurm: tests/test_grid_slurm.py)."""
+import json
 import os
 import signal
 import subprocess
@@ -114,11 +115,16 @@ def test_unreachable_tracking_server_submits_nothing(data_dir, tmp_path):
 
 
 def test_ray_grid_end_to_end(data_dir, tmp_path):
-    flags = grid_flags(data_dir, tmp_path, "--cluster", "ray", "--datasets", "mtat", "--inputs", "mel,stft",
-                       "--depths", "4", "--epochs", "2")
+    # three cells on two CPUs: the third runs in an actor a finished cell hands back (reuse_actors)
+    flags = grid_flags(data_dir, tmp_path, "--cluster", "ray", "--datasets", "mtat", "--inputs", "mel,stft,mfcc",
+                       "--depths", "4", "--epochs", "2", "--cpus-per-trial", "1")
     out = run_py("-m", "harness.grid", *flags, env={"RAY_AUTH_MODE": "disabled"})
     assert out.returncode == 0, out.stderr[-4000:]
-    assert "2/2 cells finished" in out.stderr
+    assert "3/3 cells finished" in out.stderr
     cells, parents = _cell_runs(tmp_path)
-    assert sorted(r.info.run_name for r in cells) == ["mtat-mel-fcn4-s0", "mtat-stft-fcn4-s0"]
+    assert sorted(r.info.run_name for r in cells) == ["mtat-mel-fcn4-s0", "mtat-mfcc-fcn4-s0", "mtat-stft-fcn4-s0"]
     assert all(r.info.status == "FINISHED" and "test_roc_auc" in r.data.metrics for r in cells)
+    # Ray fills in each trial's process id: fewer processes than cells means actors were reused
+    results = list((tmp_path / "runs" / "fcn-sweep" / ".harness" / "ray").glob("grid-*/*/result.json"))
+    pids = {json.loads(line)["pid"] for f in results for line in f.read_text().splitlines() if line.strip()}
+    assert len(results) == 3 and len(pids) <= 2, pids
