@@ -1,6 +1,6 @@
 """Run the benchmarks and write results/benchmarks.md: speed measured against peers and against the machine's limit.
 
-    python -m bench                       # everything (15-45 min on 2 cores: 45 on an AVX2 EPYC), writes results/benchmarks.md
+    python -m bench                       # everything (15-55 min on 2 cores), writes results/benchmarks.md
     python -m bench --only train_step     # one benchmark (comma list); the other sections of the file are kept
     python -m bench --quick               # a smoke run at reduced sizes, written to results/benchmarks-quick.md
 

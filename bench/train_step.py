@@ -10,9 +10,9 @@ training step suffers more from a busy neighbour than one long convolution does,
 
 Variants (each in its own process, because an allocator is chosen at process start): eager NCHW vs channels_last
 (fcn.train's memory_format "auto" picks between them by width and CPU: the headline says whether it picked the
-fastest), torch.compile, four allocators (common.ALLOCATORS: glibc, glibc + mallopt, jemalloc, jemalloc that never purges),
-bf16 autocast on CPU as an experiment; on GPU fp32 eager / channels_last, bf16 autocast and compile. The step is
-fcn.train's: forward, BCE with logits, zero_grad, backward, Adam (data loading excluded: bench.loading measures it).
+fastest), torch.compile, four allocators (common.ALLOCATORS: glibc, glibc + mallopt, jemalloc, jemalloc that never
+purges), bf16 autocast on CPU as an experiment; on GPU fp32 eager / channels_last, bf16 autocast and compile. The step
+is fcn.train's: forward, BCE with logits, zero_grad, backward, Adam (data loading excluded: bench.loading measures it).
 The fastest fp32 variant is run a second time, with a torch.profiler step at the end.
 """
 from __future__ import annotations

@@ -30,8 +30,8 @@ from fcn.malloc import keep_freed_memory
 from fcn.models import FCN, n_params
 
 # Fields that say where or how fast a run goes, not what it computes: they may change between a run and its resume.
-RUNTIME_FIELDS = {"device", "memory_format", "num_workers", "threads", "out_dir", "tracking_uri", "parent_run_id", "data_dir",
-                  "store", "experiment", "data_root", "splits_dir"}
+RUNTIME_FIELDS = {"device", "memory_format", "num_workers", "threads", "out_dir", "tracking_uri", "parent_run_id",
+                  "data_dir", "store", "experiment", "data_root", "splits_dir"}
 
 
 def run_dir(config: RunConfig) -> Path:
@@ -94,19 +94,20 @@ def _loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool):
                       persistent_workers=config.num_workers > 0)
 
 
-def _inputs(x: torch.Tensor, loader, config: RunConfig, d: dist.Dist) -> torch.Tensor:
-    """A loader's float16 batch on the device, standardised there, in the model's memory format."""
+def _inputs(x: torch.Tensor, loader, fmt: torch.memory_format, d: dist.Dist) -> torch.Tensor:
+    """A loader's float16 batch on the device, standardised there, in the model's memory format `fmt`."""
     x = loader.dataset.ds.standardise(x.to(d.device, non_blocking=True))
-    return x.contiguous(memory_format=torch.channels_last) if channels_last(config, d.device) else x
+    return x.contiguous(memory_format=fmt)
 
 
 @torch.no_grad()
-def predict(model, loader, config: RunConfig, d: dist.Dist) -> tuple[np.ndarray, np.ndarray, float]:
+def predict(model, loader, config: RunConfig, d: dist.Dist,
+            fmt: torch.memory_format) -> tuple[np.ndarray, np.ndarray, float]:
     """(indices, sigmoid scores, mean BCE) over the whole split, gathered from every rank to every rank."""
     model.eval()
     idx, scores, loss_sum, n = [], [], 0.0, 0
     for x, y, i in loader:
-        x = _inputs(x, loader, config, d)
+        x = _inputs(x, loader, fmt, d)
         y = y.to(d.device)
         with _autocast(config, d.device):
             logits = model(x)
@@ -221,8 +222,9 @@ def train(config: RunConfig) -> dict:
             if len(ds) == 0:
                 raise UserError(f"the {name} split of {store} is empty: check the split lists of the data set")
         model = FCN(config.depth, config.width, n_tags=len(meta["tags"]), dropout=config.dropout).to(d.device)
-        if channels_last(config, d.device):
-            model = model.to(memory_format=torch.channels_last)
+        # the layout is decided once: the model's parameters and every input batch share it
+        fmt = torch.channels_last if channels_last(config, d.device) else torch.contiguous_format
+        model = model.to(memory_format=fmt)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
 
         state = checkpoint.load(rdir / "ckpt" / "last.pt")
@@ -279,7 +281,7 @@ def train(config: RunConfig) -> dict:
                     # A last batch of one clip can't be batch-normalised; every rank has the same batch count
                     # (DistributedSampler pads), so all ranks skip it together and DDP stays in step.
                     continue
-                x = _inputs(x, train_dl, config, d)
+                x = _inputs(x, train_dl, fmt, d)
                 y = y.to(d.device, non_blocking=True)
                 with _autocast(config, d.device):
                     logits = net(x)
@@ -291,7 +293,7 @@ def train(config: RunConfig) -> dict:
                 n += len(y)
                 bar.set_postfix(loss=f"{loss_sum / n:.4f}")
             train_loss = sum(dist.gather(loss_sum, d)) / max(1, sum(dist.gather(n, d)))
-            vi, vs, vloss = predict(net, valid_dl, config, d)
+            vi, vs, vloss = predict(net, valid_dl, config, d, fmt)
             valid = M.macro(valid_ds.labels[vi], vs)
             improved = valid["roc_auc"] > progress["best"]
             progress["train_time"] += time.time() - t0
@@ -322,7 +324,7 @@ def train(config: RunConfig) -> dict:
         # The test split is scored once, with the best checkpoint (early stopping on validation ROC-AUC).
         best = checkpoint.load(rdir / "ckpt" / "best.pt")
         model.load_state_dict(best["model"])
-        ti, ts, tloss = predict(net, test_dl, config, d)
+        ti, ts, tloss = predict(net, test_dl, config, d, fmt)
         y = test_ds.labels[ti].astype(np.uint8)
         roc, pr = M.per_tag(y, ts)  # once: the macro figures and per_tag_auc.csv both come from it
         test = M.summarise(roc, pr)
