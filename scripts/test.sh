@@ -10,4 +10,5 @@ else
 fi
 bash scripts/setup.sh
 export MLFLOW_DISABLE_TELEMETRY=true RAY_AUTH_MODE=disabled
-exec .venv/bin/python -m pytest "$@"
+# Two workers (pytest-xdist): every Slurm test in one group (tests/conftest.py), the rest shared out by load.
+exec .venv/bin/python -m pytest -n "${FCN_TEST_WORKERS:-2}" --dist loadgroup "$@"
