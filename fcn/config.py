@@ -11,7 +11,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from fcn.errors import UserError
-from fcn.frontends import INPUTS, FrontEndParams
+from fcn.frontends import INPUTS, VARIANTS, FrontEndParams
 from fcn.models import DEPTHS
 
 DATASETS = ("mtat", "msd")
@@ -61,6 +61,9 @@ class RunConfig:
     # --- model and front end ---
     width: float = _f(DEMO_WIDTH, "channel multiplier; 1.0 is the paper's model [demo 0.125]")
     clip_seconds: float = _f(DEMO_CLIP_SECONDS, "clip length fed to the front end; the paper's is 29.12 [demo 4.0]")
+    frontend_variant: str = _f("authors", "log-mel variant: authors (their released code: 10·log10(mel²) with a per-clip "
+                                          "floor 80 dB below the peak) or plain-db (10·log10(mel), no floor); "
+                                          "fcn/frontends.py", choices=VARIANTS)
     dropout: float = _f(DEMO_DROPOUT, "dropout after every max-pool; the paper's is 0.5 [demo 0.1]")
     # --- optimisation ---
     batch_size: int = _f(16, "per-process batch size [U: 16 as in Won et al. 2020]")
@@ -69,7 +72,9 @@ class RunConfig:
     patience: int = _f(3, "early stopping: epochs without a better validation ROC-AUC [paper preset 10, U]")
     # --- runtime ---
     device: str = _f("auto", "auto (cuda if available), cpu, or cuda", choices=("auto", "cpu", "cuda"))
-    amp: str = _f("auto", "autocast: auto (bf16 on CUDA, off on CPU), bf16, or off", choices=("auto", "bf16", "off"))
+    # [D] bf16 autocast on CUDA is our speed choice; the paper trained in fp32 (--amp off)
+    amp: str = _f("auto", "autocast: auto (bf16 on CUDA, off on CPU) [D: our speed choice], bf16, or off (fp32, the "
+                          "paper's precision)", choices=("auto", "bf16", "off"))
     memory_format: str = _f("auto", "activations' layout: auto (channels_last on CUDA and at demo width; contiguous "
                                      "at full width on a CPU without AVX-512, bench/train_step.py), channels_last, or "
                                      "contiguous", choices=("auto", "channels_last", "contiguous"))
@@ -112,7 +117,7 @@ class RunConfig:
 
     @property
     def frontend(self) -> FrontEndParams:
-        return FrontEndParams.for_seconds(self.clip_seconds)
+        return FrontEndParams.for_seconds(self.clip_seconds, variant=self.frontend_variant)
 
     def to_dict(self) -> dict:
         return asdict(self)

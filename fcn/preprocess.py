@@ -435,7 +435,8 @@ def store_path(config) -> Path:
     else:
         source = f"synth{config.synth_clips}"
     split = config.split if config.dataset == "mtat" else "choi"
-    return Path(config.data_dir) / f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s.h5"
+    variant = "" if config.frontend_variant == "authors" else f"-{config.frontend_variant}"  # variants side by side
+    return Path(config.data_dir) / f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s{variant}.h5"
 
 
 def read_items(config):
