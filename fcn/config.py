@@ -51,7 +51,12 @@ class RunConfig:
     data_root: str = _f("", "root of the real data set (MTAT: folder with annotations_final.csv and 0..f/; MSD: "
                             "folder with lastfm_tags.db); empty = the built-in synthetic set in the same layout")
     splits_dir: str = _f("", "folder of split lists (MTAT clean split: Lee/Won lists; MSD: Choi's lists); "
-                             "empty = <data_root>/splits")
+                             "empty = <data_root>/splits if it holds them, else the lists shipped in fcn/data/splits")
+    tags_db: str = _f("", "MSD: the Last.fm tag database (SQLite); empty = <data_root>/lastfm_tags.db")
+    audio_root: str = _f("", "MSD: folder of the 7digital previews, d1/d2/<7digital id>.clip.mp3; empty = "
+                             "<data_root>/audio")
+    id_map: str = _f("", "MSD: CSV 'msd_id,path' of previews stored elsewhere (relative paths: from the CSV's "
+                         "folder); the ids it lists override the d1/d2 layout")
     split: str = _f("folder", "MTAT split: folder (0-b / c / d-f) or clean (Lee/Won lists); MSD always uses "
                               "Choi's split", choices=("folder", "clean"))
     store: str = _f("", "HDF5 feature store; empty = <data_dir>/<name>.h5, built on first use")

@@ -74,7 +74,7 @@ def grid_from_args(args) -> list[RunConfig]:
     args = argparse.Namespace(**{**vars(args), "preset": preset_for(args)})
     base = config_from_args(args, experiment=args.experiment or DEFAULT_EXPERIMENT)
     absolute = {k: str(Path(getattr(base, k)).resolve()) for k in ("out_dir", "data_dir") if getattr(base, k)}
-    for k in ("store", "splits_dir"):
+    for k in ("store", "splits_dir", "tags_db", "audio_root", "id_map"):
         if getattr(base, k):
             absolute[k] = str(Path(getattr(base, k)).resolve())
     base = base.replace(**absolute)

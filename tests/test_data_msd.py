@@ -140,3 +140,32 @@ def test_labels_fall_back_to_y_files_only_when_all_exist(root, tmp_path):
     _, items2, problems = msd.read(root, splits_dir=tmp_path, tags_db=tmp_path / "no.db")
     assert n_train and any("labels taken from the *_y.npy" in p for p in problems)
     assert all(np.array_equal(a.labels, b.labels) for a, b in zip(items, items2))
+
+
+def test_preprocessing_checks_db_labels_against_choi_y_files(root, tmp_path, capsys):
+    """fcn.preprocess.read_items (what preprocessing and training read): the db, audio root and id map come from the
+    run config, and labels built from the db are compared with the y files, mismatches by count and example."""
+    from fcn.config import RunConfig
+    from fcn.preprocess import read_items
+
+    db = tmp_path / "elsewhere.db"
+    db.write_bytes((root / "lastfm_tags.db").read_bytes())
+    config = RunConfig(dataset="msd", data_root=str(tmp_path / "empty"), splits_dir=str(root / "splits"),
+                       tags_db=str(db), audio_root=str(root / "audio"))
+    (tmp_path / "empty").mkdir()
+    tags, items, problems = read_items(config)
+    assert len(items) == 57 and not [p for p in problems if p.key.startswith("labels")]
+    assert "checked against Choi's y files" in capsys.readouterr().err
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    for f in (root / "splits").iterdir():
+        (splits / f.name).write_bytes(f.read_bytes())
+    ids = msd.read_id_list(splits / "valid_x_msd_id.txt")
+    rows = [i for i, t in enumerate(ids) if t in {it.clip_id for it in items}][:2]  # tracks with a preview
+    y = np.load(splits / "valid_y.npy")
+    y[rows] = ~y[rows]
+    np.save(splits / "valid_y.npy", y)
+    _, _, problems = read_items(config.replace(splits_dir=str(splits)))
+    (bad,) = [p for p in problems if p.key == "labels (valid)"]
+    assert len(rows) == 2 and bad.reason.startswith("2 of ") and ids[rows[0]] in bad.reason
+    assert "valid 2 of" in capsys.readouterr().err

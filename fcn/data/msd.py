@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fcn.data import MSD_TOP50, SPLITS, DataError, DataFileMissing, Item, Report
+from fcn.data import MSD_TOP50, SPLITS, DataError, DataFileMissing, Item, Problem, Report
 from fcn.data import lists as listfiles
 
 TAGS_DB = "lastfm_tags.db"
@@ -257,3 +257,18 @@ def check_labels_against(items, tags, splits_dir) -> dict[str, LabelCheck]:
                 bad.append(tid)
         out[s] = LabelCheck(s, compared, len(bad), tuple(bad[:5]))
     return out
+
+
+def label_check_report(checks: dict[str, LabelCheck], splits_dir) -> tuple[str, list[Problem]]:
+    """One summary line of a label check (for the console) and one Problem per split with mismatches (for the
+    preprocessing report): the count and the first ids whose 50 labels differ from Choi's y file."""
+    if not checks:
+        return f"MSD labels: not checked ({splits_dir} has no valid_y.npy / test_y.npy)", []
+    parts, problems = [], []
+    for s, c in checks.items():
+        parts.append(f"{s} {c.mismatched:,} of {c.compared:,} tracks differ")
+        if c.mismatched:
+            problems.append(Problem(f"labels ({s})", f"{c.mismatched:,} of {c.compared:,} tracks' labels from the db "
+                                                     f"differ from Choi's {s}_y.npy (first: "
+                                                     f"{', '.join(c.first_mismatches)})"))
+    return f"MSD labels from the db checked against Choi's y files in {splits_dir}: {'; '.join(parts)}", problems
