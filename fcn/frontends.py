@@ -36,8 +36,9 @@ DELTAS = ("librosa", "nested")
 class FrontEndParams:
     sample_rate: int = 12000  # [C] resampled to 12 kHz
     n_samples: int = 349440  # [C] 29.12 s at 12 kHz (zero-pad short clips, centre-crop long ones)
-    n_fft: int = 512  # [C] mel and MFCC
-    hop: int = 256  # [C] → 1366 frames of 29.12 s
+    # [C] for the mel; [D] for the MFCC (PAPER.md: its n_fft and hop are not stated; the MFCC reuses the mel's)
+    n_fft: int = 512
+    hop: int = 256  # → 1366 frames of 29.12 s
     n_mels: int = 96  # [C]
     # [D] librosa's defaults (the authors computed mels with librosa): Slaney mel scale and area normalisation.
     mel_scale: str = "slaney"
