@@ -11,7 +11,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from fcn.errors import UserError
-from fcn.frontends import INPUTS, FrontEndParams
+from fcn.frontends import INPUTS, VARIANTS, FrontEndParams
 from fcn.models import DEPTHS
 
 DATASETS = ("mtat", "msd")
@@ -51,7 +51,12 @@ class RunConfig:
     data_root: str = _f("", "root of the real data set (MTAT: folder with annotations_final.csv and 0..f/; MSD: "
                             "folder with lastfm_tags.db); empty = the built-in synthetic set in the same layout")
     splits_dir: str = _f("", "folder of split lists (MTAT clean split: Lee/Won lists; MSD: Choi's lists); "
-                             "empty = <data_root>/splits")
+                             "empty = <data_root>/splits if it holds them, else the lists shipped in fcn/data/splits")
+    tags_db: str = _f("", "MSD: the Last.fm tag database (SQLite); empty = <data_root>/lastfm_tags.db")
+    audio_root: str = _f("", "MSD: folder of the 7digital previews, d1/d2/<7digital id>.clip.mp3; empty = "
+                             "<data_root>/audio")
+    id_map: str = _f("", "MSD: CSV 'msd_id,path' of previews stored elsewhere (relative paths: from the CSV's "
+                         "folder); the ids it lists override the d1/d2 layout")
     split: str = _f("folder", "MTAT split: folder (0-b / c / d-f) or clean (Lee/Won lists); MSD always uses "
                               "Choi's split", choices=("folder", "clean"))
     store: str = _f("", "HDF5 feature store; empty = <data_dir>/<name>.h5, built on first use")
@@ -61,6 +66,9 @@ class RunConfig:
     # --- model and front end ---
     width: float = _f(DEMO_WIDTH, "channel multiplier; 1.0 is the paper's model [demo 0.125]")
     clip_seconds: float = _f(DEMO_CLIP_SECONDS, "clip length fed to the front end; the paper's is 29.12 [demo 4.0]")
+    frontend_variant: str = _f("authors", "log-mel variant: authors (their released code: 10·log10(mel²) with a per-clip "
+                                          "floor 80 dB below the peak) or plain-db (10·log10(mel), no floor); "
+                                          "fcn/frontends.py", choices=VARIANTS)
     dropout: float = _f(DEMO_DROPOUT, "dropout after every max-pool; the paper's is 0.5 [demo 0.1]")
     # --- optimisation ---
     batch_size: int = _f(16, "per-process batch size [U: 16 as in Won et al. 2020]")
@@ -69,7 +77,9 @@ class RunConfig:
     patience: int = _f(3, "early stopping: epochs without a better validation ROC-AUC [paper preset 10, U]")
     # --- runtime ---
     device: str = _f("auto", "auto (cuda if available), cpu, or cuda", choices=("auto", "cpu", "cuda"))
-    amp: str = _f("auto", "autocast: auto (bf16 on CUDA, off on CPU), bf16, or off", choices=("auto", "bf16", "off"))
+    # [D] bf16 autocast on CUDA is our speed choice; the paper trained in fp32 (--amp off)
+    amp: str = _f("auto", "autocast: auto (bf16 on CUDA, off on CPU) [D: our speed choice], bf16, or off (fp32, the "
+                          "paper's precision)", choices=("auto", "bf16", "off"))
     memory_format: str = _f("auto", "activations' layout: auto (channels_last on CUDA and at demo width; contiguous "
                                      "at full width on a CPU without AVX-512, bench/train_step.py), channels_last, or "
                                      "contiguous", choices=("auto", "channels_last", "contiguous"))
@@ -112,7 +122,7 @@ class RunConfig:
 
     @property
     def frontend(self) -> FrontEndParams:
-        return FrontEndParams.for_seconds(self.clip_seconds)
+        return FrontEndParams.for_seconds(self.clip_seconds, variant=self.frontend_variant)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -2,35 +2,58 @@
 
 One batched torch module per input type, so the same code runs on CPU (preprocessing) and GPU (batches of waves).
 Defaults are the paper's (PAPER.md, Front ends); every [D] choice is named and commented.
+
+The log-mel comes in named variants (VARIANTS), recorded in every store and checkpoint:
+- "authors": the authors' released preprocessing, `librosa.logamplitude(mel**2, ref_power=1.0)` [C: their code], i.e.
+  10·log10(max(mel², 1e-10)) with logamplitude's default top_db=80: every value more than 80 dB below the clip's peak
+  (on that doubled scale; 40 dB in power dB) is raised to peak - 80. The paper states no floor; we take this as the
+  input behind the published numbers [D]. The paper preset and the defaults use it.
+- "plain-db": 10·log10(max(mel, 1e-10)), the dB of the power mel with no floor (what this project used first).
 """
 from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 from torch import nn
 
 INPUTS = ("mel", "stft", "mfcc")
+VARIANTS = ("authors", "plain-db")
+AUTHORS_TOP_DB = 80.0  # [C] librosa.logamplitude's default top_db, applied by the authors' code to 10·log10(mel²)
+AUTHORS_AMIN = 1e-10  # [C] logamplitude's default amin, on mel²
+MFCC_TOP_DB = 80.0  # [D] librosa.feature.mfcc's default: power_to_db(mel, top_db=80) before the DCT, per clip
+# How Δ and ΔΔ are computed: "librosa" = librosa.feature.delta(order=1) and (order=2), a Savitzky-Golay derivative
+# over `delta_width` frames with polynomial edges (mode "interp", its default); "nested" = Δ of Δ with replicated edges
+# (torchaudio's ComputeDeltas twice), which stores and checkpoints made before the front ends had variants hold.
+DELTAS = ("librosa", "nested")
 
 
 @dataclass(frozen=True)
 class FrontEndParams:
     sample_rate: int = 12000  # [C] resampled to 12 kHz
     n_samples: int = 349440  # [C] 29.12 s at 12 kHz (zero-pad short clips, centre-crop long ones)
-    n_fft: int = 512  # [C] mel and MFCC
-    hop: int = 256  # [C] → 1366 frames of 29.12 s
+    # [C] for the mel; [D] for the MFCC (PAPER.md: its n_fft and hop are not stated; the MFCC reuses the mel's)
+    n_fft: int = 512
+    hop: int = 256  # → 1366 frames of 29.12 s
     n_mels: int = 96  # [C]
     # [D] librosa's defaults (the authors computed mels with librosa): Slaney mel scale and area normalisation.
     mel_scale: str = "slaney"
     mel_norm: str = "slaney"
     # [D] the paper's STFT has 128 bins but no stated n_fft: a 256-point STFT, hop 256, Nyquist bin dropped.
     stft_n_fft: int = 256
-    n_mfcc: int = 30  # [C] 30 coefficients + Δ + ΔΔ = 90 rows
+    # [C] 30 coefficients + Δ + ΔΔ = 90 rows, from the same `n_mels` = 96 mel bands as the mel input [D: librosa's
+    # mfcc default is 128 bands; the authors' MFCC code is not known]
+    n_mfcc: int = 30
     delta_width: int = 9  # [D] librosa.feature.delta's default window
-    # [D] dB of the power (mel) or magnitude (STFT) with a floor of 1e-10 and no top-dB clipping; the authors' log of
-    # mel² only rescales this by 2 (PAPER.md).
+    deltas: str = "librosa"  # [D] Δ and ΔΔ exactly as librosa.feature.delta(order=1 / 2) computes them (DELTAS)
+    # the log-mel variant (module docstring): "authors" [C their code; D that it made the published numbers]
+    variant: str = "authors"
+    # [D] dB of the power (plain-db mel, the MFCC's mel) or magnitude (STFT) with a floor of 1e-10; the STFT has no
+    # top-dB clipping.
     amin: float = 1e-10
     # [D] frames are centred with zero padding at the clip's ends, as librosa (>= 0.10) does; torchaudio's default
     # is reflection, which differs only in the first and last frame.
@@ -55,6 +78,12 @@ class FrontEndParams:
     def rows(self, kind: str) -> int:
         return {"mel": self.n_mels, "stft": self.stft_n_fft // 2, "mfcc": 3 * self.n_mfcc}[check_input(kind)]
 
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown front-end variant {self.variant!r}: choose one of {', '.join(VARIANTS)}")
+        if self.deltas not in DELTAS:
+            raise ValueError(f"unknown deltas {self.deltas!r}: choose one of {', '.join(DELTAS)}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -63,14 +92,58 @@ class FrontEndParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FrontEndParams":
+        """Parameters as saved; a dict from before the variants existed (no 'variant' key) is what that code
+        computed: the plain-db mel and nested deltas, so old checkpoints keep tagging as they were trained."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        d = {k: v for k, v in d.items() if k in names}
+        if "variant" not in d:
+            d = {**d, "variant": "plain-db", "deltas": d.get("deltas", "nested")}
+        return cls(**d)
 
 
 def check_input(kind: str) -> str:
     if kind not in INPUTS:
         raise ValueError(f"unknown input {kind!r}: choose one of {', '.join(INPUTS)}")
     return kind
+
+
+def savgol_rows(width: int, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """librosa.feature.delta(order=...) as linear maps: scipy's savgol_filter(width, polyorder=order, deriv=order,
+    mode="interp"). A least-squares polynomial of degree `order` through `width` frames, differentiated `order` times
+    at a frame: (interior weights (width,) centred on the frame, first-edge rows (half, width) applied to the first
+    `width` frames, last-edge rows (half, width) applied to the last `width` frames)."""
+    half = width // 2
+    t = np.arange(width, dtype=np.float64)
+    pinv = np.linalg.pinv(np.vander(t, order + 1, increasing=True))  # (order+1, width): polynomial coefficients
+
+    def at(s: float) -> np.ndarray:  # the order-th derivative at position s, as weights on the window
+        d = np.array([math.factorial(j) / math.factorial(j - order) * s ** (j - order) if j >= order else 0.0
+                      for j in range(order + 1)])
+        return d @ pinv
+
+    return at(half), np.stack([at(s) for s in range(half)]), np.stack([at(s) for s in range(half + 1, width)])
+
+
+class SavgolDelta(nn.Module):
+    """(..., rows, frames) → the same shape: librosa.feature.delta(x, width, order) along the frames."""
+
+    def __init__(self, width: int, order: int):
+        super().__init__()
+        mid, first, last = savgol_rows(width, order)
+        self.width = width
+        self.register_buffer("mid", torch.tensor(mid, dtype=torch.float32).view(1, 1, -1))
+        self.register_buffer("first", torch.tensor(first, dtype=torch.float32))
+        self.register_buffer("last", torch.tensor(last, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, half = self.width, self.width // 2
+        if x.shape[-1] < w:
+            raise ValueError(f"deltas over {w} frames need at least {w} frames, not {x.shape[-1]}")
+        flat = x.reshape(-1, 1, x.shape[-1])
+        mid = torch.nn.functional.conv1d(flat, self.mid)[:, 0]  # frames half .. F-half-1
+        head = flat[:, 0, :w] @ self.first.T
+        tail = flat[:, 0, -w:] @ self.last.T
+        return torch.cat([head, mid, tail], dim=-1).reshape(x.shape)
 
 
 class FrontEnd(nn.Module):
@@ -99,26 +172,44 @@ class FrontEnd(nn.Module):
                 mel_scale=p.mel_scale, norm=p.mel_norm, pad_mode=p.pad_mode,
             )
             self.register_buffer("dct", AF.create_dct(p.n_mfcc, p.n_mels, "ortho"))
-            self.delta = T.ComputeDeltas(win_length=p.delta_width)
+            if p.deltas == "librosa":
+                self.delta, self.delta2 = SavgolDelta(p.delta_width, 1), SavgolDelta(p.delta_width, 2)
+            else:
+                self.delta = T.ComputeDeltas(win_length=p.delta_width)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         p = self.params
         x = self.spec(wave.float())
         if self.kind == "mel":
-            x = 10.0 * torch.log10(torch.clamp(x, min=p.amin))
-        elif self.kind == "stft":
+            return self.log_mel(x).unsqueeze(1)
+        if self.kind == "stft":
             x = 20.0 * torch.log10(torch.clamp(x[..., :-1, :], min=p.amin))  # drop the Nyquist bin → 128 rows
-        else:
-            return self.mfcc_from_mel_db(10.0 * torch.log10(torch.clamp(x, min=p.amin)))
-        return x.unsqueeze(1)
+            return x.unsqueeze(1)
+        return self.mfcc_from_mel_db(self.power_db(x))
+
+    def power_db(self, mel: torch.Tensor) -> torch.Tensor:
+        """10·log10 of the power mel with the amin floor and no top-dB clipping (the MFCC's starting point)."""
+        return 10.0 * torch.log10(torch.clamp(mel, min=self.params.amin))
+
+    def log_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        """The mel input of the params' variant from the (batch, n_mels, frames) power mel."""
+        if self.params.variant == "plain-db":
+            return self.power_db(mel)
+        # the authors': power_to_db(mel**2, ref=1.0, amin=1e-10, top_db=80), the floor per clip
+        x = 10.0 * torch.log10(torch.clamp(mel * mel, min=AUTHORS_AMIN))
+        return torch.maximum(x, x.amax(dim=(-2, -1), keepdim=True) - AUTHORS_TOP_DB)
 
     def mfcc_from_mel_db(self, db: torch.Tensor) -> torch.Tensor:
-        """MFCC + Δ + ΔΔ from the mel input's (batch, n_mels, frames) dB: the mel front end computes exactly this
-        dB (same STFT, filterbank and floor), so preprocessing derives the MFCC from it instead of a second STFT."""
-        db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - 80.0)  # librosa's top_db=80, per clip
+        """MFCC + Δ + ΔΔ from the (batch, n_mels, frames) power dB of the mel (power_db): the mel front end computes
+        the same STFT and filterbank, so preprocessing derives the MFCC from its power mel instead of a second STFT."""
+        db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - MFCC_TOP_DB)  # librosa's top_db=80, per clip
         x = torch.matmul(db.transpose(-1, -2), self.dct).transpose(-1, -2)
-        d1 = self.delta(x)
-        return torch.cat([x, d1, self.delta(d1)], dim=-2).unsqueeze(1)
+        if self.params.deltas == "librosa":
+            d1, d2 = self.delta(x), self.delta2(x)
+        else:  # "nested": Δ(Δ), replicated edges (the old stores' MFCC)
+            d1 = self.delta(x)
+            d2 = self.delta(d1)
+        return torch.cat([x, d1, d2], dim=-2).unsqueeze(1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -131,12 +222,15 @@ def frontend(kind: str, params: FrontEndParams = FrontEndParams()) -> FrontEnd:
 def compute(waves: torch.Tensor, kinds=INPUTS, params: FrontEndParams = FrontEndParams()) -> dict[str, torch.Tensor]:
     """All requested features of a batch of waves in one pass: {kind: (batch, rows, frames)}.
 
-    With both mel and MFCC asked for, the MFCC comes from the mel's dB (identical values, one STFT fewer: 22 % of
-    preprocessing's time, bench/preprocess.py)."""
+    With both mel and MFCC asked for, the MFCC comes from the mel's power spectrogram (identical values, one STFT
+    fewer: 22 % of preprocessing's time, bench/preprocess.py)."""
     out = {}
-    for k in sorted(kinds, key=lambda k: k != "mel"):  # the mel first, so that the MFCC can reuse it
-        if k == "mfcc" and "mel" in out:
-            out[k] = frontend(k, params).to(waves.device).mfcc_from_mel_db(out["mel"])[:, 0]
-        else:
+    if "mel" in kinds and "mfcc" in kinds:
+        mel_fe = frontend("mel", params).to(waves.device)
+        power = mel_fe.spec(waves.float())
+        out["mel"] = mel_fe.log_mel(power)
+        out["mfcc"] = frontend("mfcc", params).to(waves.device).mfcc_from_mel_db(mel_fe.power_db(power))[:, 0]
+    for k in kinds:
+        if k not in out:
             out[k] = frontend(k, params).to(waves.device)(waves)[:, 0]
     return {k: out[k] for k in kinds}

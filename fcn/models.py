@@ -116,6 +116,13 @@ def model_card() -> str:
         "FCN model card (Choi, Fazekas & Sandler 2016) at paper scale: 29.12 s at 12 kHz → "
         f"{p.n_frames} frames; mel {p.rows('mel')} rows, STFT {p.rows('stft')}, MFCC {p.rows('mfcc')}",
         "",
+        "Precision: `--amp auto` (the default) trains under bf16 autocast on CUDA [D: our speed choice, not the "
+        "paper's]; `--amp off` trains in fp32, the paper's precision; CPU runs are fp32 either way.",
+        f"Input: the mel is the `{p.variant}` variant (the authors' released preprocessing: 10·log10(mel²) with a "
+        "per-clip floor 80 dB below its peak [D: taken as the input behind the published numbers]); "
+        "`--frontend-variant plain-db` is 10·log10(mel) with no floor. MFCC: 30 coefficients + Δ + ΔΔ (librosa's "
+        f"delta) from the same {p.n_mels} mel bands [D].",
+        "",
         "| model | input | input shape | parameters | forward multiply-adds |",
         "|---|---|---|---:|---:|",
     ]

@@ -431,11 +431,15 @@ def store_path(config) -> Path:
     if config.store:
         return Path(config.store)
     if config.data_root:
-        source = "d" + hashlib.sha256(str(Path(config.data_root).resolve()).encode()).hexdigest()[:8]
+        # the MSD's own db / audio / id map, when named, make another data set from the same root
+        where = [str(Path(config.data_root).resolve())] + [
+            f"{k}={Path(getattr(config, k)).resolve()}" for k in ("tags_db", "audio_root", "id_map") if getattr(config, k)]
+        source = "d" + hashlib.sha256("\n".join(where).encode()).hexdigest()[:8]
     else:
         source = f"synth{config.synth_clips}"
     split = config.split if config.dataset == "mtat" else "choi"
-    return Path(config.data_dir) / f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s.h5"
+    variant = "" if config.frontend_variant == "authors" else f"-{config.frontend_variant}"  # variants side by side
+    return Path(config.data_dir) / f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s{variant}.h5"
 
 
 def read_items(config):
@@ -449,7 +453,16 @@ def read_items(config):
         return mtat.read(root, split=config.split, splits_dir=config.splits_dir or None)
     from fcn.data import msd
 
-    return msd.read(root, splits_dir=config.splits_dir or None)
+    splits_dir = Path(config.splits_dir) if config.splits_dir else msd.default_splits_dir(root)
+    tags_db = Path(config.tags_db) if config.tags_db else root / msd.TAGS_DB
+    tags, items, problems = msd.read(root, splits_dir=splits_dir, audio_root=config.audio_root or None,
+                                     id_map_csv=config.id_map or None, tags_db=tags_db)
+    if tags_db.is_file():  # labels rebuilt from the db: compare them with Choi's own y files where present
+        checks = msd.check_labels_against(items, tags, splits_dir)
+        line, mismatches = msd.label_check_report(checks, splits_dir)
+        print(line, file=sys.stderr)
+        problems = [*problems, *mismatches]
+    return tags, items, problems
 
 
 def synth_root(config) -> Path:

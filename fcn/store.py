@@ -18,8 +18,10 @@ from fcn.errors import UserError
 from fcn.frontends import FrontEndParams
 
 # 2: the MFCC's 80 dB floor is per clip (format 1 floored each 32-clip batch as a whole, so a clip's MFCC depended
-# on its neighbours). Stores of another format are refused, or rebuilt when they are the derived default.
-FORMAT_VERSION = 2
+# on its neighbours). 3: the front end has named variants (attr `frontend` holds `variant`: the mel is the authors'
+# floored log of mel² by default) and Δ/ΔΔ are librosa's. Stores of another format are refused, or rebuilt when they
+# are the derived default.
+FORMAT_VERSION = 3
 SPLITS = ("train", "valid", "test")
 
 
@@ -84,6 +86,10 @@ def check_store(path: str | Path, *, input: str, params: FrontEndParams, dataset
     if meta["format_version"] != FORMAT_VERSION:
         raise UserError(f"feature store {path} has format {meta['format_version']}, and this fcn reads format "
                         f"{FORMAT_VERSION} (store.py says what changed); rebuild it with `python -m fcn.preprocess`")
+    if meta["frontend"].variant != params.variant:
+        raise UserError(f"feature store {path} holds the front-end variant {meta['frontend'].variant!r}, and this run "
+                        f"asks for {params.variant!r} (--frontend-variant): rebuild it for this run or point --store "
+                        f"at a store of that variant")
     if meta["frontend"] != params:
         a, b = meta["frontend"].to_dict(), params.to_dict()
         diff = ", ".join(f"{k}: store {a[k]!r} vs run {b[k]!r}" for k in a if a[k] != b.get(k))

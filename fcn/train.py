@@ -31,7 +31,8 @@ from fcn.models import FCN, n_params
 
 # Fields that say where or how fast a run goes, not what it computes: they may change between a run and its resume.
 RUNTIME_FIELDS = {"device", "memory_format", "num_workers", "threads", "out_dir", "tracking_uri", "parent_run_id",
-                  "data_dir", "store", "experiment", "data_root", "splits_dir"}
+                  "data_dir", "store", "experiment", "data_root", "splits_dir",
+                  "tags_db", "audio_root", "id_map"}
 
 
 def run_dir(config: RunConfig) -> Path:
@@ -323,7 +324,21 @@ def train(config: RunConfig) -> dict:
 
         # The test split is scored once, with the best checkpoint (early stopping on validation ROC-AUC).
         best = checkpoint.load(rdir / "ckpt" / "best.pt")
-        model.load_state_dict(best["model"])
+        dist.barrier(d)  # every rank has looked for best.pt before rank 0 may write the fallback below
+        if best is None:
+            # No epoch improved on -1: validation ROC-AUC was NaN every epoch (no validation tag had both a positive
+            # and a negative clip). Defined fallback: the last epoch's weights are the model that is tested and kept.
+            _log(d, rdir, f"{config.key}: validation ROC-AUC was undefined (NaN) in all {progress['epoch']} epochs, "
+                          f"so there is no best epoch: testing the last epoch's weights (epoch {progress['epoch']}); "
+                          "check that the validation split has positive and negative clips for some tag")
+            progress.update(best=float("nan"), best_epoch=progress["epoch"])
+            if d.main:
+                checkpoint.save({"model": model.state_dict(), "config": config.to_dict(), "epoch": progress["epoch"],
+                                 "tags": meta["tags"], "frontend": meta["frontend"].to_dict(),
+                                 "norm": (train_ds.mean, train_ds.std), "valid_roc_auc": float("nan"),
+                                 "fallback": "last epoch", "run_id": run_id}, rdir / "ckpt" / "best.pt")
+        else:
+            model.load_state_dict(best["model"])
         ti, ts, tloss = predict(net, test_dl, config, d, fmt)
         y = test_ds.labels[ti].astype(np.uint8)
         roc, pr = M.per_tag(y, ts)  # once: the macro figures and per_tag_auc.csv both come from it

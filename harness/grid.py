@@ -1,10 +1,12 @@
 """Run the paper's input × depth × dataset grid on a local machine, a Ray cluster or Slurm, tracked in MLflow.
 
     python -m harness.grid                                    # all 30 cells, demo scale, built-in data, this machine
-    python -m harness.grid --cluster slurm --preset paper --paper --gpus-per-node 4 --partition gpu \\
+    python -m harness.grid --cluster slurm --paper --gpus-per-node 4 --partition gpu \\
         --data-root-mtat /data/mtat --data-root-msd /data/msd --tracking-uri http://mlflow.example:5000
     python -m harness.grid --cluster ray --ray-address auto --gpus-per-trial 1
     python -m harness.grid --dry-run --only 'msd-*'           # what would run, and where
+
+--paper keeps the paper's 10 cells and implies --preset paper (the paper's scale) unless a --preset is given.
 
 Rerunning the same command skips finished cells, resumes interrupted ones from their checkpoints and retries failed
 ones; a finished cell never gets a second MLflow run. `python -m harness.status` shows where each cell stands.
@@ -49,22 +51,30 @@ def add_grid_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--fractions", type=_csv(float), default=(1.0,),
                    help="training-data fractions, RQ4 (default: 1.0)")
     g.add_argument("--paper", action="store_true", help="only the paper's cells (MTAT FCN-3/4/5 mel, FCN-4 "
-                                                         "STFT/MFCC; MSD FCN-3..7 mel)")
+                                                         "STFT/MFCC; MSD FCN-3..7 mel), at the paper's scale: "
+                                                         "--paper implies --preset paper unless --preset is given")
     g.add_argument("--only", nargs="+", default=(), metavar="GLOB", help="keep keys matching, e.g. 'mtat-*-fcn4-*'")
     g.add_argument("--exclude", nargs="+", default=(), metavar="GLOB", help="drop keys matching")
     g.add_argument("--data-root-mtat", default="", help="real MTAT root (default: the built-in synthetic set)")
     g.add_argument("--data-root-msd", default="", help="real MSD root (default: the built-in synthetic set)")
     add_config_arguments(ap.add_argument_group("every cell's run config (fcn.train flags)"), skip=AXES)
-    ap.set_defaults(experiment=None, preset="grid-demo")
+    ap.set_defaults(experiment=None, preset=None)  # None: chosen by preset_for (--paper or not)
+
+
+def preset_for(args) -> str:
+    """The preset of a grid: the one named, else `paper` with --paper (the paper's cells at the paper's scale; a
+    smoke test of them is `--paper --preset grid-demo`), else `grid-demo`."""
+    return args.preset or ("paper" if args.paper else "grid-demo")
 
 
 def grid_from_args(args) -> list[RunConfig]:
     """The cells, with every path absolute and the tracking URI explicit: jobs start in other directories."""
     from fcn import tracking
 
+    args = argparse.Namespace(**{**vars(args), "preset": preset_for(args)})
     base = config_from_args(args, experiment=args.experiment or DEFAULT_EXPERIMENT)
     absolute = {k: str(Path(getattr(base, k)).resolve()) for k in ("out_dir", "data_dir") if getattr(base, k)}
-    for k in ("store", "splits_dir"):
+    for k in ("store", "splits_dir", "tags_db", "audio_root", "id_map"):
         if getattr(base, k):
             absolute[k] = str(Path(getattr(base, k)).resolve())
     base = base.replace(**absolute)

@@ -57,23 +57,47 @@ class CellRun:
     start_time: int
     roc_auc: float
     pr_auc: float | None
-    source: str = ""  # which data and scale the run used (from its params)
+    source: str = ""  # which data and scale the run used (from its params), with no machine path
+    synthetic: bool = False  # the built-in synthetic data: its numbers are not comparable with the paper's
+    scale: str = ""  # "paper scale" or the demo scale's width and clip length, plus the mel variant
+
+
+def _scale(params: dict) -> str:
+    """The run's scale and mel variant; runs logged before the variants existed used the floor-free plain-db mel."""
+    width, clip = params.get("width", "?"), params.get("clip_seconds", "?")
+    variant = params.get("frontend_variant", "plain-db")
+    try:
+        paper_scale = float(width) == 1.0 and float(clip) == 29.12
+    except ValueError:
+        paper_scale = False
+    size = "paper scale" if paper_scale else f"width {width}, {clip} s clips"
+    return f"{size}, {variant} mel"
 
 
 def _source(params: dict) -> str:
-    """What a run's numbers are about: the built-in synthetic data at demo scale are not the paper's data sets."""
-    scale = f"width {params.get('width', '?')}, {params.get('clip_seconds', '?')} s clips"
+    """What a run's numbers are about: the built-in synthetic data at demo scale are not the paper's data sets. Only
+    the data set's name, never the data root's path: results/ must not carry one machine's paths."""
     if not params.get("data_root"):
-        return f"built-in synthetic data in the data set's layout ({scale})"
-    return f"real data at {params['data_root']} ({scale})"
+        return f"built-in synthetic data in the data set's layout ({_scale(params)})"
+    name = DATASET_NAMES.get(params.get("dataset", ""), params.get("dataset", "?"))
+    return f"real {name} data ({_scale(params)})"
+
+
+def public_uri(uri: str) -> str:
+    """The tracking URI as results/ may show it: a local store (sqlite, file, plain path) by its file name only."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return uri
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    return f"a local {'SQLite ' if uri.startswith('sqlite:') else ''}store (`{name}`)"
 
 
 def provenance_note(runs: list[CellRun]) -> str:
     sources = sorted({r.source for r in runs if r.source})
     note = "Data behind these numbers: " + ("; ".join(sources) if sources else "no finished runs yet") + "."
     if any(s.startswith("built-in synthetic") for s in sources):
-        note += (" **Synthetic runs test the pipeline, not the paper's claims: compare them with the paper's "
-                 "columns only once the grid has run on MagnaTagATune and MSD at paper scale (`--preset paper`).**")
+        note += (" **Synthetic runs test the pipeline, not the paper's claims: their Δ columns are left empty "
+                 f"(\"{SYNTHETIC_DIFF}\"); compare with the paper only once the grid has run on MagnaTagATune and "
+                 "MSD at paper scale (`--paper`).**")
     return note
 
 
@@ -120,7 +144,8 @@ def _cell_run(run) -> CellRun | None:
     except (TypeError, ValueError):
         return None
     return CellRun(key, dataset, inp, depth, seed, run.info.run_id, run.info.start_time or 0,
-                   float(metrics["test_roc_auc"]), metrics.get("test_pr_auc"), _source(params))
+                   float(metrics["test_roc_auc"]), metrics.get("test_pr_auc"), _source(params),
+                   synthetic=not params.get("data_root"), scale=_scale(params))
 
 
 def finished_cell_runs(experiment_name: str, tracking_uri: str) -> list[CellRun]:
@@ -286,27 +311,45 @@ def _csv_num(x: float | None) -> str:
     return "" if x is None or not np.isfinite(x) else f"{x:.6f}"
 
 
-def _diff(ours: stats.Interval | None, ref: float | None) -> float | None:
+def _diff(ours: stats.Interval | None, ref: float | None, cell: "Cell | None" = None) -> float | None:
+    """ours − reference; None (blank, never a number) when a run of the cell is on the built-in synthetic data."""
+    if cell is not None and _synthetic(cell):
+        return None
     return None if ours is None or ref is None else ours.estimate - ref
 
 
+def _synthetic(cell: Cell) -> bool:
+    return any(r.synthetic for r in cell.runs)
+
+
+SYNTHETIC_DIFF = "n/a: synthetic data"  # what a synthetic row shows in the Markdown Δ columns
+
+
 def _cell_row(cell: Cell) -> dict:
-    """The shared columns of a table row (CSV form)."""
+    """The shared columns of a table row (CSV form): every row says what data and scale it comes from."""
     roc, pr = cell.roc, cell.pr
     pub, rr = paper.published(cell.dataset, cell.input, cell.depth), paper.rerun(cell.dataset, cell.input, cell.depth)
     return {
         "dataset": cell.dataset, "input": cell.input, "model": f"FCN-{cell.depth}",
         "status": "finished" if cell.done else "missing",
+        "data": " + ".join(sorted({"synthetic" if r.synthetic else "real" for r in cell.runs})),
+        "scale": " + ".join(sorted({r.scale for r in cell.runs})),
         "n_seeds": len(cell.runs), "seeds": " ".join(map(str, cell.seeds)),
         "roc_auc": _csv_num(roc.estimate if roc else None),
         "roc_lo": _csv_num(roc.lo if roc else None), "roc_hi": _csv_num(roc.hi if roc else None),
         "pr_auc": _csv_num(pr.estimate if pr else None),
         "pr_lo": _csv_num(pr.lo if pr else None), "pr_hi": _csv_num(pr.hi if pr else None),
         "interval": roc.method if roc else "",
-        "paper_roc_auc": _csv_num(pub), "diff_vs_paper": _csv_num(_diff(roc, pub)),
-        "rerun_roc_auc": _csv_num(rr), "diff_vs_rerun": _csv_num(_diff(roc, rr)),
+        "paper_roc_auc": _csv_num(pub), "diff_vs_paper": _csv_num(_diff(roc, pub, cell)),
+        "rerun_roc_auc": _csv_num(rr), "diff_vs_rerun": _csv_num(_diff(roc, rr, cell)),
         "run_keys": " ".join(r.key for r in cell.runs), "run_ids": " ".join(r.run_id for r in cell.runs),
     }
+
+
+def _md_diff(cell: Cell, roc: stats.Interval | None, ref: float | None) -> str:
+    if _synthetic(cell) and roc is not None and ref is not None:
+        return SYNTHETIC_DIFF
+    return _f(_diff(roc, ref, cell), sign=True)
 
 
 def _md_cell(cell: Cell) -> dict:
@@ -316,8 +359,8 @@ def _md_cell(cell: Cell) -> dict:
     return {
         "ROC-AUC (ours, 95 % CI)": roc.fmt() if roc else MISSING,
         "PR-AUC (ours, 95 % CI)": pr.fmt() if pr else MISSING,
-        "paper ROC-AUC [C]": _f(pub), "Δ vs paper": _f(_diff(roc, pub), sign=True),
-        "author re-run [C]": _f(rr), "Δ vs re-run": _f(_diff(roc, rr), sign=True),
+        "paper ROC-AUC [C]": _f(pub), "Δ vs paper": _md_diff(cell, roc, pub),
+        "author re-run [C]": _f(rr), "Δ vs re-run": _md_diff(cell, roc, rr),
         "seeds": str(len(cell.runs)) if cell.done else MISSING,
         "interval": roc.method if roc else MISSING,
     }
@@ -437,7 +480,7 @@ def plot_auc_vs_depth(cells: dict, out: Path, stamp: str) -> Path:
         err = [[o.estimate - o.lo if o.lo is not None else 0 for o in ours if o is not None],
                [o.hi - o.estimate if o.hi is not None else 0 for o in ours if o is not None]]
         if x:
-            synthetic = any(r.source.startswith("built-in synthetic") for d in x for r in cells[(ds, "mel", d)].runs)
+            synthetic = any(r.synthetic for d in x for r in cells[(ds, "mel", d)].runs)
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3,
                         label="ours, synthetic demo data (95 % CI)" if synthetic else "ours (95 % CI)")
         pub = [(d, paper.published(ds, "mel", d)) for d in depths if paper.published(ds, "mel", d) is not None]
@@ -504,7 +547,8 @@ def write_index(out: Path, experiment_name: str, tracking_uri: str, stamp: str, 
     missing = [k for k, c in cells.items() if not c.done]
     lines = [
         f"<!-- {HEADER} -->", "# Results", "",
-        f"Generated by `{GENERATOR}` at {stamp} from MLflow experiment `{experiment_name}` at `{tracking_uri}`.",
+        f"Generated by `{GENERATOR}` at {stamp} from MLflow experiment `{experiment_name}` in "
+        f"{public_uri(tracking_uri)}.",
         "Do not edit these files by hand: run the command again.", "", provenance_note(runs), "",
         f"- finished cell runs read: {len(runs)} ({len({r.key for r in runs})} keys)",
         f"- paper cells with results: {sum(c.done for c in cells.values())} of {len(cells)}",

@@ -36,6 +36,9 @@
 #     sbatch --nodes=2 --gpus-per-node=4 --ntasks-per-node=4 --mem=128G slurm/msd_fcn3.sh  # 8 GPUs on two nodes
 # The paper preset's batch size (16 [U]) is per process: N GPUs train with a global batch of 16 × N. To keep 16 in
 # all, add FCN_ARGS="--batch-size $((16 / N))".
+# Precision: on CUDA the paper preset trains under bf16 autocast (--amp auto) [D: our speed choice, not the paper's];
+# FCN_ARGS="--amp off" trains in fp32, as the paper did. Input: the authors' released preprocessing (a per-clip floor
+# 80 dB below the peak of 10·log10(mel²), --frontend-variant authors) [D]; "--frontend-variant plain-db" drops it.
 #
 # Preemption and time limit: Slurm sends USR2 120 s before the limit (TERM on preemption); the script then runs
 # `scontrol requeue`, and the restarted job resumes from the cell's last epoch checkpoint (ckpt/last.pt) in the same

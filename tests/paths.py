@@ -1,6 +1,6 @@
-"""Where the shared, read-only reference files are: CI clones the repository with `shared/` beside it."""
-from pathlib import Path
+"""Where the tests' real reference files are: the split and tag lists shipped inside the package (fcn/data/splits/,
+provenance in its README.md). Tests read nothing outside the repository, so a clone with nothing beside it passes."""
+from fcn.data.lists import MSD_LISTS, MTAT_LISTS, PACKAGED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-# real split files: MTAT in won_sota_split/mtat, MSD in choi_MSD_split_for_tagging (+ won_sota_split/msd)
-SPLITS = SHARED / "data" / "splits"
+SPLITS = PACKAGED
+__all__ = ["MSD_LISTS", "MTAT_LISTS", "PACKAGED", "SPLITS"]

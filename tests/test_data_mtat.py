@@ -10,9 +10,8 @@ import pytest
 from fcn.data import MTAT_TOP50, DataError, DataFileMissing, Item
 from fcn.data import mtat
 from fcn.data.synth import make_mtat
-from tests.paths import SPLITS
-
-WON_MTAT = SPLITS / "won_sota_split" / "mtat"
+from fcn.data import lists
+from tests.paths import MTAT_LISTS as WON_MTAT
 
 
 # ------------------------------------------------------------------------------------------- the real split files
@@ -29,10 +28,10 @@ def test_real_clean_lists_have_the_published_sizes():
 
 
 def test_top50_order_is_wons():
-    won = (WON_MTAT / "tags_npy_order.txt").read_text().split("\n")
+    won = lists.read_text(WON_MTAT / "tags_npy_order.txt").split("\n")
     assert tuple(t for t in won if t) == MTAT_TOP50
     # Lee's camelCase list has the same tags, with positions 47 and 48 swapped (README)
-    lee = [t for t in (WON_MTAT / "top50_tags.txt").read_text().split("\n") if t]
+    lee = [t for t in lists.read_text(WON_MTAT / "top50_tags.txt").split("\n") if t]
     camel = ["".join(w if i == 0 else w.capitalize() for i, w in enumerate(t.split())) for t in MTAT_TOP50]
     camel[47], camel[48] = camel[48], camel[47]
     assert lee == camel
@@ -81,12 +80,32 @@ def test_clean_split_matches_its_lists_and_drops_untagged(root):
     assert mtat.read(root, split="clean", splits_dir=root / "splits")[1] == items
 
 
-def test_clean_split_without_lists_is_a_clear_error(root, tmp_path):
+def test_clean_split_without_own_lists_uses_the_shipped_ones(root, tmp_path):
     shutil.copy(root / "annotations_final.csv", tmp_path)
-    with pytest.raises(DataFileMissing, match="splits_dir"):
-        mtat.read(tmp_path, split="clean")
+    assert mtat.find_splits_dir(tmp_path) == WON_MTAT
+    _, items, problems = mtat.read(tmp_path, split="clean")  # the synthetic clips are not in the real lists
+    assert items == [] and problems[0].startswith("21105 of 21105: clean-list entries have no usable row")
+    with pytest.raises(DataFileMissing, match="none/train_list_pub.txt: clean split list not found"):
+        mtat.read(tmp_path, split="clean", splits_dir=tmp_path / "none")
     with pytest.raises(DataError, match="'folder' or 'clean'"):
         mtat.read(root, split="lee")
+
+
+def test_shipped_lists_are_verified_on_load(tmp_path):
+    """A damaged copy of a checksummed list is refused by name; plain and xz copies read the same."""
+    (tmp_path / "mtat").mkdir()
+    for f in WON_MTAT.iterdir():
+        (tmp_path / "mtat" / f.name).write_bytes(f.read_bytes())
+    sums = (WON_MTAT.parent / "SHA256SUMS").read_text()
+    (tmp_path / "SHA256SUMS").write_text(sums)
+    assert mtat.read_clean_lists(tmp_path / "mtat") == mtat.read_clean_lists(WON_MTAT)
+    (tmp_path / "mtat" / "valid_list_pub.txt.xz").unlink()  # a plain copy of the same bytes is read as well
+    (tmp_path / "mtat" / "valid_list_pub.txt").write_bytes(lists.read_bytes(WON_MTAT / "valid_list_pub.txt"))
+    assert mtat.read_clean_lists(tmp_path / "mtat")["valid"] == mtat.read_clean_lists(WON_MTAT)["valid"]
+    with open(tmp_path / "mtat" / "valid_list_pub.txt", "a") as f:
+        f.write("c/extra-clip.npy\n")
+    with pytest.raises(DataError, match="valid_list_pub.txt: sha256 differs"):
+        mtat.read_clean_lists(tmp_path / "mtat")
 
 
 def _rewrite_csv(src_root, dst_root, edit):

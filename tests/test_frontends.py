@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from fcn.frontends import INPUTS, FrontEnd, FrontEndParams, compute
+from dataclasses import replace
+
+from fcn.frontends import INPUTS, FrontEnd, FrontEndParams, SavgolDelta, compute
 
 librosa = pytest.importorskip("librosa")
 
@@ -30,7 +32,7 @@ def _wave(seconds=3.0, sr=12000, seed=0):
 
 def test_mel_matches_librosa():
     y = _wave()
-    p = FrontEndParams.for_seconds(3.0)
+    p = FrontEndParams.for_seconds(3.0, variant="plain-db")
     ours = FrontEnd("mel", p)(torch.from_numpy(y)[None])[0, 0].numpy()
     ref = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=12000, n_fft=512, hop_length=256, n_mels=96),
                               ref=1.0, amin=1e-10, top_db=None)
@@ -44,9 +46,83 @@ def test_mfcc_matches_librosa():
     ours = FrontEnd("mfcc", p)(torch.from_numpy(y)[None])[0, 0].numpy()
     ref = librosa.feature.mfcc(y=y, sr=12000, n_mfcc=30, n_fft=512, hop_length=256, n_mels=96)
     assert np.abs(ours[:30] - ref).max() < 1e-2
-    # Δ over the interior (the edges are padded differently by design)
-    d = librosa.feature.delta(ref)
-    assert np.abs(ours[30:60, 5:-5] - d[:, 5:-5]).max() < 1e-2
+    # Δ and ΔΔ are librosa's delta(order=1) and delta(order=2), edges included ("librosa" deltas, the default)
+    assert p.deltas == "librosa"
+    assert np.abs(ours[30:60] - librosa.feature.delta(ref, order=1)).max() < 1e-3
+    assert np.abs(ours[60:] - librosa.feature.delta(ref, order=2)).max() < 1e-3
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_savgol_delta_is_librosas_delta_exactly(order):
+    x = np.random.default_rng(order).standard_normal((2, 30, 50)).astype(np.float32) * 20
+    ours = SavgolDelta(9, order)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours, librosa.feature.delta(x, order=order, axis=-1), atol=1e-4, rtol=0)
+
+
+def test_nested_deltas_are_delta_of_delta_as_labelled():
+    """The old stores' ΔΔ: Δ applied twice with replicated edges (not librosa's second derivative: they differ)."""
+    y = _wave(seed=4)
+    p = FrontEndParams.for_seconds(3.0, deltas="nested")
+    ours = FrontEnd("mfcc", p)(torch.from_numpy(y)[None])[0, 0]
+    import torchaudio.transforms as T
+
+    delta = T.ComputeDeltas(win_length=9)
+    torch.testing.assert_close(ours[60:], delta(delta(ours[:30])), atol=1e-4, rtol=1e-4)
+    librosa_dd = FrontEnd("mfcc", replace(p, deltas="librosa"))(torch.from_numpy(y)[None])[0, 0, 60:]
+    assert (ours[60:] - librosa_dd).abs().max() > 0.1
+
+
+def _dynamic_wave(seconds, sr=12000, seed=0):
+    """A tone for half the clip over noise 14 dB down, silent for the last quarter: the authors' floor bites on about
+    a quarter of the values."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    y = 0.5 * np.sin(2 * np.pi * 440 * t) * (t < 0.5 * seconds) + 0.1 * rng.standard_normal(len(t))
+    y[int(0.75 * len(y)):] = 0.0
+    return y.astype(np.float32)
+
+
+def test_paper_preset_mel_is_the_authors_floored_log_of_mel_squared():
+    """The paper preset's mel = librosa.power_to_db(mel**2, ref=1.0, top_db=80) (= the authors' logamplitude call)
+    on the same audio: values more than 80 dB below the clip's peak on that scale are raised to peak - 80."""
+    from fcn.config import PRESETS, RunConfig
+
+    p = RunConfig(**PRESETS["paper"]).frontend
+    assert p.variant == "authors" and p.n_frames == 1366
+    y = _dynamic_wave(p.seconds)[: p.n_samples]
+    ours = FrontEnd("mel", p)(torch.from_numpy(y)[None])[0, 0].numpy()
+    mel = librosa.feature.melspectrogram(y=y, sr=12000, n_fft=512, hop_length=256, n_mels=96)
+    ref = librosa.power_to_db(mel ** 2, ref=1.0, amin=1e-10, top_db=80.0)
+    assert ours.shape == ref.shape == (96, 1366)
+    floored = np.isclose(ref, ref.max() - 80.0)
+    assert 0.2 < floored.mean() < 0.9  # the floor is really in play on this clip
+    assert np.abs(ours - ref).max() < 2e-2  # dB, on the doubled scale
+    # the floor-free variant differs exactly where the floor acts
+    plain = FrontEnd("mel", replace(p, variant="plain-db"))(torch.from_numpy(y)[None])[0, 0].numpy()
+    gap = 2 * plain - ours
+    assert np.abs(gap[~floored]).max() < 2e-2 and gap[floored].max() < 2e-2 and gap[floored].min() < -50
+
+
+def test_variant_is_checked_and_old_params_mean_the_old_front_end():
+    with pytest.raises(ValueError, match="unknown front-end variant 'loud'"):
+        FrontEndParams(variant="loud")
+    old = {k: v for k, v in FrontEndParams().to_dict().items() if k not in ("variant", "deltas")}
+    assert FrontEndParams.from_dict(old) == FrontEndParams(variant="plain-db", deltas="nested")
+    assert FrontEndParams.from_dict(FrontEndParams().to_dict()) == FrontEndParams()
+
+
+def test_a_store_of_another_variant_is_refused_by_name(tmp_path):
+    from fcn.errors import UserError
+    from fcn.store import check_store, write_store
+
+    p = FrontEndParams.for_seconds(1.0, variant="plain-db")
+    feats = {k: np.zeros((2, p.rows(k), p.n_frames), np.float16) for k in INPUTS}
+    path = write_store(tmp_path / "s.h5", dataset="mtat", tags=[f"t{i}" for i in range(50)], params=p,
+                       inputs=list(INPUTS), clip_ids=["a", "b"], paths=["/a", "/b"], splits=["train", "test"],
+                       labels=np.zeros((2, 50), np.uint8), feature_chunks=[feats])
+    assert check_store(path, input="mel", params=p)["frontend"].variant == "plain-db"
+    with pytest.raises(UserError, match="holds the front-end variant 'plain-db', and this run asks for 'authors'"):
+        check_store(path, input="mel", params=replace(p, variant="authors"))
 
 
 def test_stft_is_log_magnitude_by_hand():

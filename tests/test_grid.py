@@ -30,6 +30,18 @@ def test_expand_is_pure_and_keys_are_stable():
     assert all(c.width == base.width for c in cells)  # everything but the axes comes from the base config
 
 
+def test_paper_implies_the_paper_preset_unless_one_is_named(tmp_path):
+    from harness.grid import build_parser, grid_from_args
+
+    def cells(*flags):
+        return grid_from_args(build_parser().parse_args(["--out-dir", str(tmp_path), *flags]))
+
+    paper = cells("--paper")
+    assert len(paper) == 10 and {(c.width, c.clip_seconds, c.epochs) for c in paper} == {(1.0, 29.12, 100)}
+    assert {(c.width, c.clip_seconds) for c in cells("--paper", "--preset", "grid-demo")} == {(0.125, 3.0)}
+    assert {(c.width, c.clip_seconds) for c in cells("--only", "mtat-mel-*")} == {(0.125, 3.0)}  # the demo default
+
+
 def grid_flags(data_dir, tmp_path, *extra):
     flags = ["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
              "--quiet"]

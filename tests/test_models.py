@@ -47,3 +47,4 @@ def test_model_card_cli():
     out = subprocess.run([sys.executable, "-m", "fcn.models"], capture_output=True, text=True, check=True).stdout
     assert "| FCN-4 | mel | 1×96×1366 | 17,365,938 | 10.01 G |" in out
     assert out.count("| FCN-") == 15  # 5 depths × 3 inputs
+    assert "bf16 autocast on CUDA [D: our speed choice" in out and "`--amp off` trains in fp32" in out

@@ -367,12 +367,12 @@ def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_for
     monkeypatch.undo()
     with h5py.File(path, "r+") as h:
         h.attrs["format_version"] = 1
-    with pytest.raises(fcn.errors.UserError, match=r"has format 1, and this fcn reads format 2 .*rebuild it"):
+    with pytest.raises(fcn.errors.UserError, match=rf"has format 1, and this fcn reads format {fcn.store.FORMAT_VERSION} .*rebuild it"):
         fcn.store.check_store(path, input="mel", params=config.frontend, dataset="mtat")
     capsys.readouterr()
     assert pp.ensure_store(config, workers=1, progress=False) == path
     assert "of an older format: rebuilding it" in capsys.readouterr().err
-    assert fcn.store.read_meta(path)["format_version"] == fcn.store.FORMAT_VERSION == 2
+    assert fcn.store.read_meta(path)["format_version"] == fcn.store.FORMAT_VERSION == 3
     _assert_same_store(path, ref)
 
 

@@ -44,7 +44,8 @@ def _log_cell(client, exp_id: str, key: str, clip_id, y, score, parent: str | No
     run = client.create_run(exp_id, run_name=key, tags=tags)
     rid = run.info.run_id
     params = {"dataset": dataset, "input": inp, "depth": fcn[3:], "seed": s[1:], "width": "1.0", "batch_size": "16",
-              "lr": "0.001", "key": key}
+              "lr": "0.001", "key": key, "data_root": f"/data/{dataset}", "clip_seconds": "29.12",
+              "frontend_variant": "authors"}
     for k, v in params.items():
         client.log_param(rid, k, v)
     for epoch in range(2):
@@ -198,6 +199,32 @@ def test_files_logged_to_parent_run(sweep):
 def _toy(n=400, signal=1.0, seed=0):
     clips, y = _labels(seed)
     return clips[:n], y[:n], _predictions(y[:n], signal, seed)
+
+
+def test_rows_say_their_data_and_scale_and_synthetic_rows_have_no_delta(sweep):
+    rows = _csv(sweep["out"] / "depth_table.csv")
+    r = _row(rows, dataset="mtat", model="FCN-3")
+    assert (r["data"], r["scale"]) == ("real", "paper scale, authors mel") and r["diff_vs_paper"] != ""
+    assert _row(rows, dataset="mtat", model="FCN-7")["data"] == ""  # not run: no source to state
+    for p in sweep["files"]:  # the data roots (/data/mtat) and no other machine path reach results/
+        if p.suffix != ".png":
+            assert "/data/" not in p.read_text()
+
+
+def test_synthetic_cell_rows_leave_the_delta_empty():
+    from harness.tables import SYNTHETIC_DIFF, Cell, CellRun, _cell_row, _md_cell, _source, public_uri
+
+    params = {"dataset": "mtat", "width": "0.125", "clip_seconds": "3.0"}  # no data_root: the built-in data
+    run = CellRun("mtat-mel-fcn4-s0", "mtat", "mel", 4, 0, "r1", 0, 0.83, 0.38, _source(params), synthetic=True,
+                  scale="width 0.125, 3.0 s clips, plain-db mel")
+    cell = Cell("mtat", "mel", 4, runs=[run], roc=stats.Interval(0.83, 0.8, 0.86, "bootstrap", 95))
+    row = _cell_row(cell)
+    assert row["data"] == "synthetic" and row["scale"] == run.scale and row["paper_roc_auc"] == "0.894000"
+    assert row["diff_vs_paper"] == "" and row["roc_auc"] == "0.830000"
+    assert _md_cell(cell)["Δ vs paper"] == SYNTHETIC_DIFF
+    assert _source(params).startswith("built-in synthetic") and "plain-db mel" in _source(params)
+    assert public_uri("sqlite:////home/me/runs/mlflow.db") == "a local SQLite store (`mlflow.db`)"
+    assert public_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
 def test_single_class_tag_is_skipped():

@@ -123,3 +123,31 @@ def test_tracking_server_down_is_one_line(tiny):
     out = run_py("-m", "fcn.train", *config_flags(config))
     assert out.returncode == 2
     assert "is not reachable" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_no_best_epoch_falls_back_to_the_last_with_a_clear_line(tmp_path):
+    """Validation labels with no positive clip: ROC-AUC is NaN every epoch, so no epoch is 'best'. The run says so
+    in one line, tests the last epoch's weights and keeps them as best.pt (fcn.predict needs one)."""
+    from fcn.config import RunConfig
+    from fcn.frontends import INPUTS
+    from fcn.store import write_store
+    from fcn.train import run_dir, train
+    from tests.conftest import TINY
+
+    config = RunConfig(**{**TINY, "epochs": 2, "patience": 2}, store=str(tmp_path / "nan.h5"),
+                       out_dir=str(tmp_path / "runs"), data_dir=str(tmp_path))
+    p, rng = config.frontend, np.random.default_rng(0)
+    splits = ["train"] * 32 + ["valid"] * 16 + ["test"] * 16
+    labels = (rng.random((64, 50)) < 0.3).astype(np.uint8)
+    labels[32:48] = 0  # validation: no positive clip for any tag
+    feats = {k: rng.standard_normal((64, p.rows(k), p.n_frames)).astype(np.float16) for k in INPUTS}
+    write_store(tmp_path / "nan.h5", dataset="mtat", tags=[f"t{i}" for i in range(50)], params=p,
+                inputs=list(INPUTS), clip_ids=[f"c{i}" for i in range(64)], paths=[f"/c{i}" for i in range(64)],
+                splits=splits, labels=labels, feature_chunks=[feats])
+    m = train(config)
+    assert m["best_epoch"] == 2 and np.isnan(m["best_valid_roc_auc"]) and 0 <= m["test_roc_auc"] <= 1
+    log = (run_dir(config) / "train.log").read_text()
+    assert "validation ROC-AUC was undefined (NaN) in all 2 epochs" in log and "testing the last epoch's" in log
+    from fcn import checkpoint
+
+    assert checkpoint.load(run_dir(config) / "ckpt" / "best.pt")["fallback"] == "last epoch"

@@ -6,6 +6,7 @@ three plain-text id lists per split, same order: `{split}_x_msd_id.txt`, `{split
 `{split}_x_filename.txt` (`d1/d2/<7digital_id>.npy`, d1/d2 the id's first two digits) — 201,680 / 12,634 / 28,540
 tracks; `valid_y.npy` / `test_y.npy` are bool N x 50 in `top50_tags.txt` order. Previews sit at
 `<audio_root>/d1/d2/<7digital_id>.clip.mp3`; they cannot be downloaded any more, so users bring their own copy.
+Choi's lists and y files ship with the package (fcn/data/splits/msd, fcn.data.lists): a user needs only the db and audio.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fcn.data import MSD_TOP50, SPLITS, DataError, DataFileMissing, Item, Report
+from fcn.data import MSD_TOP50, SPLITS, DataError, DataFileMissing, Item, Problem, Report
+from fcn.data import lists as listfiles
 
 TAGS_DB = "lastfm_tags.db"
 TOP50_FILE = "top50_tags.txt"
@@ -37,11 +39,12 @@ class SplitList:
 
 
 def read_id_list(path) -> list[str]:
-    """A plain-text list, one id per line (blank lines ignored). Fast: 201,680 ids in ~20 ms."""
+    """A plain-text list, one id per line (blank lines ignored), plain or xz-compressed (fcn.data.lists). Fast:
+    201,680 ids in ~20 ms plain, ~0.1 s compressed."""
     path = Path(path)
-    if not path.is_file():
+    if not listfiles.exists(path):
         raise DataFileMissing(f"{path}: split list not found")
-    return path.read_text(encoding="utf-8").split()
+    return listfiles.read_text(path).split()
 
 
 def read_split_lists(splits_dir) -> dict[str, SplitList]:
@@ -60,9 +63,9 @@ def read_split_lists(splits_dir) -> dict[str, SplitList]:
 def read_top50(splits_dir) -> list[str]:
     """top50_tags.txt from the split folder (one tag per line; tags may contain spaces), else MSD_TOP50."""
     path = Path(splits_dir) / TOP50_FILE
-    if not path.is_file():
+    if not listfiles.exists(path):
         return list(MSD_TOP50)
-    tags = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    tags = [ln.strip() for ln in listfiles.read_text(path).splitlines() if ln.strip()]
     if len(tags) != 50 or len(set(tags)) != 50:
         raise DataError(f"{path}: expected 50 distinct tags, found {len(tags)} ({len(set(tags))} distinct)")
     return tags
@@ -71,9 +74,9 @@ def read_top50(splits_dir) -> list[str]:
 def read_y(splits_dir, split: str) -> np.ndarray | None:
     """Choi's `{split}_y.npy` (bool N x 50), or None when absent. Plain array: allow_pickle stays False."""
     path = Path(splits_dir) / f"{split}_y.npy"
-    if not path.is_file():
+    if not listfiles.exists(path):
         return None
-    y = np.load(path, allow_pickle=False)
+    y = listfiles.load_npy(path)
     if y.ndim != 2 or y.shape[1] != 50:
         raise DataError(f"{path}: expected an N x 50 array, found shape {y.shape}")
     return y.astype(bool, copy=False)
@@ -122,6 +125,12 @@ def labels_from_db(db_path, msd_ids, tags) -> tuple[np.ndarray, np.ndarray]:
     return y, in_db
 
 
+def default_splits_dir(root) -> Path:
+    """`<root>/splits` when it holds Choi's lists (the synthetic set writes its own there), else the shipped lists."""
+    own = Path(root) / "splits"
+    return own if all(listfiles.exists(own / f"{s}_x_msd_id.txt") for s in SPLITS) else listfiles.MSD_LISTS
+
+
 def _read_id_map(path) -> dict[str, str]:
     """User CSV `msd_id,path` (header optional); relative paths are relative to the CSV's folder."""
     path = Path(path)
@@ -151,14 +160,15 @@ def read(root, splits_dir=None, audio_root=None, id_map_csv=None,
          tags_db=None) -> tuple[list[str], list[Item], list[str]]:
     """Read an MSD copy. Returns (tags, items, problems).
 
-    Defaults [D]: splits_dir = `<root>/splits`, audio_root = `<root>/audio`, tags_db = `<root>/lastfm_tags.db`.
+    Defaults [D]: splits_dir = `<root>/splits` when it holds Choi's lists, else the shipped ones (default_splits_dir),
+    audio_root = `<root>/audio`, tags_db = `<root>/lastfm_tags.db`.
     id_map_csv (`msd_id,path`) replaces the d1/d2 preview layout for the ids it lists. Labels come from tags_db; when
     it is absent but every split has `{split}_y.npy`, those are used instead. Tracks whose preview is missing are left
     out and reported as one summary line (count + first ids); nothing there is fatal.
     items: Choi's order, train then valid then test; labels uint8 (50,) in top50_tags.txt order.
     """
     root = Path(root).resolve()
-    splits_dir = Path(splits_dir) if splits_dir is not None else root / "splits"
+    splits_dir = Path(splits_dir) if splits_dir is not None else default_splits_dir(root)
     audio_root = Path(audio_root).resolve() if audio_root is not None else root / "audio"
     tags_db = Path(tags_db) if tags_db is not None else root / TAGS_DB
     tags = read_top50(splits_dir)
@@ -247,3 +257,18 @@ def check_labels_against(items, tags, splits_dir) -> dict[str, LabelCheck]:
                 bad.append(tid)
         out[s] = LabelCheck(s, compared, len(bad), tuple(bad[:5]))
     return out
+
+
+def label_check_report(checks: dict[str, LabelCheck], splits_dir) -> tuple[str, list[Problem]]:
+    """One summary line of a label check (for the console) and one Problem per split with mismatches (for the
+    preprocessing report): the count and the first ids whose 50 labels differ from Choi's y file."""
+    if not checks:
+        return f"MSD labels: not checked ({splits_dir} has no valid_y.npy / test_y.npy)", []
+    parts, problems = [], []
+    for s, c in checks.items():
+        parts.append(f"{s} {c.mismatched:,} of {c.compared:,} tracks differ")
+        if c.mismatched:
+            problems.append(Problem(f"labels ({s})", f"{c.mismatched:,} of {c.compared:,} tracks' labels from the db "
+                                                     f"differ from Choi's {s}_y.npy (first: "
+                                                     f"{', '.join(c.first_mismatches)})"))
+    return f"MSD labels from the db checked against Choi's y files in {splits_dir}: {'; '.join(parts)}", problems

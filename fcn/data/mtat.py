@@ -4,7 +4,7 @@ Facts (PAPER.md, Datasets): `annotations_final.csv` is tab-separated with every 
 188 tag columns (0/1), `mp3_path`; audio at `<root>/<folder>/<artist>-<album>-<NN>-<title>-<start>-<end>.mp3`, folders
 0..9, a..f. Splits: "folder" = folders 0-b train, c valid, d-f test (the common convention); "clean" = the Lee / Won
 lists (15,244 / 1,529 / 4,332 clips with at least one top-50 tag), read from the plain-text `*_list_pub.txt` files
-whose entries are `<folder>/<clip>.npy`.
+whose entries are `<folder>/<clip>.npy`. Those lists ship with the package (fcn/data/splits/mtat, fcn.data.lists).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fcn.data import MTAT_TOP50, SPLITS, DataError, DataFileMissing, Item, Report
+from fcn.data import lists as listfiles
 
 ANNOTATIONS = "annotations_final.csv"
 CLIP_INFO = "clip_info_final.csv"
@@ -55,11 +56,12 @@ def read_clip_info(root) -> dict[str, dict[str, str]]:
 
 
 def find_splits_dir(root) -> Path:
-    """Where the clean lists are when the user named no folder: `<root>/splits` or `<root>/splits/mtat` [D]."""
+    """Where the clean lists are when the user named no folder: `<root>/splits` or `<root>/splits/mtat` [D], else
+    the lists shipped with the package (fcn/data/splits/mtat)."""
     root = Path(root)
-    tried = [root / "splits", root / "splits" / "mtat"]
+    tried = [root / "splits", root / "splits" / "mtat", listfiles.MTAT_LISTS]
     for d in tried:
-        if all((d / name).is_file() for name in CLEAN_LISTS.values()):
+        if all(listfiles.exists(d / name) for name in CLEAN_LISTS.values()):
             return d
     raise DataFileMissing(
         f"clean split lists ({', '.join(CLEAN_LISTS.values())}) not found in {' or '.join(map(str, tried))}: "
@@ -67,14 +69,15 @@ def find_splits_dir(root) -> Path:
 
 
 def read_clean_lists(splits_dir) -> dict[str, list[str]]:
-    """The Lee/Won lists as `<folder>/<clip>.mp3` keys per split (entries are stored as `.npy`, the features' name)."""
+    """The Lee/Won lists as `<folder>/<clip>.mp3` keys per split (entries are stored as `.npy`, the features' name);
+    plain or xz-compressed, checksums verified where a SHA256SUMS lists them (fcn.data.lists)."""
     d = Path(splits_dir)
     out = {}
     for split, name in CLEAN_LISTS.items():
         path = d / name
-        if not path.is_file():
+        if not listfiles.exists(path):
             raise DataFileMissing(f"{path}: clean split list not found")
-        entries = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        entries = [ln.strip() for ln in listfiles.read_text(path).splitlines() if ln.strip()]
         out[split] = [e[:-4] + ".mp3" if e.endswith(".npy") else e for e in entries]
     return out
 
@@ -98,7 +101,7 @@ def read(root, split: str = "folder", splits_dir=None) -> tuple[list[str], list[
     nothing there is fatal. Fatal (DataError / DataFileMissing): no CSV, a missing required column or top-50 tag.
 
     split="folder": folders 0-b / c / d-f, every clip kept (zero-tag clips are all-negative examples).
-    split="clean": the Lee/Won lists from `splits_dir` (default: see find_splits_dir); clips without any top-50 tag
+    split="clean": the Lee/Won lists from `splits_dir` (default: see find_splits_dir, ending at the shipped lists); clips without any top-50 tag
     are dropped too, which is how those lists were made (PAPER.md).
     """
     if split not in ("folder", "clean"):
@@ -111,9 +114,9 @@ def read(root, split: str = "folder", splits_dir=None) -> tuple[list[str], list[
 
     wanted: dict[str, str] | None = None  # mp3_path -> split, for the clean lists
     if split == "clean":
-        lists = read_clean_lists(splits_dir if splits_dir is not None else find_splits_dir(root))
+        clean = read_clean_lists(splits_dir if splits_dir is not None else find_splits_dir(root))
         wanted = {}
-        for s, keys in lists.items():
+        for s, keys in clean.items():
             for k in keys:
                 wanted.setdefault(k, s)
         found: set[str] = set()
