@@ -164,7 +164,10 @@ class Tracker:
         if not self.enabled:
             return None
         if run_id is None:
-            existing = [r for r in cell_runs(self.c, self.exp_id, key) if not is_finished(r)]
+            # its unfinished run, else its finished one (a cell retrained from scratch after losing metrics.json and
+            # its checkpoints): a cell never gets a second run
+            runs = cell_runs(self.c, self.exp_id, key)
+            existing = [r for r in runs if not is_finished(r)] or runs
             run_id = existing[-1].info.run_id if existing else None
         if run_id is None:
             run = self.c.create_run(self.exp_id, run_name=key, tags={CELL_TAG: key, **tags})

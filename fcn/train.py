@@ -41,8 +41,11 @@ def run_dir(config: RunConfig) -> Path:
 def _log(d: dist.Dist, rdir: Path, msg: str) -> None:
     if d.main:
         print(msg, file=sys.stderr, flush=True)
-        with open(rdir / "train.log", "a") as f:
-            f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+        try:
+            with open(rdir / "train.log", "a") as f:
+                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+        except OSError:
+            pass  # a full disk: the line is on stderr; the checkpoint write right after says what is wrong
 
 
 def _rng_state() -> dict:
