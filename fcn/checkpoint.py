@@ -136,7 +136,9 @@ def _torch_load(src, name: str):
         return torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
-        hint = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        hint = next((ln.strip() for ln in first if "global" in ln.lower()), "")
+        if not hint:  # not a pickle of objects at all: garbage, text, another format
+            raise CheckpointError(f"{name} is not a readable checkpoint (not a torch file)") from None
         raise CheckpointError(f"{name} holds Python objects other than tensors and plain values ({hint[:160]}); "
                               f"refused without running any of it: loading it could run code") from None
     except (RuntimeError, EOFError, ValueError, OSError, IndexError, KeyError, AttributeError) as e:
