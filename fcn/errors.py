@@ -42,10 +42,9 @@ def run_cli(main: Callable[[], object], prog: str | None = None) -> None:
     UserError → one line on stderr, exit 2. Any other exception → one line naming it and the traceback file, exit 1
     (or the full traceback with FCN_TRACEBACK=1). Ctrl-C → one line, exit 130.
     """
-    prog = prog or Path(sys.argv[0]).stem or "fcn"
-    if prog == "__main__":  # `python -m pkg.mod`: name the module, not __main__
+    if prog is None:  # `python -m fcn.train`: the module's name; else the script's
         spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-        prog = spec.name.replace(".__main__", "") if spec is not None else "fcn"
+        prog = spec.name.replace(".__main__", "") if spec is not None else (Path(sys.argv[0]).stem or "fcn")
     try:
         rc = main()
     except UserError as e:

@@ -121,13 +121,14 @@ def _mount_tmpfs(path: Path, size: str) -> None:
 def _fill(path: Path) -> Path:
     """Write to `path` until the file system is full (ENOSPC); return the filler."""
     filler = path / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 65536):
             pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     return filler
 
 
@@ -361,9 +362,11 @@ def test_tracking_server_killed_mid_run_then_grid_rerun_resyncs(tiny, mlflow_ser
     assert after_kill < 240, f"{after_kill:.0f} s after the server died: tracker calls are not bounded"
 
     server = mlflow_server_factory(root, port=port)  # back, same store
+    axes = {"dataset", "input", "depth", "seed", "train_fraction", "data_root", "parent_run_id"}  # grid axes
+    cell_flags = [x for k, v in config.to_dict().items() if k not in axes and v != ""
+                  for x in ("--" + k.replace("_", "-"), str(v).lower() if isinstance(v, bool) else str(v))]
     grid = run_py("-m", "harness.grid", "--datasets", "mtat", "--inputs", "mel", "--depths", "4", "--no-tables",
-                  "--quiet", "--results", str(tmp_path / "results"),
-                  *[f for f in config_flags(config) if f not in ("--dataset", "mtat", "--input", "mel", "--depth", "4")])
+                  "--quiet", "--results", str(tmp_path / "results"), *cell_flags)
     assert grid.returncode == 0, grid.stderr[-3000:]
     assert "1/1 cells finished" in grid.stderr
     runs = _runs(config)
