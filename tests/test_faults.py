@@ -276,7 +276,8 @@ CLIS = ("fcn.train", "fcn.preprocess", "fcn.predict", "harness.grid", "harness.s
         "harness.ui", "harness.sbatch", "bench")
 
 INJECT = """
-import argparse, contextlib, io, json, runpy, sys
+import argparse, contextlib, io, json, runpy, sys, warnings
+warnings.simplefilter("ignore")  # runpy's "found in sys.modules" note: this harness's, not the CLI's output
 def boom(*a, **k):
     raise RuntimeError("injected fault")
 argparse.ArgumentParser.parse_args = boom  # every CLI parses its flags inside run_cli
@@ -453,6 +454,7 @@ def test_truncated_store_is_announced_as_damaged_and_rebuilt(tmp_path, capsys, o
 
 def test_a_second_trainer_of_the_same_cell_stops_with_one_line(tiny, observe):
     from fcn.train import run_dir
+    from harness.state import _lock_held
 
     config = tiny(epochs=30, patience=30, experiment="twice")
     rdir = run_dir(config)
@@ -460,8 +462,9 @@ def test_a_second_trainer_of_the_same_cell_stops_with_one_line(tiny, observe):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
-        while not (rdir / "train.log").exists() and time.time() < deadline and proc.poll() is None:
+        while not _lock_held(rdir / ".lock") and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
+        assert proc.poll() is None
         out = run_py("-m", "fcn.train", *config_flags(config))
         assert out.returncode == 2 and "is being trained by another process" in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
