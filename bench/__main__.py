@@ -127,4 +127,6 @@ def render(sections: dict, meta: dict, run_s: float, ran: list[str], quick: bool
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fcn.errors import run_cli
+
+    run_cli(main)  # one line for any failure (fcn/errors.py)

@@ -44,7 +44,7 @@ def find_checkpoint(run: str, *, out_dir: str = "runs", experiment: str = "fcn",
         c.get_run(run_id)
     except Exception:  # noqa: BLE001 - mlflow raises its own exception types for a bad id
         raise UserError(f"no finished run {run!r}: not a checkpoint file, not a cell key under {out_dir}/"
-                        f"{experiment}/, and not an MLflow run id in {uri}")
+                        f"{experiment}/, and not an MLflow run id in {tracking.redact(uri)}")
     import mlflow.artifacts
 
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/best.pt",
@@ -57,9 +57,10 @@ class Tagger:
         from fcn.frontends import FrontEnd, FrontEndParams
         from fcn.models import FCN
 
-        state = checkpoint.load(ckpt_path)
-        if state is None or "norm" not in state:
-            raise UserError(f"{ckpt_path} is not a best.pt checkpoint of fcn.train")
+        if not Path(ckpt_path).is_file():
+            raise UserError(f"{ckpt_path} does not exist")
+        # verified, tensors and plain values only (weights_only): a crafted file is refused, nothing of it runs
+        state = checkpoint.read(ckpt_path, required=("model", "config", "tags", "frontend", "norm"))
         self.config = RunConfig.from_dict(state["config"])
         self.tags = list(state["tags"])
         self.params = FrontEndParams.from_dict(state["frontend"])

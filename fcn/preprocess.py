@@ -503,6 +503,16 @@ def _current(path: Path) -> bool:
         return False
 
 
+def _why_stale(path: Path) -> str:
+    """Why an existing store is rebuilt: damaged (a killed write, a full disk) or of an older format."""
+    from fcn.store import read_meta
+
+    try:
+        return f"is of an older format ({read_meta(path)['format_version']})"
+    except UserError:
+        return "is damaged or truncated (it cannot be read as a feature store)"
+
+
 def ensure_store(config, *, workers: int = 0, progress: bool = True) -> Path:
     """The run's store, built (once, under a lock) if it does not exist yet."""
     path = store_path(config)
@@ -511,7 +521,7 @@ def ensure_store(config, *, workers: int = 0, progress: bool = True) -> Path:
     with _lock(path.with_name(path.name + ".lock")):
         if not _current(path):
             if path.exists():  # a derived store is a cache: one of an older format is rebuilt, not refused
-                print(f"feature store {path} is of an older format: rebuilding it", file=sys.stderr)
+                print(f"feature store {path} {_why_stale(path)}: rebuilding it", file=sys.stderr)
             tags, items, problems = read_items(config)
             report = build(items, tags, dataset=config.dataset, out=path, params=config.frontend,
                            workers=workers, progress=progress, reader_problems=problems)

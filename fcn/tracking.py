@@ -5,6 +5,7 @@ mlflow is imported inside the functions: a worker that never logs should not pay
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -18,8 +19,48 @@ CELL_TAG = "cell_key"
 
 def resolve_uri(tracking_uri: str, out_dir: str) -> str:
     """The --tracking-uri, else $MLFLOW_TRACKING_URI, else a SQLite store beside the run directories."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    uri = _move_credentials(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""))
     return uri or f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+def _split_userinfo(uri: str) -> tuple[str, str | None, str | None]:
+    """(the URI without `user:password@`, user, password); user and password are None when there are none."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    if not uri.startswith(("http://", "https://")):
+        return uri, None, None
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), unquote(user), unquote(password)
+
+
+_USERINFO = re.compile(r"(https?://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """A URI (or any text holding URIs) as it may be printed or stored: `http://user:secret@host` → `http://***@host`."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def _move_credentials(uri: str) -> str:
+    """`uri` without `user:password@`; the credentials go to MLflow's MLFLOW_TRACKING_USERNAME / _PASSWORD, which
+    every MlflowClient of this process and of its children (local workers, Ray, Slurm jobs) reads."""
+    clean, user, password = _split_userinfo(uri)
+    if user is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password or ""
+    return clean
+
+
+def without_credentials(config):
+    """`config` with `user:password@` taken out of its tracking URI and put in MLflow's own environment variables
+    (MLFLOW_TRACKING_USERNAME / _PASSWORD, which every MlflowClient of this process and its children reads), so that
+    configs, checkpoints, metrics.json, MLflow params and job files never hold the password."""
+    clean = _move_credentials(config.tracking_uri or "")
+    return config if clean == (config.tracking_uri or "") else config.replace(tracking_uri=clean)
 
 
 def artifact_root(uri: str, out_dir: str) -> str | None:
@@ -32,13 +73,23 @@ def artifact_root(uri: str, out_dir: str) -> str | None:
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """One clear line when the tracking server is down, before any work starts."""
     if uri.startswith(("http://", "https://")):
+        clean, user, password = _split_userinfo(uri)  # urllib can't take user:pass@ in the URL: send it as a header
+        if user is None and os.environ.get("MLFLOW_TRACKING_USERNAME"):
+            user, password = os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+        req = urllib.request.Request(clean.rstrip("/") + "/health")
+        if user is not None:
+            import base64
+
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            req.add_header("Authorization", "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"])
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
                 if r.status != 200:
                     raise OSError(f"HTTP {r.status}")
         except (OSError, urllib.error.URLError) as e:
             reason = getattr(e, "reason", e)
-            raise UserError(f"MLflow tracking server {uri} is not reachable ({reason}): start it, or pass "
+            raise UserError(f"MLflow tracking server {redact(uri)} is not reachable ({reason}): start it, or pass "
                             f"--tracking-uri of a running one (or leave it empty for a local SQLite store)")
     elif uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
@@ -50,6 +101,11 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 def client(uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network at run time
+    # A server that goes away must cost seconds, not MLflow's default of 7 retries with exponential backoff and a
+    # 120 s timeout per call (minutes per logged metric): training goes on and the next run re-syncs (Tracker).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     import logging
 
     import warnings
@@ -97,6 +153,7 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, out_dir: str, enabled: bool = True):
         self.uri, self.enabled, self.run_id, self._warned = uri, enabled, None, False
+        self._down = False  # set after a call failed for good: later calls are skipped, not retried for minutes
         self.exp_id = None
         if enabled:
             self.c = client(uri)
@@ -107,7 +164,10 @@ class Tracker:
         if not self.enabled:
             return None
         if run_id is None:
-            existing = [r for r in cell_runs(self.c, self.exp_id, key) if not is_finished(r)]
+            # its unfinished run, else its finished one (a cell retrained from scratch after losing metrics.json and
+            # its checkpoints): a cell never gets a second run
+            runs = cell_runs(self.c, self.exp_id, key)
+            existing = [r for r in runs if not is_finished(r)] or runs
             run_id = existing[-1].info.run_id if existing else None
         if run_id is None:
             run = self.c.create_run(self.exp_id, run_name=key, tags={CELL_TAG: key, **tags})
@@ -124,14 +184,17 @@ class Tracker:
         self.c.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def _call(self, fn, *a, **kw):
+        if self._down:
+            return None
         for attempt in range(3):  # SQLite stores shared by parallel cells can be briefly locked
             try:
                 return fn(*a, **kw)
             except Exception as e:  # noqa: BLE001 - any tracking failure is survivable
                 if attempt == 2:
+                    self._down = True  # the server is gone: metrics.json and the checkpoints carry on
                     if not self._warned:
-                        print(f"warning: MLflow logging to {self.uri} failed ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); training goes on, rerun the command to re-sync",
+                        print(f"warning: MLflow logging to {redact(self.uri)} failed ({type(e).__name__}: "
+                              f"{redact(str(e).splitlines()[0])[:200]}); training goes on, rerun the command to re-sync",
                               file=sys.stderr)
                         self._warned = True
                     return None

@@ -42,8 +42,11 @@ def run_dir(config: RunConfig) -> Path:
 def _log(d: dist.Dist, rdir: Path, msg: str) -> None:
     if d.main:
         print(msg, file=sys.stderr, flush=True)
-        with open(rdir / "train.log", "a") as f:
-            f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+        try:
+            with open(rdir / "train.log", "a") as f:
+                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+        except OSError:
+            pass  # a full disk: the line is on stderr; the checkpoint write right after says what is wrong
 
 
 def _rng_state() -> dict:
@@ -148,7 +151,22 @@ def sync_finished(result: dict, rdir: Path, config: RunConfig) -> None:
     if run is not None and not tracking.is_finished(run):
         t = tracking.Tracker(uri, config.experiment, config.out_dir)
         t.run_id = run.info.run_id
+        _log_history(t, rdir)
         _log_final(t, result, rdir)
+
+
+def _log_history(t, rdir: Path) -> None:
+    """Per-epoch metrics the server missed (it was down for part of the run), from the last checkpoint's history."""
+    state = checkpoint.load(rdir / "ckpt" / "last.pt", ("progress",), warn=lambda msg: None)
+    if state is None:
+        return
+    try:
+        logged = {m.step for m in t.c.get_metric_history(t.run_id, "valid_roc_auc")}
+    except Exception:  # noqa: BLE001 - nothing known: log all (the server is up, we were just told so)
+        logged = set()
+    for row in state["progress"].get("history", []):
+        if row["epoch"] not in logged:
+            t.metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
 
 def _log_final(t, result: dict, rdir: Path) -> None:
@@ -186,6 +204,9 @@ def train(config: RunConfig) -> dict:
     from fcn.preprocess import ensure_store
     from fcn.store import FeatureDataset, check_store
 
+    # credentials in the tracking URI move to MLflow's environment variables: the config (checkpoints, metrics.json,
+    # MLflow params) never holds them
+    config = tracking.without_credentials(config)
     d = dist.setup(config.device)
     try:
         threads = config.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or \
@@ -228,7 +249,9 @@ def train(config: RunConfig) -> dict:
         model = model.to(memory_format=fmt)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr)
 
-        state = checkpoint.load(rdir / "ckpt" / "last.pt")
+        # the newest usable generation (one line if it falls back, a warning if none is usable: start from scratch)
+        state = checkpoint.load(rdir / "ckpt" / "last.pt", ("model", "optimizer", "progress", "config", "rng"),
+                                warn=lambda msg: _log(d, rdir, msg))
         if state is not None:
             saved = {k: v for k, v in state["config"].items() if k not in RUNTIME_FIELDS}
             now = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
@@ -323,8 +346,11 @@ def train(config: RunConfig) -> dict:
             dist.barrier(d)  # rank 0's checkpoint is on disk before anyone moves on
 
         # The test split is scored once, with the best checkpoint (early stopping on validation ROC-AUC).
-        best = checkpoint.load(rdir / "ckpt" / "best.pt")
+        best = checkpoint.load(rdir / "ckpt" / "best.pt", warn=lambda msg: _log(d, rdir, msg))
         dist.barrier(d)  # every rank has looked for best.pt before rank 0 may write the fallback below
+        if best is None and progress["best_epoch"] > 0:
+            raise UserError(f"{rdir / 'ckpt'} holds no usable best.pt; delete {rdir / 'ckpt'} and rerun to train "
+                            f"{config.key} again")
         if best is None:
             # No epoch improved on -1: validation ROC-AUC was NaN every epoch (no validation tag had both a positive
             # and a negative clip). Defined fallback: the last epoch's weights are the model that is tested and kept.

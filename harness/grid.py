@@ -174,7 +174,8 @@ def main(argv=None) -> int:
     if args.cluster != "slurm" and (args.gpus_per_node or args.partition or args.account):
         raise UserError(f"Slurm options (--gpus-per-node, --partition, --account) need --cluster slurm, "
                         f"not --cluster {args.cluster}")
-    tracking.check_reachable(uri)
+    if not (args.dry_run and uri.startswith("sqlite:")):  # a dry run writes nothing, not even the store's folder
+        tracking.check_reachable(uri)
     states = {s.key: s for s in grid_states(cells, uri)}
     where = {"local": "this machine", "ray": f"Ray ({args.ray_address or 'local'})", "slurm": "Slurm"}[args.cluster]
     if args.dry_run:
@@ -284,4 +285,4 @@ def _tables(cells: list[RunConfig], uri: str, results: str) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(lambda: sys.exit(main()))
+    run_cli(main)

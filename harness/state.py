@@ -87,6 +87,12 @@ def cell_state(config: RunConfig, runs: list) -> CellState:
     return CellState(config.key, "pending", log=log)
 
 
+def _store_missing(uri: str) -> bool:
+    """A local SQLite store that does not exist yet: it holds no runs, and opening it would create it."""
+    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+
+
 def grid_states(configs: list[RunConfig], uri: str) -> list[CellState]:
-    runs = runs_by_key(uri, configs[0].experiment) if configs else {}
+    """Every cell's state. Reads only: a missing local store is not created (harness.status, --dry-run)."""
+    runs = runs_by_key(uri, configs[0].experiment) if configs and not _store_missing(uri) else {}
     return [cell_state(c, runs.get(c.key, [])) for c in configs]

@@ -25,7 +25,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     cells = grid_from_args(args)
     uri = cells[0].tracking_uri
-    tracking.check_reachable(uri)
+    if not uri.startswith("sqlite:"):  # a local store is only read (check_reachable would create its folder)
+        tracking.check_reachable(uri)
     states = grid_states(cells, uri)
     print(f"experiment {cells[0].experiment!r} in {uri}")
     print(f"{'cell':30s} {'state':12s} {'ROC-AUC':>8s} {'PR-AUC':>8s}  log")

@@ -140,4 +140,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fcn.errors import run_cli
+
+    run_cli(main)  # one line for any failure (fcn/errors.py)

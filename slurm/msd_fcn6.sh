@@ -52,9 +52,13 @@
 #   OUT_DIR=runs              run directories and the default MLflow store
 #   EXPERIMENT=fcn-sweep      MLflow experiment; the same as `python -m harness.grid`, so harness.status and
 #                             harness.tables see this cell
-#   MLFLOW_TRACKING_URI=      MLflow server; empty = sqlite:///<OUT_DIR>/mlflow.db
+#   MLFLOW_TRACKING_URI=      MLflow server; empty = sqlite:///<OUT_DIR>/mlflow.db. fcn.train reads it (and
+#                             MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN) from the environment: never on a
+#                             command line, and stored without any user:password@ in it
 #   PYTHON=.venv/bin/python   the interpreter with fcn-sweep installed (`bash scripts/setup.sh`)
-#   FCN_ARGS=                 extra `python -m fcn.train` flags, passed last so they win, e.g. "--seed 1 --lr 5e-4"
+#   FCN_ARGS=                 extra `python -m fcn.train` flags, passed last so they win, e.g. "--seed 1 --lr 5e-4";
+#                             split like a shell command line (quotes group words) by Python's shlex, never `eval`ed:
+#                             $(...), backquotes, ; and globs in it stay literal text
 #
 #SBATCH --job-name=fcn-msd-fcn6
 #SBATCH --nodes=1
@@ -99,7 +103,11 @@ if [ -n "${SLURM_GPUS_ON_NODE:-}" ] && [ "$SLURM_GPUS_ON_NODE" != "$tasks_per_no
         "process per GPU, so pass --ntasks-per-node=$SLURM_GPUS_ON_NODE with --gpus-per-node=$SLURM_GPUS_ON_NODE"
 fi
 mkdir -p "$OUT_DIR" || die "cannot create OUT_DIR=$OUT_DIR"
-eval "extra=($FCN_ARGS)" || die "cannot parse FCN_ARGS=$FCN_ARGS"
+split_args() {  # $1 split into words, NUL-terminated: shlex, so nothing in it is expanded or run (no eval)
+    "$PYTHON" -c 'import shlex, sys; sys.stdout.write("".join(a + "\0" for a in shlex.split(sys.argv[1])))' "$1"
+}
+split_args "$FCN_ARGS" >/dev/null 2>&1 || die "cannot split FCN_ARGS=$FCN_ARGS into words (an unclosed quote?)"
+mapfile -d '' -t extra < <(split_args "$FCN_ARGS")
 
 # --- rendezvous for DDP: the same rule as fcn/dist.py --------------------------------------------------------------
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null | head -n 1)
@@ -128,7 +136,7 @@ echo "$(date '+%F %T') job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): ms
      "master $MASTER_ADDR:$MASTER_PORT"
 srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} \
     "$PYTHON" -m fcn.train --preset paper --dataset msd --depth 6 --input "$INPUT" \
-    --data-root "$DATA_ROOT" --tracking-uri "$MLFLOW_TRACKING_URI" --out-dir "$OUT_DIR" --experiment "$EXPERIMENT" \
+    --data-root "$DATA_ROOT" --out-dir "$OUT_DIR" --experiment "$EXPERIMENT" \
     ${extra[@]+"${extra[@]}"} &
 pid=$!
 wait "$pid"

@@ -21,8 +21,13 @@
 # Addresses and ports: Ray is given each node's interface address (`hostname -I`, first non-loopback; Ray 2.60
 # ignored --node-ip-address=127.0.0.1), and ports derived from the job id, so two such jobs on one node do not collide:
 # GCS RAY_PORT = 35000 + 3 × (job id % 2000), Ray client (if installed) RAY_PORT+1, dashboard agent RAY_PORT+2
-# (the DDP rendezvous of the cell scripts uses 15000..34999). RAY_AUTH_MODE=disabled: a stray ~/.ray/auth_token
-# would switch on token auth, which this private, per-job cluster does not need.
+# (the DDP rendezvous of the cell scripts uses 15000..34999).
+#
+# Security: the head listens on the node's network address, which others on the cluster's network reach too, so
+# Ray's token auth is ON (RAY_AUTH_MODE=token): a fresh random token per job, in a file only you can read
+# (RAY_TOKEN_FILE, default slurm/logs/.ray-token-<job id> under the submit directory: the shared file system, so the
+# workers on the other nodes read the same file), deleted when the job ends. Without the token nothing can submit work
+# to this cluster. GRID_ARGS is split by Python's shlex (quotes group words), never `eval`ed.
 #
 # Environment (sbatch passes yours to the job):
 #   GRID_ARGS=                flags of `python -m harness.grid` (default: "--preset paper --paper", plus
@@ -32,6 +37,7 @@
 #   PYTHON=.venv/bin/python   the interpreter with fcn-sweep installed; RAY defaults to the `ray` next to it
 #   RAY_PORT, RAY_HEAD_IP     override the derived port / the head's address
 #   RAY_WAIT_S=120            how long to wait for the head and for every worker to join
+#   RAY_TOKEN_FILE=           where the job's Ray auth token is written (a folder every node of the job can read)
 #
 #SBATCH --job-name=fcn-ray
 #SBATCH --nodes=2
@@ -57,7 +63,8 @@ RAY=${RAY:-$(dirname "$PYTHON")/ray}
 command -v "$RAY" >/dev/null 2>&1 || die "RAY=$RAY is not executable (ray[tune] is installed by scripts/setup.sh)"
 RAY=$(cd "$(dirname "$RAY")" && pwd)/$(basename "$RAY")  # absolute: the workers start it through srun
 export RAY PYTHON
-export RAY_AUTH_MODE=disabled
+export RAY_AUTH_MODE=token  # see "Security" above
+export RAY_AUTH_TOKEN_PATH=${RAY_TOKEN_FILE:-$PWD/slurm/logs/.ray-token-$SLURM_JOB_ID}
 export RAY_TMP=/tmp/ray-$SLURM_JOB_ID  # per job and node-local (Unix socket paths must stay short)
 export RAY_NUM_CPUS=${SLURM_CPUS_PER_TASK:-$(nproc)}
 export RAY_NUM_GPUS=${SLURM_GPUS_ON_NODE:-0}
@@ -67,7 +74,11 @@ if [ -z "${GRID_ARGS+set}" ]; then
     GRID_ARGS="--preset paper --paper"
     [ "$RAY_NUM_GPUS" -gt 0 ] && GRID_ARGS="$GRID_ARGS --gpus-per-trial 1"
 fi
-eval "grid_args=($GRID_ARGS)" || die "cannot parse GRID_ARGS=$GRID_ARGS"
+split_args() {  # $1 split into words, NUL-terminated: shlex, so nothing in it is expanded or run (no eval)
+    "$PYTHON" -c 'import shlex, sys; sys.stdout.write("".join(a + "\0" for a in shlex.split(sys.argv[1])))' "$1"
+}
+split_args "$GRID_ARGS" >/dev/null 2>&1 || die "cannot split GRID_ARGS=$GRID_ARGS into words (an unclosed quote?)"
+mapfile -d '' -t grid_args < <(split_args "$GRID_ARGS")
 
 node_ip() {  # this node's first non-loopback IPv4 address
     local ip
@@ -100,15 +111,20 @@ echo "$(date '+%F %T') job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): Ra
 
 pids=()
 cleanup() {  # stop what this job started (by pid, never `ray stop`: that would also stop other jobs' Ray on a node)
-    [ "${#pids[@]}" -gt 0 ] || return 0
+    [ "${#pids[@]}" -gt 0 ] || { rm -f "$RAY_AUTH_TOKEN_PATH"; return 0; }
     kill -TERM "${pids[@]}" 2>/dev/null
     local p deadline=$((SECONDS + 40))  # the head drains for up to 30 s
     for p in "${pids[@]}"; do
         while kill -0 "$p" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 1; done
     done
     kill -0 "${pids[0]}" 2>/dev/null || rm -rf "$RAY_TMP"  # the head's temp dir (workers keep theirs in /tmp)
+    rm -f "$RAY_AUTH_TOKEN_PATH"
 }
 trap cleanup EXIT
+# the job's Ray token (read by the head, the workers and the driver through RAY_AUTH_TOKEN_PATH); cleanup deletes it
+mkdir -p "$(dirname "$RAY_AUTH_TOKEN_PATH")" || die "cannot create the folder of RAY_TOKEN_FILE=$RAY_AUTH_TOKEN_PATH"
+(umask 077 && "$PYTHON" -c 'import secrets; print(secrets.token_hex(32))' > "$RAY_AUTH_TOKEN_PATH") \
+    || die "cannot write the Ray auth token to $RAY_AUTH_TOKEN_PATH"
 requeued=
 requeue() {
     [ -n "$requeued" ] && return

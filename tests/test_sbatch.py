@@ -196,7 +196,7 @@ def test_usr2_before_the_time_limit_requeues_and_scancel_stops(slurm_cluster, tm
     assert sorted(ln.split(" args=")[0] for ln in first) == [
         f"start=0 rank={r}/2 master={slurm_cluster.node}:{port}" for r in (0, 1)]
     assert first[0].split(" args=")[1] == (
-        "-m fcn.train --preset paper --dataset msd --depth 7 --input stft --data-root  --tracking-uri  "
+        "-m fcn.train --preset paper --dataset msd --depth 7 --input stft --data-root  "
         f"--out-dir {tmp_path / 'runs'} --experiment fcn-sweep --seed 3 --data-dir /tmp/a dir")
     slurm_cluster.run("scancel", "--signal=USR2", "--batch", str(job))  # what --signal=B:USR2@120 sends
     starts(2)

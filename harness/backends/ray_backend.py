@@ -21,11 +21,14 @@ def _trial(space: dict) -> None:
     config = RunConfig.from_dict(space["config"])
     gpus = int(space.get("gpus", 0))
     if gpus > 1:
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        with tempfile.NamedTemporaryFile("w", prefix=f"fcn-{config.key}-", suffix=".json", delete=False) as f:
             json.dump(config.to_dict(), f)
-        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                              f"--nproc_per_node={gpus}", "-m", "fcn.train", "--config", f.name],
-                             check=True, capture_output=True, text=True)
+        try:
+            out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc_per_node={gpus}", "-m", "fcn.train", "--config", f.name],
+                                 check=True, capture_output=True, text=True)
+        finally:
+            os.unlink(f.name)  # one per multi-GPU cell: they would pile up in the node's /tmp
         result = json.loads(out.stdout.strip().splitlines()[-1])
     else:
         from fcn.train import train
@@ -41,7 +44,8 @@ def run(configs: list[RunConfig], *, address: str = "", cpus_per_trial: float = 
     from ray import tune
 
     t0 = time.time()
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
@@ -59,12 +63,15 @@ def run(configs: list[RunConfig], *, address: str = "", cpus_per_trial: float = 
         run_config=tune.RunConfig(name=f"grid-{int(t0)}", storage_path=storage, verbose=1 if progress else 0,
                                   failure_config=tune.FailureConfig(max_failures=1)),
     )
-    grid = tuner.fit()
     outcomes = []
-    for r in grid:
-        key = RunConfig.from_dict(r.config["config"]).key
-        if r.error:
-            outcomes.append({"key": key, "ok": False, "error": str(r.error).splitlines()[0]})
-        else:
-            outcomes.append({"key": key, "ok": True, "result": dict(r.metrics)})
+    try:
+        for r in tuner.fit():
+            key = RunConfig.from_dict(r.config["config"]).key
+            if r.error:
+                outcomes.append({"key": key, "ok": False, "error": str(r.error).splitlines()[0]})
+            else:
+                outcomes.append({"key": key, "ok": True, "result": dict(r.metrics)})
+    finally:
+        if started:
+            ray.shutdown()  # the Ray this grid started ends with it (no processes left behind)
     return outcomes
