@@ -34,8 +34,10 @@
 # --gpus-per-node (the job stops at once with an error otherwise), and raise --mem with them. Examples:
 #     sbatch --gpus-per-node=4 --ntasks-per-node=4 --mem=128G slurm/mtat_fcn4.sh            # 4 GPUs on one node
 #     sbatch --nodes=2 --gpus-per-node=4 --ntasks-per-node=4 --mem=128G slurm/mtat_fcn4.sh  # 8 GPUs on two nodes
-# The paper preset's batch size (16 [U]) is per process: N GPUs train with a global batch of 16 × N. To keep 16 in
-# all, add FCN_ARGS="--batch-size $((16 / N))".
+# The paper preset's batch size (16 [U]) is per process: N GPUs train with a global batch of 16 × N, which the run
+# keeps if it resumes on another GPU count (fcn/train.py). To keep 16 in all, add FCN_ARGS="--batch-size $((16 / N))":
+# below 8 clips per GPU, BatchNorm becomes SyncBatchNorm (--sync-bn auto), so its statistics still see all 16.
+# CPUs: --cpus-per-task covers each task's 4 DataLoader workers (paper preset) and the trainer.
 #
 # Preemption and time limit: Slurm sends USR2 120 s before the limit (TERM on preemption); the script then runs
 # `scontrol requeue`, and the restarted job resumes from the cell's last epoch checkpoint (ckpt/last.pt) in the same
@@ -97,10 +99,10 @@ fi
 mkdir -p "$OUT_DIR" || die "cannot create OUT_DIR=$OUT_DIR"
 eval "extra=($FCN_ARGS)" || die "cannot parse FCN_ARGS=$FCN_ARGS"
 
-# --- rendezvous for DDP: the same rule as fcn/dist.py --------------------------------------------------------------
-MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null | head -n 1)
-export MASTER_ADDR=${MASTER_ADDR:-$(hostname)}
-export MASTER_PORT=$((15000 + SLURM_JOB_ID % 20000))
+# --- rendezvous for DDP: fcn/dist.py's rule (first node; a port below the ephemeral range), asked, not repeated ---
+read -r MASTER_ADDR MASTER_PORT < <("$PYTHON" -m fcn.dist rendezvous) \
+    || die "cannot work out the DDP rendezvous with $PYTHON -m fcn.dist rendezvous"
+export MASTER_ADDR MASTER_PORT
 
 # --- preemption / time limit: requeue; the cell's checkpoint holds the state ----------------------------------------
 requeued=
