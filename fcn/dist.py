@@ -164,7 +164,11 @@ def cuda_index(local_rank: int, local_world: int, n_visible: int, env=None) -> i
     env = os.environ if env is None else env
     if n_visible >= local_world:
         return local_rank
-    bound = bool(env.get("SLURM_GPUS_PER_TASK") or env.get("SLURM_GPU_BIND"))
+    # Slurm 22.05 exports neither SLURM_GPUS_PER_TASK nor SLURM_GPU_BIND to a bound task (measured on the test
+    # cluster): binding shows as each task seeing its own share of the node's GPUs (CUDA_VISIBLE_DEVICES=1 of 2).
+    # Shares that would overlap (4 tasks each seeing 2 of 4 GPUs) leave no unique choice: an error below.
+    on_node = env.get("SLURM_GPUS_ON_NODE", "")
+    bound = on_node.isdigit() and n_visible * local_world <= int(on_node)
     if n_visible >= 1 and (bound or local_world == 1):
         return 0
     raise UserError(f"{local_world} processes per node need {local_world} GPUs but {n_visible} are visible to this "
