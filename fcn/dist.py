@@ -173,7 +173,8 @@ def cuda_index(local_rank: int, local_world: int, n_visible: int, env=None) -> i
         return 0
     raise UserError(f"{local_world} processes per node need {local_world} GPUs but {n_visible} are visible to this "
                     f"one (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')!r}) and Slurm did not bind GPUs "
-                    f"per task: ask for one GPU per process (--gpus-per-node = --ntasks-per-node, or --gpus-per-task=1)")
+                    f"per task: ask for one GPU per process (--gpus-per-node = --ntasks-per-node, or "
+                    f"--gpus-per-task=1)")
 
 
 def _check_gpus(world: int, local_world: int, env=None) -> None:
@@ -254,7 +255,7 @@ def cleanup() -> None:
 
 
 def rendezvous(env=None) -> tuple[str, int]:
-    """(MASTER_ADDR, MASTER_PORT) of a Slurm job: its first node and the port of its job id (what every rank derives)."""
+    """(MASTER_ADDR, MASTER_PORT) of a Slurm job: its first node and its job id's port (what every rank derives)."""
     env = os.environ if env is None else env
     return first_node(env.get("SLURM_JOB_NODELIST", "") or "localhost"), master_port(env.get("SLURM_JOB_ID", "0") or 0)
 

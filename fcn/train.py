@@ -120,7 +120,8 @@ def _loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool, batch: int = 0):
     # exactly the batches an uninterrupted one would.
     sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=shuffle, seed=config.seed,
                                  drop_last=False)
-    return DataLoader(Batches(ds), batch_size=None, sampler=BatchSampler(sampler, batch or config.batch_size, drop_last=False),
+    return DataLoader(Batches(ds), batch_size=None,
+                      sampler=BatchSampler(sampler, batch or config.batch_size, drop_last=False),
                       num_workers=config.num_workers, pin_memory=d.device.type == "cuda",
                       persistent_workers=config.num_workers > 0)
 
@@ -263,7 +264,8 @@ def train(config: RunConfig) -> dict:
         state = checkpoint.load(rdir / "ckpt" / "last.pt")
         if state is not None:
             # a field added since the checkpoint was made counts as its default
-            saved = {k: state["config"].get(k, v) for k, v in RunConfig().to_dict().items() if k not in RUNTIME_FIELDS}
+            saved = {k: state["config"].get(k, v) for k, v in RunConfig().to_dict().items()
+                     if k not in RUNTIME_FIELDS}
             now = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
             if saved != now:
                 diff = ", ".join(f"{k}={saved.get(k)!r}→{now.get(k)!r}" for k in now if saved.get(k) != now.get(k))
@@ -360,12 +362,11 @@ def train(config: RunConfig) -> dict:
                 checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rngs,
                                  "progress": progress, "config": config.to_dict(), "run_id": run_id},
                                 rdir / "ckpt" / "last.pt")
-            dist.barrier(d)  # rank 0's checkpoint is on disk before anyone moves on
-            # after the barrier: a slow MLflow server delays rank 0 alone, never the others inside a collective
-            tracker.metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+                tracker.metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
             _log(d, rdir, f"{config.key} epoch {epoch + 1}: train loss {train_loss:.4f}, valid loss {vloss:.4f}, "
                           f"valid ROC-AUC {valid['roc_auc']:.4f} (best {progress['best']:.4f} at epoch "
                           f"{progress['best_epoch']}), {row['epoch_time_s']:.1f} s")
+            dist.barrier(d)  # rank 0's checkpoint is on disk before anyone moves on
 
         # The test split is scored once, with the best checkpoint (early stopping on validation ROC-AUC).
         best = checkpoint.load(rdir / "ckpt" / "best.pt")

@@ -53,7 +53,8 @@ def test_gpu_binding_and_single_process_on_real_slurm(slurm_cluster, tmp_path):
     probe.write_text(PROBE)
     bound = _srun(slurm_cluster, "-n2", "--gpus-per-task=1", sys.executable, str(probe), "auto")
     assert bound.returncode == 0, bound.stdout + bound.stderr
-    assert sorted(bound.stdout.split("\n")[:2]) == ["rank 0 visible 0 auto -> cuda:0", "rank 1 visible 1 auto -> cuda:0"]
+    assert sorted(bound.stdout.split("\n")[:2]) == ["rank 0 visible 0 auto -> cuda:0",
+                                                   "rank 1 visible 1 auto -> cuda:0"]
     single = _srun(slurm_cluster, "-n1", "--gpus-per-node=2", sys.executable, str(probe), "auto", "cpu")
     assert single.returncode == 0, single.stdout + single.stderr
     assert single.stdout.split("\n")[:2] == ["rank 0 visible 0,1 auto -> cuda:0", "rank 0 visible 0,1 cpu -> cpu"]
