@@ -37,7 +37,7 @@ def no_gpu_line() -> str | None:
             f"{torch.version.cuda or 'none (CPU-only build)'}, {driver_version()}")
 
 
-def _step(depth: int, inp: str, precision: str) -> dict:
+def _step(depth: int, inp: str, precision: str, device: str = "cuda", width: float = PAPER["width"]) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -49,12 +49,14 @@ def _step(depth: int, inp: str, precision: str) -> dict:
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    model = FCN(depth, PAPER["width"]).cuda().to(memory_format=torch.channels_last)
+    cuda = device == "cuda"
+    model = FCN(depth, width).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randn(PAPER["batch"], 1, rows, PAPER["frames"], device="cuda").contiguous(
+    x = torch.randn(PAPER["batch"], 1, rows, PAPER["frames"], device=device).contiguous(
         memory_format=torch.channels_last)
-    y = (torch.rand(PAPER["batch"], 50, device="cuda") < 0.1).float()
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    y = (torch.rand(PAPER["batch"], 50, device=device) < 0.1).float()
+    amp = torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def one() -> float:
         with amp:
@@ -63,46 +65,51 @@ def _step(depth: int, inp: str, precision: str) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     loss = one()  # the first step pays cuDNN's kernel search
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(3):
         loss = one()
-    torch.cuda.synchronize()
+    sync()
     ms = (time.perf_counter() - t0) / 3 * 1e3
     ok = loss == loss and abs(loss) != float("inf")
-    return dict(ok=ok, ms=ms, clips_s=PAPER["batch"] / ms * 1e3, mem_gb=torch.cuda.max_memory_allocated() / 2**30,
+    mem_gb = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    return dict(ok=ok, ms=ms, clips_s=PAPER["batch"] / ms * 1e3, mem_gb=mem_gb,
                 note="" if ok else f"loss {loss}")
 
 
-def _nccl_worker(rank: int, world: int, port: int, out) -> None:
+def _nccl_worker(rank: int, world: int, port: int, out, backend: str = "nccl") -> None:
     import datetime
 
     import torch
     import torch.distributed as tdist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dev = torch.device("cuda", rank)
-    torch.cuda.set_device(dev)
-    tdist.init_process_group("nccl", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60),
-                             device_id=dev)
+    cuda = backend == "nccl"
+    dev = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.set_device(dev)
+    tdist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60),
+                             device_id=dev if cuda else None)
     t = torch.full((64 * 2**20 // 4,), float(rank + 1), device=dev)  # 64 MiB, about FCN-4's gradients
     tdist.all_reduce(t)
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(5):
         tdist.all_reduce(t)
-    torch.cuda.synchronize()
+    sync()
     s = (time.perf_counter() - t0) / 5
     want = float(sum(range(1, world + 1))) * world ** 5  # 1 + 5 all-reduces of a constant tensor
     out.put((rank, abs(float(t[0]) - want) <= 1e-3 * want, s))
     tdist.destroy_process_group()
 
 
-def _nccl(n_gpus: int) -> dict:
+def _nccl(n_gpus: int, backend: str = "nccl") -> dict:
     import socket
 
     import torch.multiprocessing as mp
@@ -113,7 +120,7 @@ def _nccl(n_gpus: int) -> dict:
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_nccl_worker, args=(r, world, port, q)) for r in range(world)]
+    procs = [ctx.Process(target=_nccl_worker, args=(r, world, port, q, backend)) for r in range(world)]
     for p in procs:
         p.start()
     for p in procs:
@@ -132,7 +139,7 @@ def _nccl(n_gpus: int) -> dict:
                 note="" if ok else f"exit codes {[p.exitcode for p in procs]}, results {got}")
 
 
-def _loader(step_clips_s: float) -> dict:
+def _loader(step_clips_s: float, device: str = "cuda") -> dict:
     import numpy as np
     import torch
     from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
@@ -151,14 +158,15 @@ def _loader(step_clips_s: float) -> dict:
                     clip_ids=[f"c{i:05d}" for i in range(n)], paths=[""] * n, splits=["train"] * n,
                     labels=np.zeros((n, 50), np.uint8), feature_chunks=chunks)
         ds = FeatureDataset(path, "mel", "train")
-        dl = DataLoader(Batches(ds), batch_size=None, num_workers=LOADER_WORKERS, pin_memory=True,
+        dl = DataLoader(Batches(ds), batch_size=None, num_workers=LOADER_WORKERS, pin_memory=device == "cuda",
                         sampler=BatchSampler(SequentialSampler(range(n)), PAPER["batch"], drop_last=False))
         t0 = time.perf_counter()
         seen = 0
         for x, _, _ in dl:
-            x.to("cuda", non_blocking=True)
+            x.to(device, non_blocking=True)
             seen += len(x)
-        torch.cuda.synchronize()
+        if device == "cuda":
+            torch.cuda.synchronize()
         clips_s = seen / (time.perf_counter() - t0)
     ok = clips_s >= step_clips_s
     return dict(ok=ok, clips_s=clips_s,
@@ -183,7 +191,7 @@ def run() -> int:
                     r = _step(depth, inp, prec)
                 except Exception as e:  # noqa: BLE001 - one failing cell must not hide the others
                     r = dict(ok=False, ms=float("nan"), clips_s=float("nan"), mem_gb=float("nan"),
-                             note=f"{type(e).__name__}: {str(e).splitlines()[0][:80]}")
+                             note=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]}")
                 rows.append((f"step FCN-{depth} {inp} {prec}", r["ok"], f"{r['ms']:.1f} ms, {r['clips_s']:,.0f} "
                              f"clips/s, {r['mem_gb']:.1f} GiB", r["note"]))
                 if (depth, inp, prec) == (4, "mel", "bf16"):
