@@ -3,6 +3,7 @@
     python -m bench                       # everything (15-55 min on 2 cores), writes results/benchmarks.md
     python -m bench --only train_step     # one benchmark (comma list); the other sections of the file are kept
     python -m bench --quick               # a smoke run at reduced sizes, written to results/benchmarks-quick.md
+    python -m bench --gpu-smoke           # a new GPU node's first check (bench/gpu_smoke.py): a table and what to fix
 
 Benchmarks: train_step (1), preprocess (2), loading (3), harness (4), ddp (5). Every figure is a ratio measured in
 the same run (see bench/README.md). Sections are kept in <out>.json, so `--only` re-runs part of the file.
@@ -35,7 +36,13 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", metavar="NAME[,NAME]", help=f"run only these: {', '.join(BENCHES)}")
     ap.add_argument("--out", default="", help="markdown file (default: results/benchmarks.md, "
                                               "or results/benchmarks-quick.md with --quick)")
+    ap.add_argument("--gpu-smoke", action="store_true",
+                    help="one paper-scale step of every depth × input in bf16 and fp32, NCCL, loader (needs a GPU)")
     args = ap.parse_args(argv)
+    if args.gpu_smoke:
+        from bench import gpu_smoke
+
+        return gpu_smoke.run()
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
     if unknown:

@@ -35,6 +35,17 @@ DEMO = dict(depth=4, width=0.125, rows=96, frames=188, batch=32)
 
 # ---------------------------------------------------------------- the measurement (runs in a worker process)
 
+def set_gpu_precision(amp: str) -> None:
+    """A GPU row's precision is what it says: "fp32" rows run fp32 convolutions and matmuls, not TF32 (torch lets
+    cuDNN use TF32 by default); bf16 rows leave them on. Fixed shapes: cudnn.benchmark, as fcn.train does."""
+    import torch
+
+    tf32 = amp == "bf16"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
+
+
 def worker(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
@@ -46,6 +57,8 @@ def worker(spec: dict) -> dict:
     dev = spec["device"]
     if dev == "cpu":
         torch.set_num_threads(spec["threads"])
+    else:
+        set_gpu_precision(spec["amp"])
     torch.manual_seed(0)
     model = FCN(spec["depth"], spec["width"])
     fwd_flops = 2.0 * forward_macs(model, spec["rows"], spec["frames"])  # counted on CPU before moving

@@ -72,6 +72,8 @@ class RunConfig:
     dropout: float = _f(DEMO_DROPOUT, "dropout after every max-pool; the paper's is 0.5 [demo 0.1]")
     # --- optimisation ---
     batch_size: int = _f(16, "per-process batch size [U: 16 as in Won et al. 2020]")
+    sync_bn: str = _f("auto", "SyncBatchNorm across processes: auto (on CUDA when several processes train with "
+                              "fewer than 8 clips each [D]), on, or off", choices=("auto", "on", "off"))
     lr: float = _f(PAPER_LR, "Adam learning rate [U: Adam defaults, as in the sibling CRNN paper]")
     epochs: int = _f(8, "maximum epochs [paper preset 100, U]")
     patience: int = _f(3, "early stopping: epochs without a better validation ROC-AUC [paper preset 10, U]")

@@ -513,11 +513,20 @@ def _why_stale(path: Path) -> str:
         return "is damaged or truncated (it cannot be read as a feature store)"
 
 
-def ensure_store(config, *, workers: int = 0, progress: bool = True) -> Path:
-    """The run's store, built (once, under a lock) if it does not exist yet."""
+def ensure_store(config, *, workers: int = 0, progress: bool = True, build_here: bool = True,
+                 wait_s: float | None = None) -> Path:
+    """The run's store, built (once, under a lock) if it does not exist yet.
+
+    build_here=False (every DDP rank but global rank 0): never build, wait up to `wait_s` seconds (default
+    $FCN_STORE_WAIT_S, else 24 h: a paper-scale MSD build on one node) for the builder's finished file. The file lock
+    alone is not enough where a shared file system's locks are node-local (some GPFS / Lustre mounts): one rank per
+    node would build, and they would delete each other's parts.
+    """
     path = store_path(config)
     if config.store or _current(path):
         return path  # an explicit --store is never built implicitly: a wrong path must be an error, not a build
+    if not build_here:
+        return _wait_for_store(path, float(os.environ.get("FCN_STORE_WAIT_S", 86400)) if wait_s is None else wait_s)
     with _lock(path.with_name(path.name + ".lock")):
         if not _current(path):
             if path.exists():  # a derived store is a cache: one of an older format is rebuilt, not refused
@@ -527,6 +536,17 @@ def ensure_store(config, *, workers: int = 0, progress: bool = True) -> Path:
                            workers=workers, progress=progress, reader_problems=problems)
             print(f"feature store {path}: {report.written} clips written, {len(report.skipped)} skipped "
                   f"(report: {path}.report.txt)", file=sys.stderr)
+    return path
+
+
+def _wait_for_store(path: Path, wait_s: float) -> Path:
+    deadline = time.monotonic() + wait_s
+    while not _current(path):
+        if time.monotonic() > deadline:
+            raise UserError(f"waited {wait_s:.0f} s for rank 0 to build the feature store {path}, and it is not "
+                            f"there: build it first with `python -m fcn.preprocess` (same flags), or set "
+                            f"FCN_STORE_WAIT_S longer")
+        time.sleep(min(5.0, max(0.1, wait_s / 20)))
     return path
 
 

@@ -49,17 +49,48 @@ def _log(d: dist.Dist, rdir: Path, msg: str) -> None:
             pass  # a full disk: the line is on stderr; the checkpoint write right after says what is wrong
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
+    """This rank's RNG states. CUDA: only its own device's generator (one per rank, gathered by rank 0), so a
+    checkpoint resumes with any number of visible GPUs; all devices' states would not fit a machine with fewer."""
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def _set_rng_state(s: dict) -> None:
+def _set_rng_state(s: dict, device: torch.device) -> None:
     torch.set_rng_state(s["torch"])
     np.random.set_state(s["numpy"])
     random.setstate(s["python"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+    cuda = s.get("cuda")
+    if cuda is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):  # an older checkpoint: every device's state; take this rank's, if there
+        cuda = cuda[device.index] if device.index < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def per_process_batch(global_batch: int, world: int) -> int:
+    """The training batch of each process, so that `world` processes keep the run's global batch. A run's global
+    batch is fixed when it starts (batch_size × processes) and kept on resume with another process count."""
+    if global_batch % world:
+        raise UserError(f"this run's global batch of {global_batch} clips cannot be split over {world} processes: "
+                        f"resume it on a process count that divides {global_batch}")
+    return global_batch // world
+
+
+# [D] Below this many clips per process, batch statistics are too noisy per GPU: BatchNorm becomes SyncBatchNorm.
+SYNC_BN_BELOW = 8
+
+
+def use_sync_bn(config: RunConfig, world: int, batch: int, device: torch.device) -> bool:
+    """config.sync_bn: auto = SyncBatchNorm when world > 1, on CUDA, and the per-process batch < SYNC_BN_BELOW."""
+    if config.sync_bn == "off" or world == 1:
+        return False
+    if device.type != "cuda":
+        if config.sync_bn == "on":
+            raise UserError("--sync-bn on needs CUDA (torch's SyncBatchNorm runs on GPUs only): use auto or off")
+        return False
+    return config.sync_bn == "on" or batch < SYNC_BN_BELOW
 
 
 def _autocast(config: RunConfig, device: torch.device):
@@ -83,7 +114,7 @@ def channels_last(config: RunConfig, device: torch.device) -> bool:
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-def _loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool):
+def _loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool, batch: int = 0):
     """Whole float16 batches of `ds` (fcn.store.Batches), standardised later on the device (`_inputs`)."""
     from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
@@ -93,7 +124,8 @@ def _loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool):
     # exactly the batches an uninterrupted one would.
     sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=shuffle, seed=config.seed,
                                  drop_last=False)
-    return DataLoader(Batches(ds), batch_size=None, sampler=BatchSampler(sampler, config.batch_size, drop_last=False),
+    return DataLoader(Batches(ds), batch_size=None,
+                      sampler=BatchSampler(sampler, batch or config.batch_size, drop_last=False),
                       num_workers=config.num_workers, pin_memory=d.device.type == "cuda",
                       persistent_workers=config.num_workers > 0)
 
@@ -109,18 +141,19 @@ def predict(model, loader, config: RunConfig, d: dist.Dist,
             fmt: torch.memory_format) -> tuple[np.ndarray, np.ndarray, float]:
     """(indices, sigmoid scores, mean BCE) over the whole split, gathered from every rank to every rank."""
     model.eval()
-    idx, scores, loss_sum, n = [], [], 0.0, 0
+    idx, scores, n = [], [], 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)  # summed on the device: no sync per batch
     for x, y, i in loader:
         x = _inputs(x, loader, fmt, d)
         y = y.to(d.device)
         with _autocast(config, d.device):
             logits = model(x)
         logits = logits.float()
-        loss_sum += float(F.binary_cross_entropy_with_logits(logits, y, reduction="sum")) / y.shape[1]
+        loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").double() / y.shape[1]
         n += len(y)
         idx.append(i.numpy())
         scores.append(torch.sigmoid(logits).cpu().numpy())
-    parts = dist.gather((np.concatenate(idx), np.concatenate(scores), loss_sum, n), d)
+    parts = dist.gather((np.concatenate(idx), np.concatenate(scores), float(loss_sum), n), d)
     all_idx = np.concatenate([p[0] for p in parts])
     all_scores = np.concatenate([p[1] for p in parts])
     # DistributedSampler pads the last round with repeats: keep each clip once, in dataset order
@@ -228,9 +261,10 @@ def train(config: RunConfig) -> dict:
         uri = tracking.resolve_uri(config.tracking_uri, config.out_dir)
         if d.main:
             tracking.check_reachable(uri)
-        # Every rank asks; the store's file lock lets one build it while the others wait on the lock, which has no
-        # timeout (a collective barrier would time out during a paper-scale MSD build).
-        store = ensure_store(config, progress=d.main)
+        # Global rank 0 alone builds a missing store; the others wait for its finished file (not in a collective
+        # barrier, which would time out during a paper-scale MSD build; not on the file lock alone, which some
+        # shared file systems keep per node).
+        store = ensure_store(config, progress=d.main, build_here=d.main)
         dist.barrier(d)
         meta = check_store(store, input=config.input, params=config.frontend, dataset=config.dataset)
 
@@ -253,7 +287,9 @@ def train(config: RunConfig) -> dict:
         state = checkpoint.load(rdir / "ckpt" / "last.pt", ("model", "optimizer", "progress", "config", "rng"),
                                 warn=lambda msg: _log(d, rdir, msg))
         if state is not None:
-            saved = {k: v for k, v in state["config"].items() if k not in RUNTIME_FIELDS}
+            # a field added since the checkpoint was made counts as its default
+            saved = {k: state["config"].get(k, v) for k, v in RunConfig().to_dict().items()
+                     if k not in RUNTIME_FIELDS}
             now = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
             if saved != now:
                 diff = ", ".join(f"{k}={saved.get(k)!r}→{now.get(k)!r}" for k in now if saved.get(k) != now.get(k))
@@ -261,10 +297,17 @@ def train(config: RunConfig) -> dict:
                                 f"use another --out-dir or --experiment, or delete {rdir}")
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
-            _set_rng_state(state["rng"][min(d.rank, len(state["rng"]) - 1)])
-        progress = dict(epoch=0, best=-1.0, best_epoch=-1, bad=0, train_time=0.0, history=[])
+            _set_rng_state(state["rng"][min(d.rank, len(state["rng"]) - 1)], d.device)
+        progress = dict(epoch=0, best=-1.0, best_epoch=-1, bad=0, train_time=0.0, history=[],
+                        global_batch=config.batch_size * d.world, world=d.world)
         if state is not None:
             progress.update(state["progress"])
+        batch = per_process_batch(progress["global_batch"], d.world)
+        if progress["world"] != d.world:
+            _log(d, rdir, f"{config.key}: resuming on {d.world} process(es), the checkpoint was made on "
+                          f"{progress['world']}: global batch {progress['global_batch']} kept, {batch} clips per "
+                          f"process")
+            progress["world"] = d.world
 
         tracker = tracking.Tracker(uri, config.experiment, config.out_dir, enabled=d.main)
         tags = {"run_dir": str(rdir.resolve())}
@@ -276,10 +319,12 @@ def train(config: RunConfig) -> dict:
             tracker.metrics({"n_params": n_params(model)})
 
         net = model
+        if use_sync_bn(config, d.world, batch, d.device):
+            net = model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if d.world > 1:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-        train_dl = _loader(train_ds, config, d, shuffle=True)
+        train_dl = _loader(train_ds, config, d, shuffle=True, batch=batch)
         valid_dl = _loader(valid_ds, config, d, shuffle=False)
         test_dl = _loader(test_ds, config, d, shuffle=False)
         if state is not None:
@@ -297,7 +342,8 @@ def train(config: RunConfig) -> dict:
             t0 = time.time()
             train_dl.sampler.sampler.set_epoch(epoch)  # the BatchSampler's DistributedSampler
             net.train()
-            loss_sum, n = 0.0, 0
+            # summed on the device and read once per epoch: a .item() per step would stall the GPU every step
+            loss_sum, n = torch.zeros((), dtype=torch.float64, device=d.device), 0
             bar = tqdm(train_dl, desc=f"{config.key} epoch {epoch + 1}/{config.epochs}", leave=False,
                        disable=not d.main or not sys.stderr.isatty(), unit="batch", file=sys.stderr)
             for x, y, _ in bar:
@@ -313,10 +359,11 @@ def train(config: RunConfig) -> dict:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                loss_sum += loss.detach().item() * len(y)
+                loss_sum += loss.detach().double() * len(y)
                 n += len(y)
-                bar.set_postfix(loss=f"{loss_sum / n:.4f}")
-            train_loss = sum(dist.gather(loss_sum, d)) / max(1, sum(dist.gather(n, d)))
+                if not bar.disable and bar.n % 50 == 0:  # a terminal's bar: one sync every 50 steps
+                    bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}")
+            train_loss = sum(dist.gather(float(loss_sum), d)) / max(1, sum(dist.gather(n, d)))
             vi, vs, vloss = predict(net, valid_dl, config, d, fmt)
             valid = M.macro(valid_ds.labels[vi], vs)
             improved = valid["roc_auc"] > progress["best"]
@@ -329,7 +376,7 @@ def train(config: RunConfig) -> dict:
             row = dict(epoch=epoch + 1, train_loss=train_loss, valid_loss=vloss, valid_roc_auc=valid["roc_auc"],
                        valid_pr_auc=valid["pr_auc"], epoch_time_s=time.time() - t0)
             progress["history"].append(row)
-            rngs = dist.gather(_rng_state(), d)
+            rngs = dist.gather(_rng_state(d.device), d)
             if d.main:
                 if improved:
                     checkpoint.save({"model": model.state_dict(), "config": config.to_dict(), "epoch": epoch + 1,
@@ -374,6 +421,9 @@ def train(config: RunConfig) -> dict:
                       best_valid_roc_auc=progress["best"], epochs_run=progress["epoch"],
                       train_time_s=progress["train_time"], n_params=n_params(model), world_size=d.world,
                       run_dir=str(rdir.resolve()), config=config.to_dict())
+        # The last collective: after it rank 0 writes the results and talks to MLflow alone, so a dead server or a
+        # failure there never leaves the other ranks waiting in a barrier until the process-group timeout.
+        dist.barrier(d)
         if d.main:
             with open(rdir / "per_tag_auc.csv", "w") as f:
                 f.write("tag,roc_auc,pr_auc\n")
@@ -387,7 +437,6 @@ def train(config: RunConfig) -> dict:
             _log_final(tracker, result, rdir)
             _log(d, rdir, f"{config.key}: test ROC-AUC {result['test_roc_auc']:.4f}, PR-AUC "
                           f"{result['test_pr_auc']:.4f} (best epoch {result['best_epoch']})")
-        dist.barrier(d)
         return result
     finally:
         dist.cleanup()

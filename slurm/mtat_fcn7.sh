@@ -33,8 +33,10 @@
 # --gpus-per-node (the job stops at once with an error otherwise), and raise --mem with them. Examples:
 #     sbatch --gpus-per-node=4 --ntasks-per-node=4 --mem=128G slurm/mtat_fcn7.sh            # 4 GPUs on one node
 #     sbatch --nodes=2 --gpus-per-node=4 --ntasks-per-node=4 --mem=128G slurm/mtat_fcn7.sh  # 8 GPUs on two nodes
-# The paper preset's batch size (16 [U]) is per process: N GPUs train with a global batch of 16 × N. To keep 16 in
-# all, add FCN_ARGS="--batch-size $((16 / N))".
+# The paper preset's batch size (16 [U]) is per process: N GPUs train with a global batch of 16 × N, which the run
+# keeps if it resumes on another GPU count (fcn/train.py). To keep 16 in all, add FCN_ARGS="--batch-size $((16 / N))":
+# below 8 clips per GPU, BatchNorm becomes SyncBatchNorm (--sync-bn auto), so its statistics still see all 16.
+# CPUs: --cpus-per-task covers each task's 4 DataLoader workers (paper preset) and the trainer.
 # Precision: on CUDA the paper preset trains under bf16 autocast (--amp auto) [D: our speed choice, not the paper's];
 # FCN_ARGS="--amp off" trains in fp32, as the paper did. Input: the authors' released preprocessing (a per-clip floor
 # 80 dB below the peak of 10·log10(mel²), --frontend-variant authors) [D]; "--frontend-variant plain-db" drops it.
@@ -107,10 +109,10 @@ split_args() {  # $1 split into words, NUL-terminated: shlex, so nothing in it i
 split_args "$FCN_ARGS" >/dev/null 2>&1 || die "cannot split FCN_ARGS=$FCN_ARGS into words (an unclosed quote?)"
 mapfile -d '' -t extra < <(split_args "$FCN_ARGS")
 
-# --- rendezvous for DDP: the same rule as fcn/dist.py --------------------------------------------------------------
-MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null | head -n 1)
-export MASTER_ADDR=${MASTER_ADDR:-$(hostname)}
-export MASTER_PORT=$((15000 + SLURM_JOB_ID % 20000))
+# --- rendezvous for DDP: fcn/dist.py's rule (first node; a port below the ephemeral range), asked, not repeated ---
+read -r MASTER_ADDR MASTER_PORT < <("$PYTHON" -m fcn.dist rendezvous) \
+    || die "cannot work out the DDP rendezvous with $PYTHON -m fcn.dist rendezvous"
+export MASTER_ADDR MASTER_PORT
 
 # --- preemption / time limit: requeue; the cell's checkpoint holds the state ----------------------------------------
 requeued=

@@ -21,7 +21,7 @@
 # Addresses and ports: Ray is given each node's interface address (`hostname -I`, first non-loopback; Ray 2.60
 # ignored --node-ip-address=127.0.0.1), and ports derived from the job id, so two such jobs on one node do not collide:
 # GCS RAY_PORT = 35000 + 3 × (job id % 2000), Ray client (if installed) RAY_PORT+1, dashboard agent RAY_PORT+2
-# (the DDP rendezvous of the cell scripts uses 15000..34999).
+# (the DDP rendezvous of the cell scripts uses 20000..26999).
 #
 # Security: the head listens on the node's network address, which others on the cluster's network reach too, so
 # Ray's token auth is ON (RAY_AUTH_MODE=token): a fresh random token per job, in a file only you can read

@@ -93,7 +93,9 @@ def _batch_for_two_ranks(data_dir) -> int:
 
 def _tiny_env(data_dir, out_dir: Path, **fcn) -> dict[str, str]:
     """The cell script's variables for a tiny run: every field the paper preset sets is overridden in FCN_ARGS."""
-    args = dict(TINY, data_dir=str(data_dir), num_workers=0, batch_size=_batch_for_two_ranks(data_dir), **fcn)
+    # --device cpu: the fake GPUs are allocated but unusable, and --device auto rightly stops on that (fcn/dist.py)
+    args = dict(TINY, data_dir=str(data_dir), num_workers=0, batch_size=_batch_for_two_ranks(data_dir), device="cpu",
+                **fcn)
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in args.items())
     return {"FCN_ARGS": flags, "OUT_DIR": str(out_dir), "MLFLOW_TRACKING_URI": "", "DATA_ROOT": "",
             "INPUT": "mel", "PYTHON": ".venv/bin/python"}
@@ -165,7 +167,9 @@ def test_cell_script_requeued_mid_run_resumes_into_the_same_mlflow_run(slurm_clu
 
 
 FAKE_PYTHON = """#!/bin/bash
-# stands in for the interpreter: records how srun started it, then waits to be killed
+# stands in for the interpreter: records how srun started it, then waits to be killed (the script's own question
+# to fcn.dist goes to the real one)
+[ "$*" = "-m fcn.dist rendezvous" ] && exec .venv/bin/python "$@"
 echo "start=${SLURM_RESTART_COUNT:-0} rank=$SLURM_PROCID/$SLURM_NTASKS master=$MASTER_ADDR:$MASTER_PORT args=$*" >> "$MARKS"
 exec sleep 300
 """
@@ -192,7 +196,9 @@ def test_usr2_before_the_time_limit_requeues_and_scancel_stops(slurm_cluster, tm
             time.sleep(0.2)
 
     first = starts(1)
-    port = 15000 + job % 20000
+    from fcn.dist import master_port
+
+    port = master_port(job)
     assert sorted(ln.split(" args=")[0] for ln in first) == [
         f"start=0 rank={r}/2 master={slurm_cluster.node}:{port}" for r in (0, 1)]
     assert first[0].split(" args=")[1] == (
@@ -228,7 +234,7 @@ def test_ray_cluster_script_runs_a_grid_inside_a_job(slurm_cluster, data_dir, tm
     out_dir, log = tmp_path / "runs", tmp_path / "job.out"
     grid = ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--results", str(tmp_path / "results"),
             "--quiet", "--no-tables", "--datasets", "mtat", "--inputs", "mel", "--depths", "3"]
-    for k, v in dict(TINY, epochs=1).items():
+    for k, v in dict(TINY, epochs=1, device="cpu").items():
         grid += ["--" + k.replace("_", "-"), str(v)]
     env = {"GRID_ARGS": " ".join(grid), "MLFLOW_TRACKING_URI": "", "RAY_WAIT_S": "90"}
     job = _sbatch(slurm_cluster, SLURM / "ray_cluster.sh", log, "--nodes=1", "--ntasks-per-node=1",

@@ -14,6 +14,33 @@ import traceback
 from fcn.config import RunConfig
 
 
+def _init_worker(gpus=None) -> None:
+    """Each pool worker dies with the harness and, on a GPU machine, owns one GPU: worker i sees only GPU i, so its
+    cells train on it (as cuda:0 of its visible set) instead of every cell on cuda:0."""
+    _die_with_parent()
+    if gpus is not None:
+        import queue
+
+        try:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get(timeout=30)
+        except queue.Empty:  # a replacement worker after all GPUs were handed out: keep the parent's view
+            pass
+
+
+def visible_gpus(device: str) -> list[str]:
+    """The GPU ids the local workers share out (CUDA_VISIBLE_DEVICES's entries, else 0..n-1); none on CPU."""
+    if device == "cpu":
+        return []
+    try:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        return []
+    ids = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
+    return (ids or [str(i) for i in range(n)])[:n]
+
+
 def _die_with_parent() -> None:
     try:
         import ctypes
@@ -46,10 +73,23 @@ def _run_cell(config_dict: dict) -> dict:
                     "wall_s": time.time() - t0}
 
 
+def pool(parallel: int, gpus: list[str]):
+    """The worker pool; with GPUs, one per worker (round-robin when there are more workers than GPUs)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")  # fork would copy the parent's torch threads and locks
+    q = None
+    if gpus:
+        q = ctx.Queue()
+        for i in range(parallel):
+            q.put(gpus[i % len(gpus)])
+    return ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_init_worker, initargs=(q,))
+
+
 def run(configs: list[RunConfig], *, parallel: int, progress: bool = True) -> list[dict]:
     """Train every cell; returns one outcome dict per cell (key, ok, result or error, wall_s)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
     from tqdm import tqdm
 
@@ -61,9 +101,8 @@ def run(configs: list[RunConfig], *, parallel: int, progress: bool = True) -> li
             outcomes.append(_run_cell(c.to_dict()))
             _report(bar, outcomes[-1])
     else:
-        ctx = mp.get_context("spawn")  # fork would copy the parent's torch threads and locks
-        with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_die_with_parent) as pool:
-            futures = [pool.submit(_run_cell, c.to_dict()) for c in configs]
+        with pool(parallel, visible_gpus(configs[0].device) if configs else []) as ex:
+            futures = [ex.submit(_run_cell, c.to_dict()) for c in configs]
             for f in as_completed(futures):
                 outcomes.append(f.result())
                 _report(bar, outcomes[-1])

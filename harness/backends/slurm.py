@@ -29,8 +29,8 @@ class SlurmOptions:
     nodes: int = 1
     gpus_per_node: int = 0  # 0: CPU tasks
     tasks_per_node: int = 0  # 0: one per GPU (1 without GPUs)
-    cpus_per_task: int = 0  # 0: Slurm's default
-    mem_gb: int = 0  # 0: Slurm's default
+    cpus_per_task: int = 0  # 0: the cells' DataLoader workers + 1 for the trainer (cpus_for)
+    mem_gb: int = 0  # 0: Slurm's default (per node)
     signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint and requeue
     array_parallelism: int = 64
     extra: dict = field(default_factory=dict)  # any other sbatch option, e.g. {"constraint": "a100"}
@@ -38,6 +38,35 @@ class SlurmOptions:
     @property
     def ntasks(self) -> int:
         return self.tasks_per_node or max(1, self.gpus_per_node)
+
+
+# srun's flags inside each job: a task that exits non-zero ends the whole step at once, so the other ranks never sit
+# in a collective until the process-group timeout (30 min) waiting for a rank that raised.
+SRUN_ARGS = ("--kill-on-bad-exit=1",)
+
+
+def cpus_for(opts: SlurmOptions, configs: list[RunConfig]) -> int:
+    """CPUs per task: as asked, else the cells' DataLoader workers plus one for the training process itself (Slurm's
+    own default is often 1 CPU, which the paper preset's 4 loader workers would share)."""
+    return opts.cpus_per_task or max(c.num_workers for c in configs) + 1
+
+
+def executor(folder: Path, opts: SlurmOptions, name: str, configs: list[RunConfig]):
+    """A submitit executor for cells (or any callable, in tests) with the options every job gets."""
+    import submitit
+
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    params = dict(name=name, timeout_min=opts.time_min, nodes=opts.nodes,
+                  tasks_per_node=opts.ntasks, slurm_signal_delay_s=opts.signal_delay_s,
+                  slurm_array_parallelism=opts.array_parallelism, slurm_srun_args=list(SRUN_ARGS),
+                  cpus_per_task=cpus_for(opts, configs),
+                  slurm_additional_parameters={"requeue": True, **opts.extra})
+    for k, v in (("slurm_partition", opts.partition), ("slurm_account", opts.account),
+                 ("slurm_qos", opts.qos), ("gpus_per_node", opts.gpus_per_node), ("mem_gb", opts.mem_gb)):
+        if v:
+            params[k] = v
+    ex.update_parameters(**params)
+    return ex
 
 
 class CellJob:
@@ -48,8 +77,12 @@ class CellJob:
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
-            # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch's env:// rendezvous; keep every GPU visible,
-            # fcn.dist picks cuda:<local_rank>.
+            # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch's env:// rendezvous; keep the GPUs Slurm
+            # made visible, fcn.dist picks this task's among them (cuda:<local_rank>, or cuda:0 when bound per task).
+            from fcn.dist import master_port
+
+            # fcn.dist's port rule (below the ephemeral range), not submitit's random 20000-60000
+            os.environ.setdefault("MASTER_PORT", str(master_port(os.environ.get("SLURM_JOB_ID", "0"))))
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         from fcn.train import train
 
@@ -106,8 +139,6 @@ def _alive(job_ids: list[str]) -> set[str]:
 
 def run(configs: list[RunConfig], opts: SlurmOptions, *, uri: str, wait: bool = True, progress: bool = True,
         poll_s: float = 5.0) -> list[dict]:
-    import submitit
-
     from harness.state import grid_states
 
     out_dir, experiment = configs[0].out_dir, configs[0].experiment
@@ -120,17 +151,7 @@ def run(configs: list[RunConfig], opts: SlurmOptions, *, uri: str, wait: bool = 
     if to_submit:
         # A fresh folder per submission: Slurm job ids restart when a cluster's state is wiped (FACTS.md).
         folder = Path(out_dir) / experiment / ".harness" / "submitit" / time.strftime("%Y%m%d-%H%M%S")
-        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        params = dict(name=f"fcn-{experiment}", timeout_min=opts.time_min, nodes=opts.nodes,
-                      tasks_per_node=opts.ntasks, slurm_signal_delay_s=opts.signal_delay_s,
-                      slurm_array_parallelism=opts.array_parallelism,
-                      slurm_additional_parameters={"requeue": True, **opts.extra})
-        for k, v in (("slurm_partition", opts.partition), ("slurm_account", opts.account),
-                     ("slurm_qos", opts.qos), ("gpus_per_node", opts.gpus_per_node),
-                     ("cpus_per_task", opts.cpus_per_task), ("mem_gb", opts.mem_gb)):
-            if v:
-                params[k] = v
-        ex.update_parameters(**params)
+        ex = executor(folder, opts, f"fcn-{experiment}", to_submit)
         jobs = ex.map_array(CellJob(), [c.to_dict() for c in to_submit])
         for c, j in zip(to_submit, jobs):
             known[c.key] = j.job_id
