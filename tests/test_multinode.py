@@ -20,7 +20,7 @@ from tests.conftest import REPO, TINY
 from tests.test_grid import grid_flags
 from tests.test_sbatch import SLURM, _log, _runs, _sbatch, _tiny_env
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # every test here but the lock one starts the two-node cluster
 KEY = "msd-mel-fcn7-s0"
 
 
@@ -51,6 +51,46 @@ def _wait_for(cond, timeout: float, what: str, poll: float = 0.3):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def test_cell_lock_waits_for_its_holder_when_told(tmp_path, monkeypatch, capsys):
+    """fcn/train.py's cell lock (no Slurm needed): a second trainer fails at once by default, waits when
+    FCN_CELL_LOCK_WAIT_S says so or when it is a requeued Slurm job, and gives up with one line after the wait."""
+    import fcntl
+    import threading
+
+    from fcn import train as T
+    from fcn.errors import UserError
+
+    for var in ("FCN_CELL_LOCK_WAIT_S", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(var, raising=False)
+    assert T._lock_wait_s() == 0
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert T._lock_wait_s() == 900  # a requeued job outlasts the old copy of itself
+    monkeypatch.setenv("FCN_CELL_LOCK_WAIT_S", "3")
+    assert T._lock_wait_s() == 3
+    monkeypatch.setenv("FCN_CELL_LOCK_WAIT_S", "soon")
+    with pytest.raises(UserError, match="FCN_CELL_LOCK_WAIT_S='soon'"):
+        T._lock_wait_s()
+
+    holder = open(tmp_path / ".lock", "a")  # another process's lock: flock conflicts across open files
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(UserError, match="being trained by another process right now"):
+            T._cell_lock(tmp_path, wait_s=0)
+        t0 = time.monotonic()
+        with pytest.raises(UserError, match="still after waiting 1 s"):
+            T._cell_lock(tmp_path, wait_s=1)
+        assert time.monotonic() - t0 >= 1
+        threading.Timer(1.5, holder.close).start()  # the holder ends while we wait
+        T._cell_lock(tmp_path, wait_s=60)
+        err = capsys.readouterr().err
+        assert "waiting up to 60 s" in err and "got the cell lock" in err
+    finally:
+        holder.close()
+        while T._LOCKS:
+            T._LOCKS.pop().close()
+
+
+@slow
 def test_two_nodes_are_two_hosts(slurm_multi, tmp_path):
     out = tmp_path / "out.txt"
     job = slurm_multi.sbatch("-N2", "-n2", "-o", str(out), "--wrap",
@@ -70,6 +110,7 @@ def _history(uri: str, experiment: str, metric: str) -> list[float]:
     return [m.value for m in sorted(hist, key=lambda m: m.step)]
 
 
+@slow
 def test_cell_script_ddp_across_two_nodes_matches_two_tasks_on_one(slurm_multi, data_dir, tmp_path, empty_store):
     """rank 0 on fcnode1 and rank 1 on fcnode2 (gloo over the bridge, MASTER_ADDR = fcnode1 = its own address) give
     the per-epoch losses of the same cell as 2 tasks on one node. Both are the same computation: the same seed gives
@@ -103,6 +144,7 @@ def test_cell_script_ddp_across_two_nodes_matches_two_tasks_on_one(slurm_multi, 
         assert a == pytest.approx(b, rel=1e-6, abs=1e-7), (metric, a, b)
 
 
+@slow
 def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, empty_store):
     """`harness.grid --cluster slurm --nodes 2`: submitit's job has one task per node; the cell trains under DDP with
     one rank on each host and finishes once."""
@@ -130,6 +172,7 @@ def _hosts(train_log: Path) -> list[str]:
     return [ln.split(" on host ")[1].split()[0].rstrip(",") for ln in text.splitlines() if " on host " in ln]
 
 
+@slow
 def test_ray_cluster_script_spans_two_nodes(slurm_multi, data_dir, tmp_path, empty_store):
     """slurm/ray_cluster.sh with --nodes=2: the head on the first node, a worker on the second joined over the
     bridge; 2 nodes alive, and the two cells (one Ray CPU per node, one CPU per trial) train one on each host."""
@@ -229,6 +272,7 @@ def _bring_back(cluster, node: str) -> None:
     cluster.wait_node_state(node, ("idle", "mixed", "allocated"), timeout=90)
 
 
+@slow
 def test_node_crash_requeues_and_resumes_on_the_other_node(slurm_multi, data_dir, tmp_path, empty_store, reference):
     """A hard node crash (every process of the node killed) while the cell trains: Slurm marks the node down,
     requeues the job, starts it on the other node, and the cell resumes from its last epoch checkpoint into the same
@@ -258,6 +302,7 @@ def test_node_crash_requeues_and_resumes_on_the_other_node(slurm_multi, data_dir
         _bring_back(slurm_multi, lost)
 
 
+@slow
 def test_slurmd_lost_while_the_old_copy_runs_on(slurm_multi, data_dir, tmp_path, empty_store, reference):
     """Only the node's slurmd dies: Slurm requeues the job and starts it on the other node, while the old copy keeps
     running on the lost node (FACTS.md). The new copy waits on the cell lock (it does not fail), the old copy (held
