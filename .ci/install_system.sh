@@ -13,8 +13,9 @@ PACKAGES=(
   chromium
   # allocator for CPU training speed (LD_PRELOAD)
   libjemalloc2
-  # misc tools the fixtures use
-  procps hostname util-linux ca-certificates
+  # misc tools the fixtures use (iproute2 + util-linux's nsenter/unshare: the two-node Slurm cluster's namespaces,
+  # tests/services/slurm_multi.py)
+  procps hostname util-linux iproute2 ca-certificates
 )
 
 if [[ $(id -u) -ne 0 ]]; then
