@@ -161,17 +161,46 @@ def _log_final(t, result: dict, rdir: Path) -> None:
     t.finish("FINISHED")
 
 
-def _cell_lock(rdir: Path):
-    """Hold the cell's lock for the life of this process; a second trainer of the same cell stops with one line."""
+def _lock_wait_s() -> float:
+    """How long a trainer waits for a cell lock held by another process: env FCN_CELL_LOCK_WAIT_S if set, else 900 s
+    in a requeued Slurm job (SLURM_RESTART_COUNT > 0: after a node is lost, the old copy of the job may still be
+    running on it until its slurmd returns and kills it, FACTS.md; the new copy must outlast it, not fail), else 0:
+    a second trainer started by hand stops at once."""
+    env = os.environ.get("FCN_CELL_LOCK_WAIT_S", "")
+    if env:
+        try:
+            return max(0.0, float(env))
+        except ValueError:
+            raise UserError(f"FCN_CELL_LOCK_WAIT_S={env!r}: give a number of seconds") from None
+    return 900.0 if os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0") else 0.0
+
+
+def _cell_lock(rdir: Path, wait_s: float | None = None):
+    """Hold the cell's lock for the life of this process; a second trainer of the same cell waits up to `wait_s`
+    (_lock_wait_s()) for it, then stops with one line. Whoever gets it reads the checkpoint only afterwards, so two
+    live copies of one cell never train, checkpoint or log to MLflow at the same time."""
     import fcntl
 
+    wait_s = _lock_wait_s() if wait_s is None else wait_s
     f = open(rdir / ".lock", "a")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise UserError(f"{rdir.name} is being trained by another process right now (lock {rdir / '.lock'}); "
-                        f"wait for it, or stop it first")
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if time.monotonic() >= deadline:
+                f.close()
+                raise UserError(f"{rdir.name} is being trained by another process right now (lock {rdir / '.lock'})"
+                                + (f" and was still after waiting {wait_s:.0f} s" if wait_s else "")
+                                + "; wait for it, or stop it first") from None
+            if not said:
+                print(f"{rdir.name}: another process holds the cell lock {rdir / '.lock'} (an older copy of this "
+                      f"job?); waiting up to {wait_s:.0f} s for it to end", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(1.0)
+    if said:
+        print(f"{rdir.name}: got the cell lock", file=sys.stderr, flush=True)
     _LOCKS.append(f)
     return f
 
@@ -187,6 +216,11 @@ def train(config: RunConfig) -> dict:
 
     d = dist.setup(config.device)
     try:
+        if d.world > 1:  # which host each rank runs on (a multi-node job's log shows the spread)
+            import socket
+
+            print(f"rank {d.rank}/{d.world} on host {socket.gethostname()} ({d.device}), master "
+                  f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}", file=sys.stderr, flush=True)
         threads = config.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or \
             max(1, (os.cpu_count() or 1) // d.local_world)
         torch.set_num_threads(threads)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.services.slurm", "tests.services.mlflow_server"]
+pytest_plugins = ["tests.services.slurm", "tests.services.slurm_multi", "tests.services.mlflow_server"]
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -61,6 +61,20 @@ class SlurmStartError(RuntimeError):
     pass
 
 
+@dataclasses.dataclass(frozen=True)
+class Ident:
+    """What tells one fixture's cluster from another's (the two-node one in slurm_multi.py coexists with this one, in
+    one pytest session or in concurrent sessions): each finds, stops and cleans up only processes bearing its own
+    daemon marker, job cluster name and work-dir prefix, and waits only on its own lock."""
+    marker: str = MARKER
+    cluster_name: str = CLUSTER_NAME
+    wd_prefix: str = "fcn-slurm-"
+    run_dir: Path = RUN_DIR
+
+
+SINGLE = Ident()
+
+
 @dataclasses.dataclass
 class SlurmCluster:
     partition: str
@@ -229,13 +243,13 @@ def _own_lineage() -> set[int]:
     return pids
 
 
-def _ours(wd: Path | None = None) -> dict[str, list[int]]:
+def _ours(wd: Path | None = None, ident: Ident = SINGLE) -> dict[str, list[int]]:
     """Live processes of the test cluster of session `wd` (None: of any session), by kind:
     'daemon:<name>' (env marker set by _spawn), 'stepd' (slurmstepd, whose cwd is the work dir: it starts with an
     empty environment) and 'job' (job processes: env SLURM_CLUSTER_NAME=<ours>, including ones that escaped
     proctrack/linuxproc by daemonising, e.g. `ray start` without --block)."""
-    marker = f"{MARKER}={wd}\0".encode() if wd else f"{MARKER}=".encode()
-    job_tag = f"SLURM_CLUSTER_NAME={CLUSTER_NAME}\0".encode()
+    marker = f"{ident.marker}={wd}\0".encode() if wd else f"{ident.marker}=".encode()
+    job_tag = f"SLURM_CLUSTER_NAME={ident.cluster_name}\0".encode()
     skip = _own_lineage()
     found: dict[str, list[int]] = {}
     for d in os.listdir("/proc"):
@@ -248,7 +262,7 @@ def _ours(wd: Path | None = None) -> dict[str, list[int]]:
                 cwd = os.readlink(f"/proc/{pid}/cwd")
             except OSError:
                 continue
-            if (str(wd) == cwd) if wd else Path(cwd).name.startswith("fcn-slurm-"):
+            if (str(wd) == cwd) if wd else Path(cwd).name.startswith(ident.wd_prefix):
                 kind = "stepd"
             else:
                 continue
@@ -283,7 +297,8 @@ def _terminate(pids: list[int], timeout: float = 10.0) -> None:
                 pass
 
 
-def _kill_cluster_processes(wd: Path | None, procs: dict[str, subprocess.Popen] | None = None) -> None:
+def _kill_cluster_processes(wd: Path | None, procs: dict[str, subprocess.Popen] | None = None,
+                            ident: Ident = SINGLE) -> None:
     """Stop, in order: slurmd, job steps and job processes, slurmctld, slurmdbd, mariadbd, munged.
     `procs`: the Popen handles of a live session (also reaped); leftovers of other sessions are found in /proc."""
     procs = procs or {}
@@ -297,12 +312,12 @@ def _kill_cluster_processes(wd: Path | None, procs: dict[str, subprocess.Popen] 
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=5)
-        left = _ours(wd).get(f"daemon:{name}", [])
+        left = _ours(wd, ident).get(f"daemon:{name}", [])
         if left:
             _terminate(left, timeout=10)
 
     stop("slurmd")
-    found = _ours(wd)
+    found = _ours(wd, ident)
     steps = found.get("stepd", []) + found.get("job", [])
     if steps:
         _terminate(steps, timeout=5)
@@ -334,9 +349,9 @@ def _stop_leftovers() -> None:
 class _Lock:
     """Machine-wide lock: /etc/slurm and the node name are global, so one cluster at a time."""
 
-    def __init__(self, timeout: float):
-        RUN_DIR.mkdir(parents=True, exist_ok=True)
-        self.fh = open(RUN_DIR / "lock", "w")
+    def __init__(self, timeout: float, run_dir: Path = RUN_DIR):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.fh = open(run_dir / "lock", "w")
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -345,7 +360,7 @@ class _Lock:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     self.fh.close()
-                    raise SlurmStartError(f"another test session holds {RUN_DIR}/lock (a Slurm test cluster is "
+                    raise SlurmStartError(f"another test session holds {run_dir}/lock (a Slurm test cluster is "
                                           f"running) for more than {timeout:.0f} s")
                 time.sleep(1.0)
 
@@ -510,17 +525,62 @@ def _mariadb_template() -> Path:
 # --------------------------------------------------------------------------------------------------------------------
 # start / stop
 
-def _spawn(name: str, argv: list[str], wd: Path, procs: dict[str, subprocess.Popen], **kw) -> subprocess.Popen:
+def _spawn(name: str, argv: list[str], wd: Path, procs: dict[str, subprocess.Popen], ident: Ident = SINGLE,
+           env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
     out = open(wd / "log" / f"{name}.stdout", "ab")
-    env = {**os.environ, MARKER: str(wd)}
+    env = {**os.environ, **(env or {}), ident.marker: str(wd)}
     argv = [_bin(argv[0]), *argv[1:]]
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                          start_new_session=True, cwd=wd, **kw)
     out.close()
     procs[name] = p
-    (RUN_DIR / "registry.json").write_text(json.dumps(
+    (ident.run_dir / "registry.json").write_text(json.dumps(
         {"owner_pid": os.getpid(), "workdir": str(wd), "pids": {k: v.pid for k, v in procs.items()}}))
     return p
+
+
+def _start_munge_and_accounting(wd: Path, ports: dict[str, int], procs: dict[str, subprocess.Popen],
+                                ident: Ident = SINGLE, env: dict[str, str] | None = None) -> None:
+    """munged on its own socket (wd/munge), then MariaDB with a fresh datadir, then slurmdbd (its config is beside
+    the slurm.conf that env SLURM_CONF, or /etc/slurm, names). Shared by both cluster fixtures."""
+    # munged, on its own socket (AuthInfo=socket=... points Slurm at it)
+    key = Path("/etc/munge/munge.key")
+    if not key.exists() or key.stat().st_size == 0:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_bytes(os.urandom(1024))
+        shutil.chown(key, "munge", "munge")
+        key.chmod(0o400)
+    mdir = wd / "munge"
+    mdir.mkdir(mode=0o755)
+    shutil.chown(mdir, "munge", "munge")
+    (wd / "log" / "munged.log").touch()
+    shutil.chown(wd / "log" / "munged.log", "munge", "munge")
+    _spawn("munged", ["munged", "-F", f"--socket={mdir}/munge.socket.2", f"--pid-file={mdir}/munged.pid",
+                      f"--seed-file={mdir}/munged.seed", f"--log-file={wd}/log/munged.log"],
+           wd, procs, ident, user="munge", group="munge", extra_groups=[])
+
+    # MariaDB with a fresh datadir (a copy of a per-machine template), TCP on 127.0.0.1 only
+    mysql = wd / "mysql"
+    mysql.mkdir(mode=0o755)
+    (wd / "my.cnf").write_text(_my_cnf(mysql, ports["mariadb"]))
+    (wd / "init.sql").write_text(
+        f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{DB_PASS}';\n"
+        "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';\n")
+    shutil.copytree(_mariadb_template(), mysql / "data", symlinks=True)
+    for root, dirs, files in os.walk(mysql):
+        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            shutil.chown(name, "mysql", "mysql")
+    _spawn("mariadbd", ["mariadbd", f"--defaults-file={wd}/my.cnf", "--user=mysql",
+                        f"--init-file={wd}/init.sql"], wd, procs, ident)
+    _wait(lambda: (mdir / "munge.socket.2").exists(), 20, "munged's socket", wd, procs)
+
+    def db_ready() -> bool:
+        return subprocess.run([_bin("mariadb"), "-h127.0.0.1", f"-P{ports['mariadb']}", "-uslurm", f"-p{DB_PASS}",
+                               "-e", "SELECT 1"], capture_output=True).returncode == 0
+    _wait(db_ready, 30, "MariaDB", wd, procs)
+
+    _spawn("slurmdbd", ["slurmdbd", "-D"], wd, procs, ident, env=env)
+    _wait(lambda: _port_open(ports["slurmdbd"]), 30, "slurmdbd", wd, procs)
 
 
 def start_cluster(workdir: Path | None = None) -> SlurmCluster:
@@ -538,44 +598,7 @@ def start_cluster(workdir: Path | None = None) -> SlurmCluster:
             os.mknod(wd / "dev" / f"nvidia{i}", 0o666 | 0o020000, os.makedev(195, i))  # S_IFCHR
         cpus = _write_configs(wd, node, ports)
 
-        # munged, on its own socket (AuthInfo=socket=... points Slurm at it)
-        key = Path("/etc/munge/munge.key")
-        if not key.exists() or key.stat().st_size == 0:
-            key.parent.mkdir(parents=True, exist_ok=True)
-            key.write_bytes(os.urandom(1024))
-            shutil.chown(key, "munge", "munge")
-            key.chmod(0o400)
-        mdir = wd / "munge"
-        mdir.mkdir(mode=0o755)
-        shutil.chown(mdir, "munge", "munge")
-        (wd / "log" / "munged.log").touch()
-        shutil.chown(wd / "log" / "munged.log", "munge", "munge")
-        _spawn("munged", ["munged", "-F", f"--socket={mdir}/munge.socket.2", f"--pid-file={mdir}/munged.pid",
-                          f"--seed-file={mdir}/munged.seed", f"--log-file={wd}/log/munged.log"],
-               wd, procs, user="munge", group="munge", extra_groups=[])
-
-        # MariaDB with a fresh datadir (a copy of a per-machine template), TCP on 127.0.0.1 only
-        mysql = wd / "mysql"
-        mysql.mkdir(mode=0o755)
-        (wd / "my.cnf").write_text(_my_cnf(mysql, ports["mariadb"]))
-        (wd / "init.sql").write_text(
-            f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{DB_PASS}';\n"
-            "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';\n")
-        shutil.copytree(_mariadb_template(), mysql / "data", symlinks=True)
-        for root, dirs, files in os.walk(mysql):
-            for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
-                shutil.chown(name, "mysql", "mysql")
-        _spawn("mariadbd", ["mariadbd", f"--defaults-file={wd}/my.cnf", "--user=mysql",
-                            f"--init-file={wd}/init.sql"], wd, procs)
-        _wait(lambda: (mdir / "munge.socket.2").exists(), 20, "munged's socket", wd, procs)
-
-        def db_ready() -> bool:
-            return subprocess.run([_bin("mariadb"), "-h127.0.0.1", f"-P{ports['mariadb']}", "-uslurm", f"-p{DB_PASS}",
-                                   "-e", "SELECT 1"], capture_output=True).returncode == 0
-        _wait(db_ready, 30, "MariaDB", wd, procs)
-
-        _spawn("slurmdbd", ["slurmdbd", "-D"], wd, procs)
-        _wait(lambda: _port_open(ports["slurmdbd"]), 30, "slurmdbd", wd, procs)
+        _start_munge_and_accounting(wd, ports, procs)
         _spawn("slurmctld", ["slurmctld", "-D", "-f", str(CONF_DIR / "slurm.conf")], wd, procs)
         _spawn("slurmd", ["slurmd", "-D", "-f", str(CONF_DIR / "slurm.conf")], wd, procs)
 
