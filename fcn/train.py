@@ -292,12 +292,15 @@ def train(config: RunConfig) -> dict:
         train_dl = _loader(train_ds, config, d, shuffle=True)
         valid_dl = _loader(valid_ds, config, d, shuffle=False)
         test_dl = _loader(test_ds, config, d, shuffle=False)
+        import socket
+
+        host = socket.gethostname()  # where the cell (rank 0) runs: after a requeue, possibly another node
         if state is not None:
             _log(d, rdir, f"{config.key}: resuming after epoch {progress['epoch']} (best valid ROC-AUC "
-                          f"{progress['best']:.4f} at epoch {progress['best_epoch']})")
+                          f"{progress['best']:.4f} at epoch {progress['best_epoch']}) on host {host}")
         else:
             _log(d, rdir, f"{config.key}: {n_params(model):,} parameters, {len(train_ds)}/{len(valid_ds)}/"
-                          f"{len(test_ds)} clips, {d.world} process(es) on {d.device}, store {store}")
+                          f"{len(test_ds)} clips, {d.world} process(es) on {d.device} on host {host}, store {store}")
 
         from tqdm import tqdm
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -13,12 +16,39 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY
 from tests.test_grid import grid_flags
 from tests.test_sbatch import SLURM, _log, _runs, _sbatch, _tiny_env
 
 pytestmark = pytest.mark.slow
 KEY = "msd-mel-fcn7-s0"
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its schema made once: each test copies it into its out dirs, because creating the
+    schema (alembic's migrations) costs 10-40 s of CPU per store on the loaded 2-core machine, per job."""
+    from fcn import tracking
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    tracking.client(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def _out_dir(path: Path, store: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(store, path / "mlflow.db")
+    return path
+
+
+def _wait_for(cond, timeout: float, what: str, poll: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_two_nodes_are_two_hosts(slurm_multi, tmp_path):
@@ -40,16 +70,17 @@ def _history(uri: str, experiment: str, metric: str) -> list[float]:
     return [m.value for m in sorted(hist, key=lambda m: m.step)]
 
 
-def test_cell_script_ddp_across_two_nodes_matches_two_tasks_on_one(slurm_multi, data_dir, tmp_path):
+def test_cell_script_ddp_across_two_nodes_matches_two_tasks_on_one(slurm_multi, data_dir, tmp_path, empty_store):
     """rank 0 on fcnode1 and rank 1 on fcnode2 (gloo over the bridge, MASTER_ADDR = fcnode1 = its own address) give
     the per-epoch losses of the same cell as 2 tasks on one node. Both are the same computation: the same seed gives
     the same initial weights, DistributedSampler the same shards, each rank 1 thread, and the all-reduce of 2 ranks
     adds the same two numbers (a + b == b + a exactly); only the transport differs. So the tolerance is 1e-6
     relative (float32 rounding headroom), not a statistical one: measured, the values were identical."""
     jobs = {}
+    # the one-node run takes no GPUs, so that both jobs fit on the 2 × 2 fake GPUs at once
     for name, opts in (("two_nodes", ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=1")),
-                       ("one_node", ("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=2"))):
-        env = _tiny_env(data_dir, tmp_path / name)
+                       ("one_node", ("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0"))):
+        env = _tiny_env(data_dir, _out_dir(tmp_path / name, empty_store))
         jobs[name] = _sbatch(slurm_multi, SLURM / "msd_fcn7.sh", tmp_path / f"{name}.out", "--time=10", "--mem=1G",
                              "--cpus-per-task=1", *opts, env=env)
     for name, job in jobs.items():
@@ -72,12 +103,13 @@ def test_cell_script_ddp_across_two_nodes_matches_two_tasks_on_one(slurm_multi, 
         assert a == pytest.approx(b, rel=1e-6, abs=1e-7), (metric, a, b)
 
 
-def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, monkeypatch):
+def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, empty_store):
     """`harness.grid --cluster slurm --nodes 2`: submitit's job has one task per node; the cell trains under DDP with
     one rank on each host and finishes once."""
     flags = grid_flags(data_dir, tmp_path, "--cluster", "slurm", "--partition", slurm_multi.partition, "--nodes", "2",
                        "--datasets", "msd", "--inputs", "mel", "--depths", "3", "--time-min", "10")
     env = {**os.environ, **slurm_multi.env, "PYTHONUNBUFFERED": "1"}
+    _out_dir(tmp_path / "runs", empty_store)
     p = subprocess.run([sys.executable, "-m", "harness.grid", *flags], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=400)
     assert p.returncode == 0, p.stderr[-4000:] + slurm_multi.log_tails()
@@ -90,3 +122,175 @@ def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, 
     assert f"rank 0/2 on host {n1}" in logs and f"rank 1/2 on host {n2}" in logs, logs[-3000:]
     runs = [r for r in _runs(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "fcn-sweep") if "cell_key" in r.data.tags]
     assert [(r.info.run_name, r.info.status) for r in runs] == [("msd-mel-fcn3-s0", "FINISHED")]
+
+
+def _hosts(train_log: Path) -> list[str]:
+    """The hosts a cell's rank 0 ran on, in order (train.py's start and resume lines)."""
+    text = train_log.read_text() if train_log.exists() else ""
+    return [ln.split(" on host ")[1].split()[0].rstrip(",") for ln in text.splitlines() if " on host " in ln]
+
+
+def test_ray_cluster_script_spans_two_nodes(slurm_multi, data_dir, tmp_path, empty_store):
+    """slurm/ray_cluster.sh with --nodes=2: the head on the first node, a worker on the second joined over the
+    bridge; 2 nodes alive, and the two cells (one Ray CPU per node, one CPU per trial) train one on each host."""
+    if shutil.which("ray", path=str(REPO / ".venv" / "bin")) is None:
+        pytest.skip("no ray in .venv")
+    out_dir, log = _out_dir(tmp_path / "runs", empty_store), tmp_path / "job.out"
+    grid = ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--results", str(tmp_path / "results"),
+            "--quiet", "--no-tables", "--datasets", "mtat,msd", "--inputs", "mel", "--depths", "3",
+            "--cpus-per-trial", "1"]
+    for k, v in dict(TINY, epochs=1).items():
+        grid += ["--" + k.replace("_", "-"), str(v)]
+    env = {"GRID_ARGS": " ".join(grid), "MLFLOW_TRACKING_URI": "", "RAY_WAIT_S": "120"}
+    job = _sbatch(slurm_multi, SLURM / "ray_cluster.sh", log, "--nodes=2", "--ntasks-per-node=1",
+                  "--cpus-per-task=1", "--gpus-per-node=0", "--mem=1G", "--time=10", env=env)
+    state = slurm_multi.wait_job(job, timeout=300)
+    text = _log(log)
+    assert state == "COMPLETED", text[-6000:] + slurm_multi.log_tails()
+    n1, n2 = slurm_multi.nodes
+    assert f"Ray head {n1} ({slurm_multi.addrs[n1]}:" in text and "Ray cluster up: 2 node(s)" in text, text[-4000:]
+    assert "2/2 cells finished" in text, text[-4000:]
+    cells = out_dir / "fcn-sweep"
+    hosts = {h for key in ("mtat-mel-fcn3-s0", "msd-mel-fcn3-s0") for h in _hosts(cells / key / "train.log")}
+    assert hosts == {n1, n2}, hosts
+    runs = [r for r in _runs(f"sqlite:///{out_dir / 'mlflow.db'}", "fcn-sweep") if "cell_key" in r.data.tags]
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [
+        ("msd-mel-fcn3-s0", "FINISHED"), ("mtat-mel-fcn3-s0", "FINISHED")]
+
+
+# --- a node lost while a cell trains ----------------------------------------------------------------------------------
+
+LOSS_EPOCHS = 6
+
+
+def _loss_env(data_dir, out_dir: Path) -> dict[str, str]:
+    return _tiny_env(data_dir, out_dir, epochs=LOSS_EPOCHS, patience=LOSS_EPOCHS)
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory, empty_store):
+    """The node-loss tests' cell, trained once without interruption (a plain process on this host, started at once,
+    read when needed): what a requeued-and-resumed run must equal."""
+    out_dir = _out_dir(tmp_path_factory.mktemp("reference"), empty_store)
+    env = _loss_env(data_dir, out_dir)
+    argv = [sys.executable, "-m", "fcn.train", "--preset", "paper", "--dataset", "msd", "--depth", "7", "--input",
+            "mel", "--data-root", "", "--tracking-uri", "", "--out-dir", str(out_dir), "--experiment", "fcn-sweep",
+            *shlex.split(env["FCN_ARGS"])]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.Popen(argv, cwd=REPO, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def result() -> dict:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        return _metrics(out_dir)
+    yield result
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _metrics(out_dir: Path) -> dict:
+    """The cell's per-epoch history (MLflow) and test result (metrics.json), and its single MLflow run."""
+    uri = f"sqlite:///{out_dir / 'mlflow.db'}"
+    m = json.loads((out_dir / "fcn-sweep" / KEY / "metrics.json").read_text())
+    hist = {k: _history(uri, "fcn-sweep", k) for k in ("train_loss", "valid_loss", "valid_roc_auc")}
+    return {"history": hist, "test_roc_auc": m["test_roc_auc"], "epochs_run": m["epochs_run"]}
+
+
+def _same_as_reference(got: dict, ref: dict) -> None:
+    """Resuming restores model, optimiser, RNG states and the sampler's epoch from the checkpoint: the same arithmetic
+    as the uninterrupted run, on the same CPU kind, 1 thread, so equal up to float32 rounding headroom (1e-6)."""
+    assert got["epochs_run"] == ref["epochs_run"] == LOSS_EPOCHS
+    for k, v in ref["history"].items():
+        assert len(got["history"][k]) == LOSS_EPOCHS, (k, got["history"][k])  # every epoch logged once
+        assert got["history"][k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
+    assert got["test_roc_auc"] == pytest.approx(ref["test_roc_auc"], rel=1e-6)
+
+
+def _epoch_lines(train_log: Path) -> list[int]:
+    return [int(ln.split(" epoch ")[1].split(":")[0]) for ln in train_log.read_text().splitlines()
+            if f"{KEY} epoch " in ln]
+
+
+def _submit_victim(cluster, data_dir, out_dir: Path, log: Path) -> tuple[int, str]:
+    """One single-task cell job, --requeue (the script's header), not pinned to a node; returns (job, its node)."""
+    job = _sbatch(cluster, SLURM / "msd_fcn7.sh", log, "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=1",
+                  "--cpus-per-task=1", "--mem=1G", "--time=10", env=_loss_env(data_dir, out_dir))
+    node = _wait_for(lambda: cluster.job_state(job) == "RUNNING" and cluster.node_of(job), 120, "the job to run")
+    assert node in cluster.nodes, node
+    return job, node
+
+
+def _bring_back(cluster, node: str) -> None:
+    """Restart the lost node's slurmd (ReturnToService=2 makes it usable again) and wait until it is idle, so that
+    later tests have two nodes again."""
+    cluster.start_slurmd(node)
+    cluster.run("scontrol", "update", f"nodename={node}", "state=resume", check=False)
+    cluster.wait_node_state(node, ("idle", "mixed", "allocated"), timeout=90)
+
+
+def test_node_crash_requeues_and_resumes_on_the_other_node(slurm_multi, data_dir, tmp_path, empty_store, reference):
+    """A hard node crash (every process of the node killed) while the cell trains: Slurm marks the node down,
+    requeues the job, starts it on the other node, and the cell resumes from its last epoch checkpoint into the same
+    MLflow run: one run, FINISHED, no finished epoch redone, the same numbers as the uninterrupted run."""
+    out_dir, log = _out_dir(tmp_path / "runs", empty_store), tmp_path / "job.out"
+    cell_log = out_dir / "fcn-sweep" / KEY / "train.log"
+    job, lost = _submit_victim(slurm_multi, data_dir, out_dir, log)
+    other = next(n for n in slurm_multi.nodes if n != lost)
+    _wait_for(lambda: cell_log.exists() and 2 in _epoch_lines(cell_log), 180, "epoch 2")
+    assert _epoch_lines(cell_log)[-1] < LOSS_EPOCHS, "the cell finished before the crash"
+    t0 = time.monotonic()
+    slurm_multi.crash_node(lost)
+    try:
+        state = slurm_multi.wait_job(job, timeout=300)
+        recovered_s = time.monotonic() - t0
+        assert state == "COMPLETED", _log(log)[-4000:] + slurm_multi.log_tails()
+        assert "Restarts=1" in slurm_multi.run("scontrol", "show", "job", str(job)).stdout
+        assert _hosts(cell_log) == [lost, other], cell_log.read_text()  # started on one, resumed on the other
+        text = cell_log.read_text()
+        resumed = int(text.split("resuming after epoch ")[1].split()[0])
+        epochs = _epoch_lines(cell_log)
+        assert resumed >= 2 and epochs == list(range(1, LOSS_EPOCHS + 1)), text  # each epoch trained to its end once
+        assert f"on host {other}" in text.split("resuming after epoch")[1].splitlines()[0]
+        _same_as_reference(_metrics(out_dir), reference())
+        print(f"node crash: job finished {recovered_s:.0f} s after the crash")
+    finally:
+        _bring_back(slurm_multi, lost)
+
+
+def test_slurmd_lost_while_the_old_copy_runs_on(slurm_multi, data_dir, tmp_path, empty_store, reference):
+    """Only the node's slurmd dies: Slurm requeues the job and starts it on the other node, while the old copy keeps
+    running on the lost node (FACTS.md). The new copy waits on the cell lock (it does not fail), the old copy (held
+    still with SIGSTOP until the new one is seen waiting, so the overlap is certain) finishes the cell, and the new
+    copy then finds it finished: one MLflow run, FINISHED once, the same numbers as the uninterrupted run."""
+    out_dir, log = _out_dir(tmp_path / "runs", empty_store), tmp_path / "job.out"
+    cell_log = out_dir / "fcn-sweep" / KEY / "train.log"
+    job, lost = _submit_victim(slurm_multi, data_dir, out_dir, log)
+    other = next(n for n in slurm_multi.nodes if n != lost)
+    _wait_for(lambda: cell_log.exists() and 1 in _epoch_lines(cell_log), 180, "epoch 1")
+    slurm_multi.kill_slurmd(lost)
+    old = slurm_multi.node_pids(lost, "fcn.train")
+    assert old, "the old copy is not running on the lost node"
+    for pid in old:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        _wait_for(lambda: "another process holds the cell lock" in _log(log), 240,
+                  "the requeued copy to wait on the cell lock")
+        assert slurm_multi.node_of(job) == other and slurm_multi.job_state(job) == "RUNNING"
+        assert all(p in slurm_multi.node_pids(lost, "fcn.train") for p in old)  # two live copies now
+        for pid in old:
+            os.kill(pid, signal.SIGCONT)
+        state = slurm_multi.wait_job(job, timeout=300)
+        text = _log(log)
+        assert state == "COMPLETED", text[-4000:] + slurm_multi.log_tails()
+        assert "got the cell lock" in text and f"{KEY} is finished" in text, text[-4000:]
+        assert "being trained by another process" not in text
+        assert _epoch_lines(cell_log) == list(range(1, LOSS_EPOCHS + 1))  # the old copy trained every epoch once
+        _same_as_reference(_metrics(out_dir), reference())
+    finally:
+        for pid in old:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        _bring_back(slurm_multi, lost)

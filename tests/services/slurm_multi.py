@@ -11,7 +11,7 @@ It yields a `MultiSlurmCluster`: the `SlurmCluster` interface (partition, env, w
 job_state, sacct_state, wait_sacct, requeue, cancel_all, log_tails) plus `.nodes` (names), `.addrs` (name ->
 address), `.bridge_addr`, `.node_of(jobid)`, `.kill_slurmd(node)` (only the daemon: the node's jobs keep running, as
 after a slurmd crash), `.crash_node(node)` (every process of the node: a hard crash), `.start_slurmd(node)` (bring it
-back) and `.wait_node_state(node, states, timeout)`.
+back) and `.wait_node_state(node, states, timeout)`, `.node_pids(node, cmdline_contains)`.
 
 Set-up as measured in ../shared/FACTS.md: slurmd under `nsenter --net=<netns> unshare --uts --mount` (not `ip netns
 exec`, which remounts /sys), /etc/resolv.conf bind-mounted to a 127.0.0.1 one inside each node's private mount
@@ -87,6 +87,14 @@ class MultiSlurmCluster(SlurmCluster):
             time.sleep(0.5)
         raise TimeoutError(f"node {node} not in {states} after {timeout:.0f} s (last {state!r})\n" + self.log_tails())
 
+    def node_pids(self, node: str, cmdline_contains: str = "") -> list[int]:
+        """Live processes of the node (its network namespace), optionally only those whose command line has a
+        given substring, e.g. 'fcn.train'."""
+        pids = _netns_pids(node)
+        if cmdline_contains:
+            pids = [p for p in pids if cmdline_contains.encode() in _read_bytes(f"/proc/{p}/cmdline")]
+        return pids
+
     def kill_slurmd(self, node: str) -> None:
         """SIGKILL the node's slurmd only: its running job steps (slurmstepd and children) live on."""
         for pid in _netns_pids(node):
@@ -126,6 +134,13 @@ def _read_comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return b""
 
 
 def _kill9(pid: int) -> None:
