@@ -123,3 +123,21 @@ def test_half_made_stores_are_repaired_or_named(tmp_path, capsys):
                                         r"mlflow db upgrade") as e:
         tracking.client(f"sqlite:///{twice}")
     assert "\n" not in str(e.value)
+
+
+def test_tracking_server_flags_are_checked_in_one_line():
+    from fcn.errors import UserError
+    from harness import grid, tracking_server
+
+    with pytest.raises(UserError, match="give only one"):
+        grid.main(["--tracking-server", "--tracking-uri", "http://127.0.0.1:9"])
+    with pytest.raises(UserError, match="drop --no-wait"):
+        grid.main(["--cluster", "slurm", "--no-wait", "--tracking-server"])
+    assert tracking_server.parse_address("") == ("", 0)
+    assert tracking_server.parse_address("10.0.0.5:5000") == ("10.0.0.5", 5000)
+    assert tracking_server.parse_address(":5001") == ("", 5001)
+    assert tracking_server.parse_address("[::1]:5002") == ("::1", 5002)
+    with pytest.raises(UserError, match="HOST:PORT"):
+        tracking_server.parse_address("a:b:c")
+    assert tracking_server.choose_host("", "local") == "127.0.0.1"  # this machine's own cells: loopback
+    assert tracking_server.choose_host("10.0.0.5", "slurm") == "10.0.0.5"
