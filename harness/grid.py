@@ -160,15 +160,46 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                     help="any other sbatch option, e.g. --sbatch constraint=a100 (repeatable)")
     sl.add_argument("--no-wait", action="store_true", help="submit and return; rerun (or harness.status) later")
+    ap.add_argument("--tracking-server", nargs="?", const="", default=None, metavar="HOST[:PORT]",
+                    help="run an MLflow server on this machine for the sweep, over <out-dir>/mlflow.db, and log every "
+                         "cell to it; for jobs on several nodes (SQLite over a network filesystem is unsafe with "
+                         "writers on several nodes). HOST: an address of this machine the nodes reach (default: the "
+                         "one on the route to the Slurm controller); stopped when the sweep ends")
     add_grid_arguments(ap)
     return ap
 
 
 def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.tracking_server is not None and not args.dry_run:
+        return _with_tracking_server(args)
+    return _main(args)
+
+
+def _with_tracking_server(args) -> int:
+    """Start an MLflow server over the sweep's own SQLite store, run the sweep with its URI, stop it."""
+    from harness import tracking_server
+
+    if args.tracking_uri:
+        raise UserError("--tracking-server starts a server for the sweep; --tracking-uri names one: give only one")
+    if args.no_wait:
+        raise UserError("--tracking-server with --no-wait: the server stops when the harness does, while the jobs "
+                        "still need it; drop --no-wait, or run a server yourself and pass --tracking-uri (README)")
+    host, port = tracking_server.parse_address(args.tracking_server)
+    out_dir = grid_from_args(args)[0].out_dir
+    server = tracking_server.start(out_dir, tracking_server.choose_host(host, args.cluster), port)
+    try:
+        args.tracking_uri = server.uri  # every cell's config carries it to its job
+        return _main(args)
+    finally:
+        server.stop()
+        print(f"tracking server stopped; the runs are in {server.store_uri}", file=sys.stderr)
+
+
+def _main(args) -> int:
     from fcn import tracking
     from harness.state import grid_states
 
-    args = build_parser().parse_args(argv)
     cells = grid_from_args(args)
     uri = cells[0].tracking_uri
     if args.cluster != "slurm" and (args.gpus_per_node or args.partition or args.account):
