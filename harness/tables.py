@@ -63,6 +63,8 @@ class CellRun:
 def _source(params: dict) -> str:
     """What a run's numbers are about: the built-in synthetic data at demo scale are not the paper's data sets."""
     scale = f"width {params.get('width', '?')}, {params.get('clip_seconds', '?')} s clips"
+    if params.get("recipe"):  # harness.grid --configs-from: a searched recipe, not the preset's
+        scale += f", recipe {params['recipe']}"
     if not params.get("data_root"):
         return f"built-in synthetic data in the data set's layout ({scale})"
     return f"real data at {params['data_root']} ({scale})"
