@@ -194,7 +194,7 @@ def _fit(trials: list[tuple[str, RunConfig]], *, scheduler, storage: str, addres
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             name = trial.config["t"]["name"]
-            if read_trial(run_dir(by_name[name], name)) is None:
+            if name in getattr(scheduler, "pruned", ()) and read_trial(run_dir(by_name[name], name)) is None:
                 end_trial(by_name[name], name, f"pruned at epoch {int(trial.last_result.get('epoch', 0))}",
                           status="KILLED")
 
@@ -224,9 +224,15 @@ def _scheduler(name: str, config: RunConfig, grace: int, rf: float, keep: str):
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
     class KeepPreset(ASHAScheduler):
+        pruned: set = set()  # names of the trials it stopped (a trial stopped by anything else is not "pruned")
+
         def on_trial_result(self, tune_controller, trial, result):
             action = super().on_trial_result(tune_controller, trial, result)
-            return TrialScheduler.CONTINUE if trial.config["t"]["name"] == keep else action
+            if trial.config["t"]["name"] == keep:
+                return TrialScheduler.CONTINUE
+            if action == TrialScheduler.STOP:
+                self.pruned.add(trial.config["t"]["name"])
+            return action
 
     # time_attr "epoch" (reported), not Tune's iteration count: a trial resumed after a kill continues at its epoch.
     # stop_last_trials=False: a trial that reaches the last epoch ends on its own (train() returns), not by a stop.
