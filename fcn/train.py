@@ -270,7 +270,8 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
                           f"{progress['best']:.4f} at epoch {progress['best_epoch']})")
         else:
             _log(d, rdir, f"{config.key}: {n_params(model):,} parameters, {len(train_ds)}/{len(valid_ds)}/"
-                          f"{len(test_ds) if test_ds else '-'} clips, {d.world} process(es) on {d.device}, store {store}")
+                          f"{len(test_ds) if test_ds is not None else '-'} clips, {d.world} process(es) on {d.device}, "
+                          f"store {store}")
 
         from tqdm import tqdm
 
@@ -335,6 +336,7 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
                         best_valid_roc_auc=progress["best"], epochs_run=progress["epoch"],
                         early_stopped=progress["bad"] >= config.patience, train_time_s=progress["train_time"],
                         history=progress["history"], run_dir=str(rdir.resolve()), config=config.to_dict())
+
         # The test split is scored once, with the best checkpoint (early stopping on validation ROC-AUC).
         best = checkpoint.load(rdir / "ckpt" / "best.pt")
         model.load_state_dict(best["model"])

@@ -18,7 +18,8 @@ from tests.conftest import REPO, TINY, run_py
 
 def test_space_parsing_and_trial_expansion():
     space = parse_space(["lr=1e-3,3e-3", "dropout=0..0.5", "batch-size=8,16"])
-    assert space == {"lr": ("choice", (1e-3, 3e-3)), "dropout": ("uniform", 0.0, 0.5), "batch_size": ("choice", (8, 16))}
+    assert space == {"lr": ("choice", (1e-3, 3e-3)), "dropout": ("uniform", 0.0, 0.5),
+                     "batch_size": ("choice", (8, 16))}
     assert parse_space(["lr=1e-4..1e-2"])["lr"] == ("log", 1e-4, 1e-2)
     for bad in (["width=1,2"], ["lr"], ["lr=a,b"], ["lr=1e-2..1e-4"], ["batch_size=8..16"]):
         with pytest.raises(UserError):
