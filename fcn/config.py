@@ -92,6 +92,8 @@ class RunConfig:
     experiment: str = _f("fcn", "MLflow experiment name")
     tracking_uri: str = _f("", "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///<out_dir>/mlflow.db")
     parent_run_id: str = _f("", "MLflow parent run (set by the harness for sweeps)")
+    recipe: str = _f("", "where lr, dropout and batch size came from: empty = the preset and flags; set by "
+                         "`harness.grid --configs-from` to a search's recipe file (logged, shown in the tables)")
 
     def __post_init__(self):
         for f in fields(self):

@@ -32,11 +32,12 @@ from fcn.models import FCN, n_params
 # Fields that say where or how fast a run goes, not what it computes: they may change between a run and its resume.
 RUNTIME_FIELDS = {"device", "memory_format", "num_workers", "threads", "out_dir", "tracking_uri", "parent_run_id",
                   "data_dir", "store", "experiment", "data_root", "splits_dir",
-                  "tags_db", "audio_root", "id_map"}
+                  "tags_db", "audio_root", "id_map", "recipe"}
 
 
-def run_dir(config: RunConfig) -> Path:
-    return Path(config.out_dir) / config.experiment / config.key
+def run_dir(config: RunConfig, trial: str = "") -> Path:
+    """A cell's run dir; a search trial of it ("t3", harness/search.py) gets its own, `<key>-t3`, beside it."""
+    return Path(config.out_dir) / config.experiment / (f"{config.key}-{trial}" if trial else config.key)
 
 
 def _log(d: dist.Dist, rdir: Path, msg: str) -> None:
@@ -260,8 +261,14 @@ def _cell_lock(rdir: Path, wait_s: float | None = None):
 _LOCKS: list = []
 
 
-def train(config: RunConfig) -> dict:
-    """Train one cell to its early-stopping point, evaluate the best checkpoint on the test split, return metrics."""
+def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
+    """Train one cell to its early-stopping point, evaluate the best checkpoint on the test split, return metrics.
+
+    trial: a search trial's name (harness/search.py): its own run dir and MLflow run (`<key>-<trial>`), and the test
+    split is never opened (a recipe is chosen on validation only); it returns the validation history instead.
+    on_epoch(row): called after each epoch's checkpoint is on disk (a search reports to its scheduler there, which may
+    stop the trial by raising out of it).
+    """
     from fcn import tracking
     from fcn.preprocess import ensure_store
     from fcn.store import FeatureDataset, check_store
@@ -281,7 +288,7 @@ def train(config: RunConfig) -> dict:
         torch.set_num_threads(threads)
         if d.device.type == "cpu":
             keep_freed_memory()  # fcn/malloc.py: the step stops re-faulting its activations
-        rdir = run_dir(config)
+        rdir = run_dir(config, trial)
         if d.main:
             (rdir / "ckpt").mkdir(parents=True, exist_ok=True)
         dist.barrier(d)
@@ -307,9 +314,9 @@ def train(config: RunConfig) -> dict:
         random.seed(config.seed)
         train_ds = FeatureDataset(store, config.input, "train", fraction=config.train_fraction, seed=config.seed)
         valid_ds = FeatureDataset(store, config.input, "valid")
-        test_ds = FeatureDataset(store, config.input, "test")
+        test_ds = None if trial else FeatureDataset(store, config.input, "test")
         for name, ds in (("train", train_ds), ("valid", valid_ds), ("test", test_ds)):
-            if len(ds) == 0:
+            if ds is not None and len(ds) == 0:
                 raise UserError(f"the {name} split of {store} is empty: check the split lists of the data set")
         model = FCN(config.depth, config.width, n_tags=len(meta["tags"]), dropout=config.dropout).to(d.device)
         # the layout is decided once: the model's parameters and every input batch share it
@@ -347,7 +354,7 @@ def train(config: RunConfig) -> dict:
         tags = {"run_dir": str(rdir.resolve())}
         if config.parent_run_id:
             tags["mlflow.parentRunId"] = config.parent_run_id
-        run_id = tracker.start(config.key, {**config.to_dict(), "key": config.key}, tags,
+        run_id = tracker.start(rdir.name, {**config.to_dict(), "key": rdir.name}, tags,
                                run_id=state.get("run_id") if state else None)
         if d.main and state is None:
             tracker.metrics({"n_params": n_params(model)})
@@ -360,7 +367,7 @@ def train(config: RunConfig) -> dict:
                 model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
         train_dl = _loader(train_ds, config, d, shuffle=True, batch=batch)
         valid_dl = _loader(valid_ds, config, d, shuffle=False)
-        test_dl = _loader(test_ds, config, d, shuffle=False)
+        test_dl = None if trial else _loader(test_ds, config, d, shuffle=False)
         import socket
 
         host = socket.gethostname()  # where the cell (rank 0) runs: after a requeue, possibly another node
@@ -369,7 +376,8 @@ def train(config: RunConfig) -> dict:
                           f"{progress['best']:.4f} at epoch {progress['best_epoch']}) on host {host}")
         else:
             _log(d, rdir, f"{config.key}: {n_params(model):,} parameters, {len(train_ds)}/{len(valid_ds)}/"
-                          f"{len(test_ds)} clips, {d.world} process(es) on {d.device} on host {host}, store {store}")
+                          f"{len(test_ds) if test_ds is not None else '-'} clips, {d.world} process(es) on {d.device} "
+                          f"on host {host}, store {store}")
 
         from tqdm import tqdm
 
@@ -428,6 +436,14 @@ def train(config: RunConfig) -> dict:
                           f"valid ROC-AUC {valid['roc_auc']:.4f} (best {progress['best']:.4f} at epoch "
                           f"{progress['best_epoch']}), {row['epoch_time_s']:.1f} s")
             dist.barrier(d)  # rank 0's checkpoint is on disk before anyone moves on
+            if on_epoch is not None:
+                on_epoch(row)
+
+        if trial:  # the search's caller ends the trial's MLflow run, with why it stopped
+            return dict(key=rdir.name, run_id=run_id, best_epoch=progress["best_epoch"],
+                        best_valid_roc_auc=progress["best"], epochs_run=progress["epoch"],
+                        early_stopped=progress["bad"] >= config.patience, train_time_s=progress["train_time"],
+                        history=progress["history"], run_dir=str(rdir.resolve()), config=config.to_dict())
 
         # The test split is scored once, with the best checkpoint (early stopping on validation ROC-AUC).
         best = checkpoint.load(rdir / "ckpt" / "best.pt", warn=lambda msg: _log(d, rdir, msg))

@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--results", default="results", help="where tables and figures are written (default: results)")
     ap.add_argument("--no-tables", action="store_true", help="don't write tables at the end")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--configs-from", default="", metavar="DIR",
+                    help="each cell with a DIR/<key>.json (python -m harness.search) takes its recipe from it")
     loc = ap.add_argument_group("--cluster local")
     loc.add_argument("--parallel", type=int, default=0, help="cells at once (default: one per core, or per GPU)")
     ray = ap.add_argument_group("--cluster ray")
@@ -201,6 +203,10 @@ def _main(args) -> int:
     from harness.state import grid_states
 
     cells = grid_from_args(args)
+    if args.configs_from:
+        from harness.search import apply_recipes
+
+        cells = apply_recipes(cells, args.configs_from)
     uri = cells[0].tracking_uri
     if args.cluster != "slurm" and (args.gpus_per_node or args.partition or args.account):
         raise UserError(f"Slurm options (--gpus-per-node, --partition, --account) need --cluster slurm, "

@@ -71,7 +71,8 @@ def _scale(params: dict) -> str:
     except ValueError:
         paper_scale = False
     size = "paper scale" if paper_scale else f"width {width}, {clip} s clips"
-    return f"{size}, {variant} mel"
+    recipe = f", recipe {params['recipe']}" if params.get("recipe") else ""  # harness.grid --configs-from
+    return f"{size}, {variant} mel{recipe}"
 
 
 def _source(params: dict) -> str:
