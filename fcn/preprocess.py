@@ -438,8 +438,8 @@ def store_path(config) -> Path:
     else:
         source = f"synth{config.synth_clips}"
     split = config.split if config.dataset == "mtat" else "choi"
-    variant = "" if config.frontend_variant == "authors" else f"-{config.frontend_variant}"  # variants side by side
-    return Path(config.data_dir) / f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s{variant}.h5"
+    # the mel variant in the name: stores of both variants live side by side
+    return Path(config.data_dir) / f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s-{config.frontend_variant}.h5"
 
 
 def read_items(config):
