@@ -7,8 +7,9 @@ The log-mel comes in named variants (VARIANTS), recorded in every store and chec
 - "authors": the authors' released preprocessing, `librosa.logamplitude(mel**2, ref_power=1.0)` [C: their code], i.e.
   10·log10(max(mel², 1e-10)) with logamplitude's default top_db=80: every value more than 80 dB below the clip's peak
   (on that doubled scale; 40 dB in power dB) is raised to peak - 80. The paper states no floor; we take this as the
-  input behind the published numbers [D]. The paper preset and the defaults use it.
-- "plain-db": 10·log10(max(mel, 1e-10)), the dB of the power mel with no floor (what this project used first).
+  input behind the published numbers [D]. The paper preset uses it, and so do these params' defaults.
+- "plain-db": 10·log10(max(mel, 1e-10)), the dB of the power mel with no floor (what this project used first; the demo
+  presets' choice [D]: their committed results were made with it).
 """
 from __future__ import annotations
 

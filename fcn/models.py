@@ -118,9 +118,10 @@ def model_card() -> str:
         "",
         "Precision: `--amp auto` (the default) trains under bf16 autocast on CUDA [D: our speed choice, not the "
         "paper's]; `--amp off` trains in fp32, the paper's precision; CPU runs are fp32 either way.",
-        f"Input: the mel is the `{p.variant}` variant (the authors' released preprocessing: 10·log10(mel²) with a "
-        "per-clip floor 80 dB below its peak [D: taken as the input behind the published numbers]); "
-        "`--frontend-variant plain-db` is 10·log10(mel) with no floor. MFCC: 30 coefficients + Δ + ΔΔ (librosa's "
+        f"Input: `--preset paper` feeds the `{p.variant}` mel (the authors' released preprocessing: 10·log10(mel²) "
+        "with a per-clip floor 80 dB below its peak [D: taken as the input behind the published numbers]); the demo "
+        "presets' `plain-db` is 10·log10(mel) with no floor (`--frontend-variant`). MFCC: 30 coefficients + Δ + ΔΔ "
+        "(librosa's "
         f"delta) from the same {p.n_mels} mel bands [D].",
         "",
         "| model | input | input shape | parameters | forward multiply-adds |",

@@ -432,14 +432,15 @@ def store_path(config) -> Path:
         return Path(config.store)
     if config.data_root:
         # the MSD's own db / audio / id map, when named, make another data set from the same root
-        where = [str(Path(config.data_root).resolve())] + [
-            f"{k}={Path(getattr(config, k)).resolve()}" for k in ("tags_db", "audio_root", "id_map") if getattr(config, k)]
+        named = [k for k in ("tags_db", "audio_root", "id_map") if getattr(config, k)]
+        where = [str(Path(config.data_root).resolve())] + [f"{k}={Path(getattr(config, k)).resolve()}" for k in named]
         source = "d" + hashlib.sha256("\n".join(where).encode()).hexdigest()[:8]
     else:
         source = f"synth{config.synth_clips}"
     split = config.split if config.dataset == "mtat" else "choi"
-    variant = "" if config.frontend_variant == "authors" else f"-{config.frontend_variant}"  # variants side by side
-    return Path(config.data_dir) / f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s{variant}.h5"
+    # the mel variant in the name: stores of both variants live side by side
+    name = f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s-{config.frontend_variant}.h5"
+    return Path(config.data_dir) / name
 
 
 def read_items(config):

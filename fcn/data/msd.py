@@ -6,7 +6,7 @@ three plain-text id lists per split, same order: `{split}_x_msd_id.txt`, `{split
 `{split}_x_filename.txt` (`d1/d2/<7digital_id>.npy`, d1/d2 the id's first two digits) — 201,680 / 12,634 / 28,540
 tracks; `valid_y.npy` / `test_y.npy` are bool N x 50 in `top50_tags.txt` order. Previews sit at
 `<audio_root>/d1/d2/<7digital_id>.clip.mp3`; they cannot be downloaded any more, so users bring their own copy.
-Choi's lists and y files ship with the package (fcn/data/splits/msd, fcn.data.lists): a user needs only the db and audio.
+Choi's lists and y files ship with the package (fcn/data/splits/msd, fcn.data.lists): a user brings the db and audio.
 """
 from __future__ import annotations
 

@@ -101,8 +101,8 @@ def read(root, split: str = "folder", splits_dir=None) -> tuple[list[str], list[
     nothing there is fatal. Fatal (DataError / DataFileMissing): no CSV, a missing required column or top-50 tag.
 
     split="folder": folders 0-b / c / d-f, every clip kept (zero-tag clips are all-negative examples).
-    split="clean": the Lee/Won lists from `splits_dir` (default: see find_splits_dir, ending at the shipped lists); clips without any top-50 tag
-    are dropped too, which is how those lists were made (PAPER.md).
+    split="clean": the Lee/Won lists from `splits_dir` (default: see find_splits_dir, ending at the shipped lists);
+    clips without any top-50 tag are dropped too, which is how those lists were made (PAPER.md).
     """
     if split not in ("folder", "clean"):
         raise DataError(f"MTAT split must be 'folder' or 'clean', not {split!r}")
