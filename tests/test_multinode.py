@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster_report import record
 from tests.conftest import REPO, TINY
 from tests.test_grid import grid_flags
 from tests.test_sbatch import SLURM, _log, _runs, _sbatch, _tiny_env
@@ -298,6 +299,10 @@ def test_node_crash_requeues_and_resumes_on_the_other_node(slurm_multi, data_dir
         assert f"on host {other}" in text.split("resuming after epoch")[1].splitlines()[0]
         _same_as_reference(_metrics(out_dir), reference())
         print(f"node crash: job finished {recovered_s:.0f} s after the crash")
+        record("test_node_crash_requeues_and_resumes_on_the_other_node", jobs=1, nodes_used=2, crashed=0,
+               duplicated=0,  # _metrics asserted one MLflow run finished=1, nodes_lost=1,
+               epochs_redone=len(epochs) - LOSS_EPOCHS, recover_s=round(recovered_s),
+               note="the epoch in progress at the crash was trained again from its start")
     finally:
         _bring_back(slurm_multi, lost)
 
@@ -314,6 +319,7 @@ def test_slurmd_lost_while_the_old_copy_runs_on(slurm_multi, data_dir, tmp_path,
     job, lost = _submit_victim(slurm_multi, data_dir, out_dir, log)
     other = next(n for n in slurm_multi.nodes if n != lost)
     _wait_for(lambda: cell_log.exists() and 1 in _epoch_lines(cell_log), 180, "epoch 1")
+    t0 = time.monotonic()
     slurm_multi.kill_slurmd(lost)
     old = slurm_multi.node_pids(lost, "fcn.train")
     assert old, "the old copy is not running on the lost node"
@@ -336,6 +342,10 @@ def test_slurmd_lost_while_the_old_copy_runs_on(slurm_multi, data_dir, tmp_path,
         assert "being trained by another process" not in text
         assert _epoch_lines(cell_log) == list(range(1, LOSS_EPOCHS + 1))  # the old copy trained every epoch once
         _same_as_reference(_metrics(out_dir), reference())
+        record("test_slurmd_lost_while_the_old_copy_runs_on", jobs=1, nodes_used=2, crashed=0,
+               duplicated=0,  # _metrics asserted one MLflow run finished=1, nodes_lost=1,
+               epochs_redone=len(_epoch_lines(cell_log)) - LOSS_EPOCHS, recover_s=round(time.monotonic() - t0),
+               note="two live copies: the requeued one waited on the cell lock (the old one held with SIGSTOP)")
     finally:
         for pid in old:
             try:
