@@ -300,7 +300,7 @@ def test_node_crash_requeues_and_resumes_on_the_other_node(slurm_multi, data_dir
         _same_as_reference(_metrics(out_dir), reference())
         print(f"node crash: job finished {recovered_s:.0f} s after the crash")
         record("test_node_crash_requeues_and_resumes_on_the_other_node", jobs=1, nodes_used=2, crashed=0,
-               duplicated=0,  # _metrics asserted one MLflow run finished=1, nodes_lost=1,
+               duplicated=0, finished=1, nodes_lost=1,  # _metrics asserted one MLflow run
                epochs_redone=len(epochs) - LOSS_EPOCHS, recover_s=round(recovered_s),
                note="the epoch in progress at the crash was trained again from its start")
     finally:
@@ -343,7 +343,7 @@ def test_slurmd_lost_while_the_old_copy_runs_on(slurm_multi, data_dir, tmp_path,
         assert _epoch_lines(cell_log) == list(range(1, LOSS_EPOCHS + 1))  # the old copy trained every epoch once
         _same_as_reference(_metrics(out_dir), reference())
         record("test_slurmd_lost_while_the_old_copy_runs_on", jobs=1, nodes_used=2, crashed=0,
-               duplicated=0,  # _metrics asserted one MLflow run finished=1, nodes_lost=1,
+               duplicated=0, finished=1, nodes_lost=1,  # _metrics asserted one MLflow run
                epochs_redone=len(_epoch_lines(cell_log)) - LOSS_EPOCHS, recover_s=round(time.monotonic() - t0),
                note="two live copies: the requeued one waited on the cell lock (the old one held with SIGSTOP)")
     finally:
