@@ -13,7 +13,7 @@ address), `.bridge_addr`, `.node_of(jobid)`, `.kill_slurmd(node)` (only the daem
 after a slurmd crash), `.crash_node(node)` (every process of the node: a hard crash), `.start_slurmd(node)` (bring it
 back) and `.wait_node_state(node, states, timeout)`, `.node_pids(node, cmdline_contains)`.
 
-Set-up as measured in ../shared/FACTS.md: slurmd under `nsenter --net=<netns> unshare --uts --mount` (not `ip netns
+Set-up as measured on this kind of machine (the team's notes, FACTS.md): slurmd under `nsenter --net=<netns> unshare --uts --mount` (not `ip netns
 exec`, which remounts /sys), /etc/resolv.conf bind-mounted to a 127.0.0.1 one inside each node's private mount
 namespace (the real nameserver is unreachable from the bridge: every DNS fall-through would stall 10 s), the node
 names in /etc/hosts (lines marked, removed at teardown). Small timeouts (cred_expire=10, SlurmdTimeout=10,
