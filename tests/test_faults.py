@@ -253,7 +253,8 @@ def test_credentials_in_the_tracking_uri_are_used_but_never_written(tiny, mlflow
     assert json.loads(places["mlflow params"])["tracking_uri"] == mlflow_server.uri  # stored without credentials
 
     dead = f"http://alice:{SECRET}@127.0.0.1:{free_port()}"
-    down = run_py("-m", "fcn.train", *config_flags(config), "--tracking-uri", dead)
+    down = run_py("-m", "fcn.train", *config_flags(config.replace(experiment=config.experiment + "-dead")),
+                  "--tracking-uri", dead)
     assert down.returncode == 2 and "is not reachable" in down.stderr and "Traceback" not in down.stderr
     places["unreachable error"] = down.stderr
 
