@@ -473,4 +473,4 @@ def test_a_second_trainer_of_the_same_cell_stops_with_one_line(tiny, observe):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     observe("the same cell started twice at once (two grids / two trainers)", "the second stops with one line",
-            runs_per_cell=len(_runs(config)), tracebacks=0)
+            second_exit_code=out.returncode, second_stderr_lines=len(out.stderr.strip().splitlines()), tracebacks=0)
