@@ -27,7 +27,7 @@ SECRET = "s3cret-Pw0rd"
 
 @pytest.fixture
 def observe(request):
-    """observe(scenario=..., must=..., **observed): recorded for results/reliability.md when FCN_FAULTS_REPORT is set."""
+    """observe(scenario=..., must=..., **observed): kept for results/reliability.md when FCN_FAULTS_REPORT is set."""
     rows = []
 
     def record(scenario: str, must: str, **observed):
