@@ -41,7 +41,7 @@ _USERINFO = re.compile(r"(https?://)[^/@\s]+@")
 
 
 def redact(text: str) -> str:
-    """A URI (or any text holding URIs) as it may be printed or stored: `http://user:secret@host` → `http://***@host`."""
+    """A URI (or any text holding URIs) as it may be printed or stored: `http://user:pw@host` → `http://***@host`."""
     return _USERINFO.sub(r"\1***@", text)
 
 
@@ -195,7 +195,8 @@ class Tracker:
                     self._down = True  # the server is gone: metrics.json and the checkpoints carry on
                     if not self._warned:
                         print(f"warning: MLflow logging to {redact(self.uri)} failed ({type(e).__name__}: "
-                              f"{redact(str(e).splitlines()[0])[:200]}); training goes on, rerun the command to re-sync",
+                              f"{redact(str(e).splitlines()[0])[:200]}); training goes on, rerun the command to "
+                              f"re-sync",
                               file=sys.stderr)
                         self._warned = True
                     return None

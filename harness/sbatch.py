@@ -194,7 +194,7 @@ TEMPLATE = r"""#!/bin/bash
 #                             command line, and stored without any user:password@ in it
 #   PYTHON=.venv/bin/python   the interpreter with fcn-sweep installed (`bash scripts/setup.sh`)
 #   FCN_ARGS=                 extra `python -m fcn.train` flags, passed last so they win, e.g. "--seed 1 --lr 5e-4";
-#                             split like a shell command line (quotes group words) by Python's shlex, never `eval`ed:
+#                             split into words by xargs (quotes and backslashes group words), never `eval`ed:
 #                             $(...), backquotes, ; and globs in it stay literal text
 #
 #SBATCH --job-name=fcn-@DATASET@-fcn@DEPTH@
@@ -240,8 +240,8 @@ if [ -n "${SLURM_GPUS_ON_NODE:-}" ] && [ "$SLURM_GPUS_ON_NODE" != "$tasks_per_no
         "process per GPU, so pass --ntasks-per-node=$SLURM_GPUS_ON_NODE with --gpus-per-node=$SLURM_GPUS_ON_NODE"
 fi
 mkdir -p "$OUT_DIR" || die "cannot create OUT_DIR=$OUT_DIR"
-split_args() {  # $1 split into words, NUL-terminated: shlex, so nothing in it is expanded or run (no eval)
-    "$PYTHON" -c 'import shlex, sys; sys.stdout.write("".join(a + "\0" for a in shlex.split(sys.argv[1])))' "$1"
+split_args() {  # $1 split into NUL-terminated words by xargs: quotes group, nothing is expanded or run (no eval)
+    printf '%s' "$1" | xargs -r printf '%s\0'
 }
 split_args "$FCN_ARGS" >/dev/null 2>&1 || die "cannot split FCN_ARGS=$FCN_ARGS into words (an unclosed quote?)"
 mapfile -d '' -t extra < <(split_args "$FCN_ARGS")

@@ -27,7 +27,7 @@
 # Ray's token auth is ON (RAY_AUTH_MODE=token): a fresh random token per job, in a file only you can read
 # (RAY_TOKEN_FILE, default slurm/logs/.ray-token-<job id> under the submit directory: the shared file system, so the
 # workers on the other nodes read the same file), deleted when the job ends. Without the token nothing can submit work
-# to this cluster. GRID_ARGS is split by Python's shlex (quotes group words), never `eval`ed.
+# to this cluster. GRID_ARGS is split into words by xargs (quotes group words), never `eval`ed.
 #
 # Environment (sbatch passes yours to the job):
 #   GRID_ARGS=                flags of `python -m harness.grid` (default: "--preset paper --paper", plus
@@ -74,8 +74,8 @@ if [ -z "${GRID_ARGS+set}" ]; then
     GRID_ARGS="--preset paper --paper"
     [ "$RAY_NUM_GPUS" -gt 0 ] && GRID_ARGS="$GRID_ARGS --gpus-per-trial 1"
 fi
-split_args() {  # $1 split into words, NUL-terminated: shlex, so nothing in it is expanded or run (no eval)
-    "$PYTHON" -c 'import shlex, sys; sys.stdout.write("".join(a + "\0" for a in shlex.split(sys.argv[1])))' "$1"
+split_args() {  # $1 split into NUL-terminated words by xargs: quotes group, nothing is expanded or run (no eval)
+    printf '%s' "$1" | xargs -r printf '%s\0'
 }
 split_args "$GRID_ARGS" >/dev/null 2>&1 || die "cannot split GRID_ARGS=$GRID_ARGS into words (an unclosed quote?)"
 mapfile -d '' -t grid_args < <(split_args "$GRID_ARGS")

@@ -27,7 +27,7 @@ SECRET = "s3cret-Pw0rd"
 
 @pytest.fixture
 def observe(request):
-    """observe(scenario=..., must=..., **observed): recorded for results/reliability.md when FCN_FAULTS_REPORT is set."""
+    """observe(scenario=..., must=..., **observed): kept for results/reliability.md when FCN_FAULTS_REPORT is set."""
     rows = []
 
     def record(scenario: str, must: str, **observed):
@@ -253,7 +253,8 @@ def test_credentials_in_the_tracking_uri_are_used_but_never_written(tiny, mlflow
     assert json.loads(places["mlflow params"])["tracking_uri"] == mlflow_server.uri  # stored without credentials
 
     dead = f"http://alice:{SECRET}@127.0.0.1:{free_port()}"
-    down = run_py("-m", "fcn.train", *config_flags(config), "--tracking-uri", dead)
+    down = run_py("-m", "fcn.train", *config_flags(config.replace(experiment=config.experiment + "-dead")),
+                  "--tracking-uri", dead)
     assert down.returncode == 2 and "is not reachable" in down.stderr and "Traceback" not in down.stderr
     places["unreachable error"] = down.stderr
 
@@ -472,4 +473,4 @@ def test_a_second_trainer_of_the_same_cell_stops_with_one_line(tiny, observe):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     observe("the same cell started twice at once (two grids / two trainers)", "the second stops with one line",
-            runs_per_cell=len(_runs(config)), tracebacks=0)
+            second_exit_code=out.returncode, second_stderr_lines=len(out.stderr.strip().splitlines()), tracebacks=0)
