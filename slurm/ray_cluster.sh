@@ -38,6 +38,9 @@
 #   RAY_PORT, RAY_HEAD_IP     override the derived port / the head's address
 #   RAY_WAIT_S=120            how long to wait for the head and for every worker to join
 #   RAY_TOKEN_FILE=           where the job's Ray auth token is written (a folder every node of the job can read)
+#   DRIVER=grid               grid: run the cells (`harness.grid --cluster ray`); search: search each selected cell's
+#                             recipe on validation data instead (`harness.search`, same GRID_ARGS flags, plus its own
+#                             --trials / --space)
 #
 #SBATCH --job-name=fcn-ray
 #SBATCH --nodes=2
@@ -79,6 +82,11 @@ split_args() {  # $1 split into NUL-terminated words by xargs: quotes group, not
 }
 split_args "$GRID_ARGS" >/dev/null 2>&1 || die "cannot split GRID_ARGS=$GRID_ARGS into words (an unclosed quote?)"
 mapfile -d '' -t grid_args < <(split_args "$GRID_ARGS")
+case "${DRIVER:-grid}" in
+    grid) driver_cmd=(-m harness.grid --cluster ray) ;;
+    search) driver_cmd=(-m harness.search) ;;
+    *) die "DRIVER=$DRIVER: use grid (run the cells) or search (search their recipes)" ;;
+esac
 
 node_ip() {  # this node's first non-loopback IPv4 address
     local ip
@@ -177,8 +185,8 @@ until [ "$(active_nodes)" -ge "${#nodes[@]}" ]; do
 done
 echo "$(date '+%F %T') Ray cluster up: $(active_nodes) node(s)"
 
-# --- the driver: the grid, as Ray Tune trials ------------------------------------------------------------------------
-(without_slurm_tasks "$PYTHON" -m harness.grid --cluster ray --ray-address "$RAY_ADDRESS_HEAD" \
+# --- the driver: the grid (or a recipe search), as Ray Tune trials ---------------------------------------------------
+(without_slurm_tasks "$PYTHON" "${driver_cmd[@]}" --ray-address "$RAY_ADDRESS_HEAD" \
     ${grid_args[@]+"${grid_args[@]}"}) &
 driver=$!
 wait "$driver"
