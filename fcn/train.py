@@ -267,7 +267,8 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
     trial: a search trial's name (harness/search.py): its own run dir and MLflow run (`<key>-<trial>`), and the test
     split is never opened (a recipe is chosen on validation only); it returns the validation history instead.
     on_epoch(row): called after each epoch's checkpoint is on disk (a search reports to its scheduler there, which may
-    stop the trial by raising out of it).
+    stop the trial by raising out of it); on a resume, first once for each epoch the checkpoint already holds, so the
+    caller sees every epoch even when the run had none left to train.
     """
     from fcn import tracking
     from fcn.preprocess import ensure_store
@@ -374,6 +375,8 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
         if state is not None:
             _log(d, rdir, f"{config.key}: resuming after epoch {progress['epoch']} (best valid ROC-AUC "
                           f"{progress['best']:.4f} at epoch {progress['best_epoch']}) on host {host}")
+            for row in progress["history"] if on_epoch is not None else ():
+                on_epoch(row)
         else:
             _log(d, rdir, f"{config.key}: {n_params(model):,} parameters, {len(train_ds)}/{len(valid_ds)}/"
                           f"{len(test_ds) if test_ds is not None else '-'} clips, {d.world} process(es) on {d.device} "

@@ -17,13 +17,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the group marks into node ids
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (scripts/test.sh runs two workers), every test that uses a Slurm cluster runs on one worker:
     the clusters are machine-wide (a lock, /etc/slurm) and each worker would otherwise start its own and wait for the
     other's. The Slurm tests mostly wait on the scheduler, so the other worker's CPU-bound tests fill that time."""
     for item in items:
         if any(name.startswith("slurm_") for name in getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+            item.add_marker(pytest.mark.xdist_group(next(n for n in item.fixturenames if n.startswith("slurm_"))))
 
 # Small enough that one training run takes seconds on one core, big enough that AUC shows learning.
 TINY = dict(synth_clips=320, clip_seconds=2.0, width=0.125, batch_size=16, epochs=3, patience=3, threads=1)

@@ -300,7 +300,8 @@ print(json.dumps(out))
 
 
 def test_an_unexpected_exception_in_any_cli_is_one_line_with_its_traceback_file(tmp_path, observe):
-    out = run_py("-c", INJECT, *CLIS, env={"TMPDIR": str(tmp_path)}, cwd=tmp_path)
+    # PYTHONPATH: bench/ is not an installed package (it runs from the repository root), fcn/ and harness/ are
+    out = run_py("-c", INJECT, *CLIS, env={"TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO)}, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     bad = []
@@ -391,6 +392,7 @@ FAKE_SRUN = '#!/bin/bash\nwhile [[ "$1" == -* ]]; do shift; done\nexec "$@"\n'
 FAKE_SCONTROL = '#!/bin/bash\necho localhost\n'
 FAKE_PYTHON = f'''#!/bin/bash
 [ "$1" = "-c" ] && exec {sys.executable} "$@"   # split_args: the real interpreter
+[ "$*" = "-m fcn.dist rendezvous" ] && exec {sys.executable} "$@"   # the script's own question to fcn.dist too
 printf '%s\\n' "$@" > "$ARGS_OUT"
 '''
 

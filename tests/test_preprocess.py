@@ -371,7 +371,7 @@ def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_for
         fcn.store.check_store(path, input="mel", params=config.frontend, dataset="mtat")
     capsys.readouterr()
     assert pp.ensure_store(config, workers=1, progress=False) == path
-    assert "of an older format: rebuilding it" in capsys.readouterr().err
+    assert "is of an older format (1): rebuilding it" in capsys.readouterr().err
     assert fcn.store.read_meta(path)["format_version"] == fcn.store.FORMAT_VERSION == 3
     _assert_same_store(path, ref)
 
