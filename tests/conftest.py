@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ pytest_plugins = ["tests.services.slurm", "tests.services.slurm_multi", "tests.s
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# A local Ray's raylet may take more than Ray's default minute to register on a 2-core machine under load.
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -25,6 +28,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(name.startswith("slurm_") for name in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group(next(n for n in item.fixturenames if n.startswith("slurm_"))))
+
+@pytest.fixture(autouse=True)
+def _burst_runs_alone(request):
+    """A `burst` test (30 jobs started at once on 2 cores) holds a machine-wide lock exclusively; every other test
+    holds it shared. So under two xdist workers the burst never overlaps a test that needs the CPU in time (a Ray
+    head's start-up, a job that must still be running when it is requeued), and the other worker waits meanwhile."""
+    import fcntl
+
+    with open(Path(tempfile.gettempdir()) / "fcn-sweep-tests-burst.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if request.node.get_closest_marker("burst") else fcntl.LOCK_SH)
+        yield
+
 
 # Small enough that one training run takes seconds on one core, big enough that AUC shows learning.
 TINY = dict(synth_clips=320, clip_seconds=2.0, width=0.125, batch_size=16, epochs=3, patience=3, threads=1)

@@ -70,6 +70,7 @@ def _watch(cluster, jobs: dict[str, int], timeout: float) -> dict[int, dict]:
                          f"{ {j: s for j, s in seen.items() if 'state' not in s} }\n" + cluster.log_tails())
 
 
+@pytest.mark.burst
 def test_thirty_cell_jobs_start_together_on_an_empty_out_dir(slurm_multi, data_dir, tmp_path):
     out_dir = tmp_path / "runs"  # does not exist: the jobs create it, and the store in it
     env = _tiny_env(data_dir, out_dir, epochs=1, patience=1)
