@@ -10,5 +10,9 @@ else
 fi
 bash scripts/setup.sh
 export MLFLOW_DISABLE_TELEMETRY=true RAY_AUTH_MODE=disabled
-# Two workers (pytest-xdist): every Slurm test in one group (tests/conftest.py), the rest shared out by load.
-exec .venv/bin/python -m pytest -n "${FCN_TEST_WORKERS:-2}" --dist loadgroup "$@"
+# One process by default. FCN_TEST_WORKERS=2 runs two pytest-xdist workers (every Slurm test grouped on one of them,
+# tests/conftest.py); that is faster but not yet reliable: one run lost the single-node cluster's lock to the other
+# worker (7 setup errors), so CI stays serial until that is understood.
+workers=()
+[ "${FCN_TEST_WORKERS:-0}" -gt 0 ] && workers=(-n "$FCN_TEST_WORKERS" --dist loadgroup)
+exec .venv/bin/python -m pytest "${workers[@]}" "$@"

@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config, items):
     other's. The Slurm tests mostly wait on the scheduler, so the other worker's CPU-bound tests fill that time."""
     for item in items:
         if any(name.startswith("slurm_") for name in getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group(next(n for n in item.fixturenames if n.startswith("slurm_"))))
+            item.add_marker(pytest.mark.xdist_group("slurm"))  # one group: some tests use both clusters
 
 @pytest.fixture(autouse=True)
 def _burst_runs_alone(request):
