@@ -20,6 +20,7 @@ from tests.cluster_report import record
 from tests.conftest import REPO, TINY
 from tests.test_grid import grid_flags
 from tests.test_sbatch import SLURM, _log, _runs, _sbatch, _tiny_env
+from tests.test_slurm_cluster import _wait_for
 
 slow = pytest.mark.slow  # every test here but the lock one starts the two-node cluster
 KEY = "msd-mel-fcn7-s0"
@@ -40,16 +41,6 @@ def _out_dir(path: Path, store: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     shutil.copy(store, path / "mlflow.db")
     return path
-
-
-def _wait_for(cond, timeout: float, what: str, poll: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_cell_lock_waits_for_its_holder_when_told(tmp_path, monkeypatch, capsys):
