@@ -201,12 +201,12 @@ GPU_VARIANTS = (
 
 
 def default_path() -> tuple[Variant, str]:
-    """The CPU variant `python -m fcn.train --preset paper` runs here: its layout (fcn.train.channels_last, which
+    """The CPU variant `python -m fcn.train --preset paper` runs here: its layout (fcn.precision.channels_last, which
     decides "auto" by this CPU) and what fcn.train does to malloc."""
     import torch
 
     from fcn.config import PRESETS, RunConfig
-    from fcn.train import channels_last
+    from fcn.precision import channels_last
 
     c = RunConfig(**PRESETS["paper"])
     src = (REPO / "fcn" / "train.py").read_text()

@@ -11,7 +11,6 @@ last epoch's checkpoint, or, if the cell is finished, prints its result again wi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -26,8 +25,10 @@ import torch.nn.functional as F
 from fcn import checkpoint, dist, metrics as M
 from fcn.config import RunConfig, add_config_arguments, config_from_args
 from fcn.errors import UserError, run_cli
+from fcn.loader import device_inputs, make_loader
 from fcn.malloc import keep_freed_memory
 from fcn.models import FCN, n_params
+from fcn.precision import autocast, channels_last
 
 # Fields that say where or how fast a run goes, not what it computes: they may change between a run and its resume.
 RUNTIME_FIELDS = {"device", "memory_format", "num_workers", "threads", "out_dir", "tracking_uri", "parent_run_id",
@@ -94,49 +95,6 @@ def use_sync_bn(config: RunConfig, world: int, batch: int, device: torch.device)
     return config.sync_bn == "on" or batch < SYNC_BN_BELOW
 
 
-def _autocast(config: RunConfig, device: torch.device):
-    use = config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
-
-
-def channels_last(config: RunConfig, device: torch.device) -> bool:
-    """Whether the model and its inputs use the channels_last layout (config.memory_format; "auto" decides by the
-    measurements in bench/train_step.py and results/benchmarks.md).
-
-    auto: channels_last on CUDA (cuDNN's NHWC kernels, the usual choice for bf16 convolutions) and on CPU at demo
-    width (1.4× the samples/s of contiguous at width 0.125 on an AVX2 CPU, one thread); contiguous at full width on a
-    CPU without AVX-512 (1.4× the samples/s of channels_last for FCN-4 at 96×1366 on an AVX2 EPYC), channels_last with
-    it (as fast or faster on an AVX-512 EPYC). [D] Widths were measured at 0.125 and 1.0 only: 0.5 splits them.
-    """
-    if config.memory_format != "auto":
-        return config.memory_format == "channels_last"
-    if device.type != "cpu" or config.width < 0.5:
-        return True
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-
-
-def _loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool, batch: int = 0):
-    """Whole float16 batches of `ds` (fcn.store.Batches), standardised later on the device (`_inputs`)."""
-    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
-
-    from fcn.store import Batches
-
-    # One sampler for every world size: the epoch's order depends only on (seed, epoch), so a resumed run sees
-    # exactly the batches an uninterrupted one would.
-    sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=shuffle, seed=config.seed,
-                                 drop_last=False)
-    return DataLoader(Batches(ds), batch_size=None,
-                      sampler=BatchSampler(sampler, batch or config.batch_size, drop_last=False),
-                      num_workers=config.num_workers, pin_memory=d.device.type == "cuda",
-                      persistent_workers=config.num_workers > 0)
-
-
-def _inputs(x: torch.Tensor, loader, fmt: torch.memory_format, d: dist.Dist) -> torch.Tensor:
-    """A loader's float16 batch on the device, standardised there, in the model's memory format `fmt`."""
-    x = loader.dataset.ds.standardise(x.to(d.device, non_blocking=True))
-    return x.contiguous(memory_format=fmt)
-
-
 @torch.no_grad()
 def predict(model, loader, config: RunConfig, d: dist.Dist,
             fmt: torch.memory_format) -> tuple[np.ndarray, np.ndarray, float]:
@@ -145,9 +103,9 @@ def predict(model, loader, config: RunConfig, d: dist.Dist,
     idx, scores, n = [], [], 0
     loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)  # summed on the device: no sync per batch
     for x, y, i in loader:
-        x = _inputs(x, loader, fmt, d)
+        x = device_inputs(x, loader, fmt, d)
         y = y.to(d.device)
-        with _autocast(config, d.device):
+        with autocast(config, d.device):
             logits = model(x)
         logits = logits.float()
         loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").double() / y.shape[1]
@@ -366,9 +324,9 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
         if d.world > 1:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-        train_dl = _loader(train_ds, config, d, shuffle=True, batch=batch)
-        valid_dl = _loader(valid_ds, config, d, shuffle=False)
-        test_dl = None if trial else _loader(test_ds, config, d, shuffle=False)
+        train_dl = make_loader(train_ds, config, d, shuffle=True, batch=batch)
+        valid_dl = make_loader(valid_ds, config, d, shuffle=False)
+        test_dl = None if trial else make_loader(test_ds, config, d, shuffle=False)
         import socket
 
         host = socket.gethostname()  # where the cell (rank 0) runs: after a requeue, possibly another node
@@ -399,9 +357,9 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
                     # A last batch of one clip can't be batch-normalised; every rank has the same batch count
                     # (DistributedSampler pads), so all ranks skip it together and DDP stays in step.
                     continue
-                x = _inputs(x, train_dl, fmt, d)
+                x = device_inputs(x, train_dl, fmt, d)
                 y = y.to(d.device, non_blocking=True)
-                with _autocast(config, d.device):
+                with autocast(config, d.device):
                     logits = net(x)
                 loss = F.binary_cross_entropy_with_logits(logits.float(), y)
                 opt.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ def test_batches_equal_per_clip_items_in_the_same_order(data_dir):
     from fcn.dist import Dist
     from fcn.preprocess import store_path
     from fcn.store import FeatureDataset
-    from fcn.train import _inputs, _loader
+    from fcn.loader import device_inputs as _inputs, make_loader as _loader
 
     config = RunConfig(data_dir=str(data_dir), **TINY).replace(batch_size=7, memory_format="contiguous")
     ds = FeatureDataset(store_path(config), "mel", "train", fraction=0.8, seed=3)
@@ -32,7 +32,7 @@ def test_batches_equal_per_clip_items_in_the_same_order(data_dir):
 
 
 def test_memory_format_auto_follows_the_measured_rule(monkeypatch):
-    from fcn.train import channels_last
+    from fcn.precision import channels_last
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     demo, paper = RunConfig(), RunConfig(width=1.0)
