@@ -64,7 +64,7 @@ def cells(base, n: int) -> list:
 
 def worker(spec: dict) -> dict:
     from fcn import tracking
-    from fcn.train import run_dir
+    from fcn.cell import run_dir
     from harness.grid import _parent_run
 
     base = base_config(Path(spec["data_dir"]), Path(spec["out_dir"]))

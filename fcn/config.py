@@ -10,6 +10,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from fcn import cell
 from fcn.errors import UserError
 from fcn.frontends import INPUTS, VARIANTS, FrontEndParams
 from fcn.models import DEPTHS
@@ -89,7 +90,7 @@ class RunConfig:
     threads: int = _f(0, "torch CPU threads per process; 0 = all cores divided among local processes")
     # --- where results go ---
     out_dir: str = _f("runs", "run directories (checkpoints, metrics.json) and the default SQLite MLflow store")
-    experiment: str = _f("fcn", "MLflow experiment name")
+    experiment: str = _f(cell.CELL_EXPERIMENT, "MLflow experiment name")
     tracking_uri: str = _f("", "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///<out_dir>/mlflow.db")
     parent_run_id: str = _f("", "MLflow parent run (set by the harness for sweeps)")
     recipe: str = _f("", "where lr, dropout and batch size came from: empty = the preset and flags; set by "
@@ -118,11 +119,10 @@ class RunConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1")
 
-    # The cell's stable key, e.g. mtat-mel-fcn4-s0 (RQ4 runs on part of the data get a suffix).
+    # The cell's stable key, e.g. mtat-mel-fcn4-s0 (fcn/cell.py; RQ4 runs on part of the data get a suffix).
     @property
     def key(self) -> str:
-        k = f"{self.dataset}-{self.input}-fcn{self.depth}-s{self.seed}"
-        return k if self.train_fraction == 1.0 else f"{k}-f{self.train_fraction:g}"
+        return cell.make_key(self.dataset, self.input, self.depth, self.seed, self.train_fraction)
 
     @property
     def frontend(self) -> FrontEndParams:

@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fcn import checkpoint
+from fcn import cell, checkpoint
 from fcn.errors import UserError, run_cli
 
 
-def find_checkpoint(run: str, *, out_dir: str = "runs", experiment: str = "fcn", tracking_uri: str = "") -> Path:
+def find_checkpoint(run: str, *, out_dir: str = "runs", experiment: str = cell.CELL_EXPERIMENT, tracking_uri: str = "") -> Path:
     """A .pt path, a cell key (its run dir), or an MLflow run id / cell key whose `model/best.pt` artifact is used."""
     p = Path(run)
     if p.suffix == ".pt" and p.exists():
         return p
-    local = Path(out_dir) / experiment / run / "ckpt" / "best.pt"
+    local = cell.ckpt(Path(out_dir) / experiment / run, cell.BEST)
     if local.exists():
         return local
     from fcn import tracking
@@ -37,7 +37,7 @@ def find_checkpoint(run: str, *, out_dir: str = "runs", experiment: str = "fcn",
     run_id = run
     exp = c.get_experiment_by_name(experiment)
     if exp is not None:
-        runs = [r for r in tracking.cell_runs(c, exp.experiment_id, run) if tracking.is_finished(r)]
+        runs = [r for r in tracking.cell_runs(c, exp.experiment_id, run) if cell.run_is_finished(r)]
         if runs:
             run_id = runs[-1].info.run_id
     try:
@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     ap.add_argument("--run", required=True, help="cell key, MLflow run id, or a best.pt path")
     ap.add_argument("--top", type=int, default=10, help="how many tags to print (default: 10)")
     ap.add_argument("--out-dir", default="runs")
-    ap.add_argument("--experiment", default="fcn", help="MLflow experiment (a grid's: fcn-sweep)")
+    ap.add_argument("--experiment", default=cell.CELL_EXPERIMENT, help=f"MLflow experiment (a grid's: {cell.GRID_EXPERIMENT})")
     ap.add_argument("--tracking-uri", default="")
     ap.add_argument("--json", action="store_true", help="one JSON object per file instead of text")
     args = ap.parse_args(argv)

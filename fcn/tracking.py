@@ -12,15 +12,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from fcn import cell
+from fcn.cell import CELL_TAG
 from fcn.errors import UserError
-
-CELL_TAG = "cell_key"
 
 
 def resolve_uri(tracking_uri: str, out_dir: str) -> str:
     """The --tracking-uri, else $MLFLOW_TRACKING_URI, else a SQLite store beside the run directories."""
     uri = _move_credentials(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""))
-    return uri or f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+    return uri or cell.store_uri(out_dir)
 
 
 def _split_userinfo(uri: str) -> tuple[str, str | None, str | None]:
@@ -66,7 +66,7 @@ def without_credentials(config):
 def artifact_root(uri: str, out_dir: str) -> str | None:
     """For a local store, artifacts beside it (not in ./mlruns of whatever directory a job starts in)."""
     if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
-        return (Path(out_dir).resolve() / "mlartifacts").as_uri()
+        return cell.artifacts_uri(out_dir)
     return None  # a server decides (--serve-artifacts)
 
 
@@ -100,7 +100,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def client(uri: str):
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network at run time
+    cell.quiet_mlflow()
     # A server that goes away must cost seconds, not MLflow's default of 7 retries with exponential backoff and a
     # 120 s timeout per call (minutes per logged metric): training goes on and the next run re-syncs (Tracker).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -144,10 +144,6 @@ def cell_runs(c, exp_id: str, key: str) -> list:
     return sorted(runs, key=lambda r: r.info.start_time or 0)
 
 
-def is_finished(run) -> bool:
-    return run.info.status == "FINISHED" and "test_roc_auc" in run.data.metrics
-
-
 class Tracker:
     """MLflow logging of one cell from rank 0. After the start, a failing server costs a warning, not the run:
     metrics.json and the checkpoints stay the truth, and the next run of the command re-syncs the final result."""
@@ -168,7 +164,7 @@ class Tracker:
             # its unfinished run, else its finished one (a cell retrained from scratch after losing metrics.json and
             # its checkpoints): a cell never gets a second run
             runs = cell_runs(self.c, self.exp_id, key)
-            existing = [r for r in runs if not is_finished(r)] or runs
+            existing = [r for r in runs if not cell.run_is_finished(r)] or runs
             run_id = existing[-1].info.run_id if existing else None
         if run_id is None:
             run = self.c.create_run(self.exp_id, run_name=key, tags={CELL_TAG: key, **tags})

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fcn import checkpoint, dist, metrics as M
+from fcn import cell, checkpoint, dist, metrics as M
+from fcn.cell import run_dir
 from fcn.config import RunConfig, add_config_arguments, config_from_args
 from fcn.errors import UserError, run_cli
 from fcn.loader import device_inputs, make_loader
@@ -34,11 +35,6 @@ from fcn.precision import autocast, channels_last
 RUNTIME_FIELDS = {"device", "memory_format", "num_workers", "threads", "out_dir", "tracking_uri", "parent_run_id",
                   "data_dir", "store", "experiment", "data_root", "splits_dir",
                   "tags_db", "audio_root", "id_map", "recipe"}
-
-
-def run_dir(config: RunConfig, trial: str = "") -> Path:
-    """A cell's run dir; a search trial of it ("t3", harness/search.py) gets its own, `<key>-t3`, beside it."""
-    return Path(config.out_dir) / config.experiment / (f"{config.key}-{trial}" if trial else config.key)
 
 
 def _log(d: dist.Dist, rdir: Path, msg: str) -> None:
@@ -122,10 +118,9 @@ def predict(model, loader, config: RunConfig, d: dist.Dist,
 
 def _finished(rdir: Path, config: RunConfig, d: dist.Dist) -> dict | None:
     """A finished cell's metrics (re-synced to MLflow if the server missed the end), or None."""
-    path = rdir / "metrics.json"
-    if not path.exists():
+    result = cell.finished_metrics(rdir)
+    if result is None:
         return None
-    result = json.loads(path.read_text())
     if d.main:
         sync_finished(result, rdir, config)
     return result
@@ -140,7 +135,7 @@ def sync_finished(result: dict, rdir: Path, config: RunConfig) -> None:
         run = c.get_run(result["run_id"]) if result.get("run_id") else None
     except Exception:  # noqa: BLE001 - the server is down: metrics.json is the truth; nothing to do now
         return
-    if run is not None and not tracking.is_finished(run):
+    if run is not None and not cell.run_is_finished(run):
         t = tracking.Tracker(uri, config.experiment, config.out_dir)
         t.run_id = run.info.run_id
         _log_history(t, rdir)
@@ -172,51 +167,7 @@ def _log_final(t, result: dict, rdir: Path) -> None:
     t.finish("FINISHED")
 
 
-def _lock_wait_s() -> float:
-    """How long a trainer waits for a cell lock held by another process: env FCN_CELL_LOCK_WAIT_S if set, else 900 s
-    in a requeued Slurm job (SLURM_RESTART_COUNT > 0: after a node is lost, the old copy of the job may still be
-    running on it until its slurmd returns and kills it, FACTS.md; the new copy must outlast it, not fail), else 0:
-    a second trainer started by hand stops at once."""
-    env = os.environ.get("FCN_CELL_LOCK_WAIT_S", "")
-    if env:
-        try:
-            return max(0.0, float(env))
-        except ValueError:
-            raise UserError(f"FCN_CELL_LOCK_WAIT_S={env!r}: give a number of seconds") from None
-    return 900.0 if os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0") else 0.0
-
-
-def _cell_lock(rdir: Path, wait_s: float | None = None):
-    """Hold the cell's lock for the life of this process; a second trainer of the same cell waits up to `wait_s`
-    (_lock_wait_s()) for it, then stops with one line. Whoever gets it reads the checkpoint only afterwards, so two
-    live copies of one cell never train, checkpoint or log to MLflow at the same time."""
-    import fcntl
-
-    wait_s = _lock_wait_s() if wait_s is None else wait_s
-    f = open(rdir / ".lock", "a")
-    deadline, said = time.monotonic() + wait_s, False
-    while True:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError:
-            if time.monotonic() >= deadline:
-                f.close()
-                raise UserError(f"{rdir.name} is being trained by another process right now (lock {rdir / '.lock'})"
-                                + (f" and was still after waiting {wait_s:.0f} s" if wait_s else "")
-                                + "; wait for it, or stop it first") from None
-            if not said:
-                print(f"{rdir.name}: another process holds the cell lock {rdir / '.lock'} (an older copy of this "
-                      f"job?); waiting up to {wait_s:.0f} s for it to end", file=sys.stderr, flush=True)
-                said = True
-            time.sleep(1.0)
-    if said:
-        print(f"{rdir.name}: got the cell lock", file=sys.stderr, flush=True)
-    _LOCKS.append(f)
-    return f
-
-
-_LOCKS: list = []
+_LOCKS: list = []  # the cell lock's open file, closed when train() returns
 
 
 def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
@@ -252,7 +203,7 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
             (rdir / "ckpt").mkdir(parents=True, exist_ok=True)
         dist.barrier(d)
         if d.main:
-            _cell_lock(rdir)  # held until train() returns or the process dies
+            _LOCKS.append(cell.acquire_lock(rdir))  # held until train() returns or the process dies
         done = _finished(rdir, config, d)
         if done is not None:
             _log(d, rdir, f"{config.key} is finished (test ROC-AUC {done['test_roc_auc']:.4f}); nothing to do")

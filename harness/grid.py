@@ -21,13 +21,14 @@ import time
 from pathlib import Path
 
 from fcn.config import DATASETS, RunConfig, add_config_arguments, config_from_args
+from fcn import cell
 from fcn.errors import UserError, run_cli
 from fcn.frontends import INPUTS
 from fcn.models import DEPTHS
 from harness.cells import GridSpec, expand
 
 AXES = ("dataset", "input", "depth", "seed", "train_fraction", "data_root")
-DEFAULT_EXPERIMENT = "fcn-sweep"
+DEFAULT_EXPERIMENT = cell.GRID_EXPERIMENT
 
 
 def _csv(typ, allowed=None):
@@ -255,7 +256,7 @@ def _main(args) -> int:
             threads = todo[0].threads or max(1, int(args.cpus_per_trial))
             outcomes = ray_backend.run([c.replace(threads=threads) for c in todo], address=args.ray_address,
                                        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                                       storage=str(Path(todo[0].out_dir, todo[0].experiment, ".harness", "ray")),
+                                       storage=str(cell.harness_dir(todo[0].out_dir, todo[0].experiment) / "ray"),
                                        progress=not args.quiet)
         else:
             from harness.backends import slurm
@@ -281,7 +282,8 @@ def _main(args) -> int:
 
 def _resync(cells: list[RunConfig], states: dict) -> None:
     """Finished on disk but not in MLflow (killed between the two, or the server was down): log the end now."""
-    from fcn.train import sync_finished, run_dir
+    from fcn.cell import run_dir
+    from fcn.train import sync_finished
 
     for c in cells:
         s = states[c.key]

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from fcn.config import RunConfig
+from fcn.cell import harness_dir
 from fcn.errors import UserError, run_cli
 
 # The recipe: what a search may change. The cell (data set, input, depth, seed, scale) is never searched.
@@ -113,7 +114,8 @@ def _trial(space: dict) -> None:
     before (finished or pruned, e.g. before a kill) only replays its history, so the scheduler still knows it."""
     from ray import tune
 
-    from fcn.train import run_dir, train
+    from fcn.cell import run_dir
+    from fcn.train import train
 
     # A pruned trial's thread leaves through Tune's stop (SystemExit out of tune.report); give it time to unwind
     # (train()'s finally) before this actor takes the next trial. Read by Tune in this process at that moment.
@@ -144,7 +146,7 @@ def end_trial(config: RunConfig, name: str, stopped: str, status: str = "FINISHE
     """Write the trial's outcome (trial.json, from its last checkpoint: the truth on disk) and end its MLflow run with
     why it stopped. Called by the trial when it ends on its own, by the driver when the scheduler pruned it."""
     from fcn import checkpoint, tracking
-    from fcn.train import run_dir
+    from fcn.cell import run_dir
 
     rdir = run_dir(config, name)
     state = checkpoint.load(rdir / "ckpt" / "last.pt") or {}
@@ -179,7 +181,7 @@ def _fit(trials: list[tuple[str, RunConfig]], *, scheduler, storage: str, addres
     import ray
     from ray import tune
 
-    from fcn.train import run_dir
+    from fcn.cell import run_dir
 
     if not ray.is_initialized():
         if address:
@@ -258,7 +260,7 @@ def _search_parent(uri: str, experiment: str, cell: RunConfig, params: dict) -> 
 
 
 def _check_same_search(trials: list[tuple[str, RunConfig]]) -> None:
-    from fcn.train import run_dir
+    from fcn.cell import run_dir
 
     for name, config in trials:
         old = read_trial(run_dir(config, name))
@@ -272,7 +274,7 @@ def search_cell(cell: RunConfig, *, space: dict, n_trials: int, seed: int, sched
     """Search one cell; returns a summary (winner, baseline, outcomes, errors). Everything it finds is on disk and in
     MLflow before it returns."""
     from fcn import tracking
-    from fcn.train import run_dir
+    from fcn.cell import run_dir
 
     t0 = time.time()
     experiment = f"{cell.experiment}-search"
@@ -290,7 +292,7 @@ def search_cell(cell: RunConfig, *, space: dict, n_trials: int, seed: int, sched
         keep = "base"
         trials.append(("base", base))
     _check_same_search(trials)
-    storage = str(Path(cell.out_dir, experiment, ".harness", "ray"))
+    storage = str(harness_dir(cell.out_dir, experiment) / "ray")
     errors = _fit(trials, scheduler=_scheduler(scheduler, cell, grace, rf, keep), storage=storage, address=address,
                   cpus=cpus, gpus=gpus, progress=progress)
     outcomes = {n: read_trial(run_dir(c, n)) for n, c in trials}

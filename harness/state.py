@@ -5,13 +5,11 @@ so a cell is finished iff its run directory holds metrics.json or its MLflow run
 """
 from __future__ import annotations
 
-import fcntl
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from fcn.config import RunConfig
-from fcn.train import run_dir
+from fcn.cell import finished_metrics, lock_held, run_dir, run_is_finished
 
 STATES = ("pending", "running", "interrupted", "failed", "finished")
 
@@ -26,19 +24,6 @@ class CellState:
     run_id: str | None = None
     log: str = ""
     synced: bool = True  # False: finished on disk, but its MLflow run missed the end (killed, server down)
-
-
-def _lock_held(path: Path) -> bool:
-    """True when a live training process holds the cell's lock (fcn.train keeps it while it trains)."""
-    if not path.exists():
-        return False
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return False
 
 
 def runs_by_key(uri: str, experiment: str) -> dict[str, list]:
@@ -62,23 +47,21 @@ def runs_by_key(uri: str, experiment: str) -> dict[str, list]:
 
 
 def cell_state(config: RunConfig, runs: list) -> CellState:
-    from fcn import tracking
 
     rdir = run_dir(config)
     log = str((rdir / "train.log").resolve())
-    m = rdir / "metrics.json"
-    if m.exists():
-        r = json.loads(m.read_text())
+    r = finished_metrics(rdir)
+    if r is not None:
         return CellState(config.key, "finished", r["test_roc_auc"], r["test_pr_auc"], r.get("epochs_run"),
-                         r.get("run_id"), log, synced=any(tracking.is_finished(x) for x in runs))
-    done = [r for r in runs if tracking.is_finished(r)]
+                         r.get("run_id"), log, synced=any(run_is_finished(x) for x in runs))
+    done = [r for r in runs if run_is_finished(r)]
     if done:
         met = done[0].data.metrics
         return CellState(config.key, "finished", met.get("test_roc_auc"), met.get("test_pr_auc"), None,
                          done[0].info.run_id, log)
     run = runs[-1] if runs else None
     run_id = run.info.run_id if run else None
-    if _lock_held(rdir / ".lock"):
+    if lock_held(rdir):
         return CellState(config.key, "running", run_id=run_id, log=log)
     if run is not None and run.info.status in ("FAILED", "KILLED"):
         return CellState(config.key, "failed", run_id=run_id, log=log)

@@ -24,6 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from fcn import cell
 from fcn.errors import UserError
 
 START_TIMEOUT_S = 180.0  # ~3 s on an idle machine (FACTS.md); a loaded login node can take much longer
@@ -125,7 +126,7 @@ def start(out_dir: str, host: str, port: int = 0, timeout_s: float = START_TIMEO
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    store_uri = f"sqlite:///{out / 'mlflow.db'}"
+    store_uri = cell.store_uri(str(out))
     tracking.client(store_uri)  # the store is created/migrated once, under its lock, before the server opens it
     try:
         port = port or _free_port(host)
@@ -136,7 +137,7 @@ def start(out_dir: str, host: str, port: int = 0, timeout_s: float = START_TIMEO
     log = out / f"mlflow-server-{port}.log"
     cmd = [_mlflow_binary(), "server", "--host", host, "--port", str(port),
            "--workers", "1",  # one process owns the SQLite file; ~0.5 GB instead of ~2.4 GB (FACTS.md)
-           "--backend-store-uri", store_uri, "--serve-artifacts", "--artifacts-destination", str(out / "mlartifacts"),
+           "--backend-store-uri", store_uri, "--serve-artifacts", "--artifacts-destination", str(out / cell.ARTIFACTS_DIR),
            "--allowed-hosts", f"{shown}:{port}"]  # only the URI handed to the jobs (MLflow's DNS-rebinding guard)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
            "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"}

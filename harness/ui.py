@@ -24,6 +24,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from fcn import cell
+
 DEFAULT_OUT_DIR = "runs"
 # Experiment tag prefix that the MLflow 3.17 UI reads for `#/experiments/<id>/runs?viewStateShareKey=<key>`.
 SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
@@ -75,7 +77,7 @@ def server_command(store_uri: str, host: str, port: int) -> list[str]:
     db = sqlite_path(store_uri)
     if db is not None:
         # Experiments made by the sweep carry their own artifact location; this only serves ones made in the UI.
-        cmd += ["--artifacts-destination", str(db.parent / "mlartifacts")]
+        cmd += ["--artifacts-destination", str(db.parent / cell.ARTIFACTS_DIR)]
     return cmd
 
 
@@ -111,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network at run time
+    cell.quiet_mlflow()
     store = resolve_tracking_uri(args.tracking_uri, args.out_dir)
 
     if store.startswith(("http://", "https://")):

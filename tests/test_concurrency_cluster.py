@@ -11,7 +11,6 @@ several nodes (issue 11 items 5 and 6).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import sqlite3

@@ -457,7 +457,7 @@ def test_truncated_store_is_announced_as_damaged_and_rebuilt(tmp_path, capsys, o
 
 def test_a_second_trainer_of_the_same_cell_stops_with_one_line(tiny, observe):
     from fcn.train import run_dir
-    from harness.state import _lock_held
+    from fcn.cell import lock_held
 
     config = tiny(epochs=30, patience=30, experiment="twice")
     rdir = run_dir(config)
@@ -465,7 +465,7 @@ def test_a_second_trainer_of_the_same_cell_stops_with_one_line(tiny, observe):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
-        while not _lock_held(rdir / ".lock") and time.time() < deadline and proc.poll() is None:
+        while not lock_held(rdir) and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
         assert proc.poll() is None
         out = run_py("-m", "fcn.train", *config_flags(config))

@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from tests.conftest import REPO, run_py
 from tests.test_grid import grid_flags

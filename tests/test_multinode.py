@@ -44,42 +44,41 @@ def _out_dir(path: Path, store: Path) -> Path:
 
 
 def test_cell_lock_waits_for_its_holder_when_told(tmp_path, monkeypatch, capsys):
-    """fcn/train.py's cell lock (no Slurm needed): a second trainer fails at once by default, waits when
+    """fcn/cell.py's cell lock (no Slurm needed): a second trainer fails at once by default, waits when
     FCN_CELL_LOCK_WAIT_S says so or when it is a requeued Slurm job, and gives up with one line after the wait."""
     import fcntl
     import threading
 
-    from fcn import train as T
+    from fcn import cell
     from fcn.errors import UserError
 
     for var in ("FCN_CELL_LOCK_WAIT_S", "SLURM_RESTART_COUNT"):
         monkeypatch.delenv(var, raising=False)
-    assert T._lock_wait_s() == 0
+    assert cell.lock_wait_s() == 0
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    assert T._lock_wait_s() == 900  # a requeued job outlasts the old copy of itself
+    assert cell.lock_wait_s() == 900  # a requeued job outlasts the old copy of itself
     monkeypatch.setenv("FCN_CELL_LOCK_WAIT_S", "3")
-    assert T._lock_wait_s() == 3
+    assert cell.lock_wait_s() == 3
     monkeypatch.setenv("FCN_CELL_LOCK_WAIT_S", "soon")
     with pytest.raises(UserError, match="FCN_CELL_LOCK_WAIT_S='soon'"):
-        T._lock_wait_s()
+        cell.lock_wait_s()
 
     holder = open(tmp_path / ".lock", "a")  # another process's lock: flock conflicts across open files
     fcntl.flock(holder, fcntl.LOCK_EX)
     try:
         with pytest.raises(UserError, match="being trained by another process right now"):
-            T._cell_lock(tmp_path, wait_s=0)
+            cell.acquire_lock(tmp_path, wait_s=0)
         t0 = time.monotonic()
         with pytest.raises(UserError, match="still after waiting 1 s"):
-            T._cell_lock(tmp_path, wait_s=1)
+            cell.acquire_lock(tmp_path, wait_s=1)
         assert time.monotonic() - t0 >= 1
         threading.Timer(1.5, holder.close).start()  # the holder ends while we wait
-        T._cell_lock(tmp_path, wait_s=60)
+        got = cell.acquire_lock(tmp_path, wait_s=60)
+        got.close()
         err = capsys.readouterr().err
         assert "waiting up to 60 s" in err and "got the cell lock" in err
     finally:
         holder.close()
-        while T._LOCKS:
-            T._LOCKS.pop().close()
 
 
 @slow
@@ -122,7 +121,7 @@ def test_cell_script_ddp_across_two_nodes_matches_two_tasks_on_one(slurm_multi, 
     text = _log(tmp_path / "two_nodes.out")
     n1, n2 = slurm_multi.nodes
     assert f"rank 0/2 on host {n1}" in text and f"rank 1/2 on host {n2}" in text, text[-3000:]
-    assert f"2 node(s) × 1 task(s)" in text and f"master {n1}:" in text
+    assert "2 node(s) × 1 task(s)" in text and f"master {n1}:" in text
     one = _log(tmp_path / "one_node.out")
     hosts = {ln.split(" on host ")[1].split()[0].rstrip(",") for ln in one.splitlines() if " on host " in ln}
     assert len(hosts) == 1, one[-3000:]  # both ranks (and the cell's start line) on one host

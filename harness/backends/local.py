@@ -54,7 +54,8 @@ def _die_with_parent() -> None:
 def _run_cell(config_dict: dict) -> dict:
     """One cell in a worker; its log goes to the run directory so parallel cells don't interleave on the terminal."""
     from fcn.errors import UserError
-    from fcn.train import run_dir, train
+    from fcn.cell import run_dir
+    from fcn.train import train
 
     config = RunConfig.from_dict(config_dict)
     rdir = run_dir(config)

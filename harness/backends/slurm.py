@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fcn.config import RunConfig
+from fcn.cell import harness_dir
 from fcn.errors import UserError
 
 
@@ -123,7 +124,7 @@ def check(opts: SlurmOptions) -> None:
 
 
 def _jobs_file(out_dir: str, experiment: str) -> Path:
-    return Path(out_dir) / experiment / ".harness" / "slurm_jobs.json"
+    return harness_dir(out_dir, experiment) / "slurm_jobs.json"
 
 
 def _alive(job_ids: list[str]) -> set[str]:
@@ -150,7 +151,7 @@ def run(configs: list[RunConfig], opts: SlurmOptions, *, uri: str, wait: bool = 
     to_submit = [c for c in configs if known.get(c.key) not in alive]
     if to_submit:
         # A fresh folder per submission: Slurm job ids restart when a cluster's state is wiped (FACTS.md).
-        folder = Path(out_dir) / experiment / ".harness" / "submitit" / time.strftime("%Y%m%d-%H%M%S")
+        folder = harness_dir(out_dir, experiment) / "submitit" / time.strftime("%Y%m%d-%H%M%S")
         ex = executor(folder, opts, f"fcn-{experiment}", to_submit)
         jobs = ex.map_array(CellJob(), [c.to_dict() for c in to_submit])
         for c, j in zip(to_submit, jobs):
