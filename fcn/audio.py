@@ -19,6 +19,7 @@ is another filter: bench/preprocess.py.)
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from math import gcd
 
@@ -77,6 +78,7 @@ def _why(path: str, e: Exception) -> str:
     msg = " ".join(str(e).split()) or type(e).__name__
     for noise in (f"Error opening {path!r}: ", f": {path!r}", f'file "{path}" ', "Failed to open audio file: "):
         msg = msg.replace(noise, "")
+    msg = re.sub(r"^\[Errno -?\d+\] ", "", msg)  # FFmpeg's error number says nothing its text does not
     if "does not exist" in msg:  # libsndfile's MP3 probe says this for any unrecognised bytes; the file does exist
         msg = "format not recognised"
     return f"not audio or unreadable ({msg})"

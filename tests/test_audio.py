@@ -145,3 +145,36 @@ def test_lame_tag_gapless_values(tmp_path):
     wav = tmp_path / "t.wav"
     sf.write(wav, _tone(16_000, 0.1, channels=1), 16_000)
     assert _lame_gapless(str(wav)) is None
+
+
+def test_a_store_records_its_decoder_and_parts_of_two_decoders_never_mix(tmp_path):
+    """fcn.preprocess's --decoder reaches the store's attrs, and a resumed build never reuses another decoder's parts
+    (the parts' manifest names the decoder)."""
+    from fcn.data import MTAT_TOP50, Item
+    from fcn.errors import UserError
+    from fcn.frontends import FrontEndParams
+    from fcn.preprocess import _manifest, build
+    from fcn.store import read_meta
+
+    items = []
+    for i in range(2):
+        path = tmp_path / f"c{i}.mp3"
+        sf.write(path, _tone(16_000, 1.0, 300.0 + 100 * i, channels=1), 16_000, format="MP3")
+        items.append(Item(f"c{i}", str(path), np.zeros(50, np.uint8), "train"))
+    params = FrontEndParams.for_seconds(1.0)
+    assert _manifest(items, params, ("mel",), 32, "soundfile") != _manifest(items, params, ("mel",), 32, "ffmpeg")
+    out = tmp_path / "s.h5"
+    rep = build(items, list(MTAT_TOP50), dataset="mtat", out=out, params=params, inputs=("mel",), workers=1,
+                progress=False, decoder="ffmpeg")
+    assert rep.written == 2 and not rep.skipped and read_meta(out)["decoder"] == "ffmpeg"
+    with pytest.raises(UserError, match="unknown decoder 'mad'"):
+        build(items, list(MTAT_TOP50), dataset="mtat", out=out, params=params, decoder="mad")
+
+
+def test_preprocess_cli_offers_the_decoders(capsys):
+    from fcn.preprocess import main
+
+    with pytest.raises(SystemExit):
+        main(["--decoder", "mad"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'mad'" in err and all(d in err for d in DECODERS)
