@@ -380,7 +380,7 @@ def run(quick: bool = False) -> Section:
                 f"≤ {TARGET_MTAT_S / 60:.0f} min", total <= TARGET_MTAT_S,
                 f"= {f_ours:.1f} s fixed + {MTAT_CLIPS:,} ÷ {m_ours:.1f} clips/s; the target needs {need:.0f} clips/s, "
                 f"{need / m_ours:.1f}× this machine's rate (≈ {workers * need / m_ours:.0f} of these cores at this "
-                f"load)"))
+                f"load); {_mtat_limit(bds['glibc-keep'], workers)}"))
         sec.details = (_decoder_details(dec, formats) + "\n\n"
                        + _details(bds, gen_s, mb, sizes, t_ours, t_peers, workers, _checks(paths[:2]))
                        + "\n\n" + _profile_text(sizes, bds["glibc-keep"]))
@@ -519,6 +519,18 @@ def _limit(bd: dict) -> str:
             f"{budget:.1f} ms; decoding, the same libsndfile/mpg123 in both paths, takes {dec:.1f} of them, and our "
             f"other stages take {ours - dec:.1f} where {max(0.0, budget - dec):.1f} would fit: "
             + ", ".join(f"{name} {v:.1f}" for v, name in rest) + " ms")
+
+
+def _mtat_limit(bd: dict, workers: int) -> str:
+    """What bounds the MTAT projection, from the single-core breakdown, and what would move it."""
+    budget = workers * TARGET_MTAT_S * 1000.0 / MTAT_CLIPS
+    dec = next(v for k, v in bd.items() if k.startswith("ours: decode"))
+    ours = _sums(bd)[0]
+    return (f"limit: {TARGET_MTAT_S / 60:.0f} min on {workers} cores leaves {budget:.1f} ms of one core per clip, "
+            f"and our stages take {ours:.1f} (single-core breakdown below): decoding with the fastest decoder "
+            f"{dec:.1f}, the rest the resampler, the front ends and the write. No decoder closes that gap (the "
+            f"decoder table); what would: the front ends on a GPU (the GPU row), or more cores, i.e. one build "
+            f"spread over a cluster's nodes (issue 15, item 2)")
 
 
 def _sums(bd: dict) -> tuple[float, float]:
