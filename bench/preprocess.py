@@ -457,10 +457,11 @@ def _profile_text(sizes, bd: dict) -> str:
     dec = next(v for k, v in bd.items() if k.startswith("ours: decode"))
     ours_sum = sum(v for k, v in bd.items() if k.startswith("ours:"))
     return (f"Profile of our {n}-clip build: {p['wall']:.1f} s wall; the {p['workers']} worker processes used "
-            f"{p['workers_cpu']:.1f} CPU s, {busy:.0%} of {p['workers']} cores over the build. The idle share is "
-            f"the pool's start (spawn + importing torch in each worker, part of the fixed cost), the last shard's "
-            f"tail, and the parent's serial assembly of the store ({p['assembly']:.1f} s, one core, the workers "
-            f"gone). Inside a worker, decoding ({dec:.1f} ms/clip single-core, {dec / ours_sum:.0%} of our "
+            f"{p['workers_cpu']:.1f} CPU s, {busy:.0%} of {p['workers']} cores over the build (load average "
+            f"{os.getloadavg()[0]:.1f} after it: time other processes took is not idle). Where our own build leaves "
+            f"cores idle: the pool's start (spawn + importing torch in each worker, part of the fixed cost), the "
+            f"last shard's tail, and the parent's serial assembly of the store ({p['assembly']:.1f} s, one core, "
+            f"the workers gone). Inside a worker, decoding ({dec:.1f} ms/clip single-core, {dec / ours_sum:.0%} of our "
             f"stages) and the front ends run one after the other on the same core, so with one worker per core no "
             f"core waits on decoding in the steady state. The opportunity is at the edges: assembling the store "
             f"while the workers still compute (append each finished shard as it lands instead of after the last), "
