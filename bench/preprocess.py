@@ -10,6 +10,11 @@ workers gets one BLAS thread, as ours get one torch thread (unlimited, OpenBLAS 
 Clips are synthetic music-like audio written as 16 kHz mono MP3 of 29.1 s, MTAT's format. Throughput is measured at
 two sizes: the difference gives the marginal rate, the rest is fixed start-up cost, and both project the time for all
 of MTAT (25,863 clips) on this machine.
+
+Decoders (fcn.audio.DECODERS) side by side, one core, on the same files at MTAT's 16 kHz mono and MSD's 44.1 kHz
+stereo (30 s, 7digital's preview format): decode alone, and decode + downmix + resample to 12 kHz (fcn.audio.load),
+each output checked against the default decoder's after alignment (SNR ≥ fcn.audio.TOLERANCE_DB). Two ways of
+resampling inside the decoder (pedalboard's `resampled_to`, FFmpeg's swresample) are timed beside them.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from bench.common import (NO_GPU, Row, Section, allocator_env, apply_allocator, 
                           median, run_worker, time_calls, worker_main)
 
 MTAT_CLIPS = 25_863
+MSD_SR, MSD_SECONDS = 44_100, 30.0  # MSD's 7digital previews: 44.1 kHz stereo MP3, mostly 30 s
+DECODER_CLIPS = 8  # files per format in the decoder table (distinct audio, each decoded 5 times per decoder)
 MTAT_SECONDS = 29.1
 SOURCE_SR = 16_000  # MTAT's MP3s
 TARGET_RATIO = 2.0  # ours vs peers, clips/s
@@ -34,14 +41,16 @@ GPU_TARGET = 100.0  # GPU front ends vs librosa
 
 # ---------------------------------------------------------------- synthetic clips
 
-def make_clips(folder: Path, n: int, distinct: int = 64, seconds: float = MTAT_SECONDS, seed: int = 0) -> list[Path]:
-    """n music-like clips (a few harmonic voices with vibrato, percussive clicks, noise) as 16 kHz MP3: `distinct`
-    generated ones (synthesis is slower than decoding), then copies of them under new names."""
+def make_clips(folder: Path, n: int, distinct: int = 64, seconds: float = MTAT_SECONDS, seed: int = 0,
+               sr: int = SOURCE_SR, channels: int = 1) -> list[Path]:
+    """n music-like clips (a few harmonic voices with vibrato, percussive clicks, noise) as MP3 at `sr` (16 kHz mono:
+    MTAT's; 44.1 kHz stereo: MSD's, each voice panned): `distinct` generated ones (synthesis is slower than
+    decoding), then copies of them under new names."""
     import soundfile as sf
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SOURCE_SR)) / SOURCE_SR
+    t = np.arange(int(seconds * sr)) / sr
     paths = []
     for i in range(n):
         p = folder / f"{i % 16:x}" / f"clip-{i:05d}.mp3"
@@ -50,15 +59,17 @@ def make_clips(folder: Path, n: int, distinct: int = 64, seconds: float = MTAT_S
             shutil.copyfile(paths[i % distinct], p)
             paths.append(p)
             continue
-        x = np.zeros_like(t)
+        x = np.zeros((len(t), channels))
         for _ in range(rng.integers(2, 5)):
             f0 = rng.uniform(80, 900) * (1 + 0.01 * np.sin(2 * np.pi * rng.uniform(4, 7) * t))
-            phase = 2 * np.pi * np.cumsum(f0) / SOURCE_SR
-            x += sum(np.sin(k * phase) / k ** rng.uniform(1, 2) for k in range(1, 6)) * rng.uniform(0.1, 0.4)
+            phase = 2 * np.pi * np.cumsum(f0) / sr
+            v = sum(np.sin(k * phase) / k ** rng.uniform(1, 2) for k in range(1, 6)) * rng.uniform(0.1, 0.4)
+            pan = rng.uniform(0.2, 0.8)
+            x += v[:, None] * (np.array([pan, 1 - pan]) if channels == 2 else 1.0)
         beat = (np.sin(2 * np.pi * rng.uniform(1, 3) * t) > 0.95) * rng.standard_normal(len(t)) * 0.2
-        x = x + beat + rng.standard_normal(len(t)) * 0.01
+        x = x + beat[:, None] + rng.standard_normal(x.shape) * 0.01
         x = (0.8 * x / np.abs(x).max()).astype(np.float32)
-        sf.write(p, x, SOURCE_SR, format="MP3", subtype="MPEG_LAYER_III")
+        sf.write(p, x if channels == 2 else x[:, 0], sr, format="MP3", subtype="MPEG_LAYER_III")
         paths.append(p)
     return paths
 
@@ -73,16 +84,42 @@ def items_for(paths: list[Path]):
 
 # ---------------------------------------------------------------- the two paths
 
+PROFILE: dict[int, dict] = {}  # clips -> where our build's time went (ours() fills it)
+
+
 def ours(paths: list[Path], out: Path, workers: int) -> float:
-    """Seconds for fcn.preprocess.build of all three inputs into one store."""
+    """Seconds for fcn.preprocess.build of all three inputs into one store (with fcn.audio's default decoder).
+
+    Also profiles the build into PROFILE: CPU seconds of the worker processes (reaped by the end of the build, so
+    RUSAGE_CHILDREN has them) and the wall time of the parent's serial assembly of the store (write_store)."""
+    import resource
+
+    import fcn.store
     from fcn.data import MTAT_TOP50
     from fcn.frontends import FrontEndParams
     from fcn.preprocess import build
 
+    write_store, assembly = fcn.store.write_store, []
+
+    def timed_write_store(*a, **k):
+        t = time.perf_counter()
+        try:
+            return write_store(*a, **k)
+        finally:
+            assembly.append(time.perf_counter() - t)
+
+    fcn.store.write_store = timed_write_store  # build imports it at call time
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    rep = build(items_for(paths), list(MTAT_TOP50), dataset="mtat", out=out, params=FrontEndParams(),
-                workers=workers, progress=False)
+    try:
+        rep = build(items_for(paths), list(MTAT_TOP50), dataset="mtat", out=out, params=FrontEndParams(),
+                    workers=workers, progress=False)
+    finally:
+        fcn.store.write_store = write_store
     dt = time.perf_counter() - t0
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    PROFILE[len(paths)] = dict(wall=dt, workers_cpu=(c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime),
+                               assembly=sum(assembly), workers=workers)
     if rep.written != len(paths):
         raise RuntimeError(f"fcn.preprocess wrote {rep.written} of {len(paths)} clips: {rep.text()[:500]}")
     return dt
@@ -158,9 +195,89 @@ def mfcc_checks(waves) -> dict[str, float]:
 
 
 def worker(spec: dict) -> dict:
-    """The stage breakdown under one allocator (a fresh process: glibc-keep's mallopt must come first)."""
+    """The stage breakdown under one allocator (a fresh process: glibc-keep's mallopt must come first), or the
+    decoder table."""
+    if "formats" in spec:
+        return decoder_table({k: [Path(p) for p in v] for k, v in spec["formats"].items()})
     apply_allocator(spec["allocator"])
     return breakdown([Path(p) for p in spec["paths"]])
+
+
+# ---------------------------------------------------------------- decoders side by side (1 core)
+
+def _in_decoder_resamplers(sr: int) -> dict:
+    """Resampling inside the decoder, as the libraries offer it: name -> fn(path) -> mono float32 at sr."""
+    def pedalboard_resampled(path):
+        from pedalboard.io import AudioFile
+
+        with AudioFile(path).resampled_to(sr) as f:  # its default quality, WindowedSinc32
+            return f.read(f.frames).mean(axis=0)
+
+    def ffmpeg_swresample(path):
+        import av
+
+        with av.open(path) as c:
+            s = c.streams.audio[0]
+            # the file's layout, then the channel mean: FFmpeg's own stereo → mono matrix is (L + R) / √2, not the mean
+            rs = av.AudioResampler(format="fltp", layout=s.layout.name, rate=sr)
+            parts = [o.to_ndarray() for fr in c.decode(s) for o in rs.resample(fr)]
+            parts += [o.to_ndarray() for o in rs.resample(None)]
+        return np.concatenate(parts, axis=1).mean(axis=0)
+
+    return {"pedalboard, resampled_to(12 kHz) while decoding": pedalboard_resampled,
+            "ffmpeg, swresample to 12 kHz while decoding": ffmpeg_swresample}
+
+
+def align(ref: np.ndarray, x: np.ndarray, max_lag: int = 2048) -> tuple[int, float, float]:
+    """(lag, SNR dB, max |difference|) of `x` against `ref` after the integer shift that aligns them best
+    (x[i + lag] ≈ ref[i]; searched on 16,384 samples a quarter into the clip), over the whole overlap."""
+    a0 = len(ref) // 4
+    r = ref[a0:a0 + 16384]
+    errs = [float(np.sum((r - x[a0 + lag:a0 + lag + len(r)]) ** 2)) if 0 <= a0 + lag and a0 + lag + len(r) <= len(x)
+            else np.inf for lag in range(-max_lag, max_lag + 1)]
+    lag = int(np.argmin(errs)) - max_lag
+    a, b = ref[max(0, -lag):], x[max(0, lag):]
+    m = min(len(a), len(b))
+    d = a[:m] - b[:m]
+    snr = 10 * np.log10(float(np.sum(a[:m].astype(np.float64) ** 2)) / max(float(np.sum(d.astype(np.float64) ** 2)),
+                                                                             1e-30))
+    return lag, float(min(snr, 300.0)), float(np.abs(d).max())
+
+
+def decoder_table(formats: dict[str, list[Path]], passes: int = 5) -> dict:
+    """Per format: per decoder, ms per clip of decode alone and of load (decode + downmix + resample to 12 kHz), one
+    torch thread, median of `passes` passes over the files with the variants interleaved (drift hits all alike);
+    and each output's lag, SNR and max |diff| against the default decoder's (worst over the files)."""
+    import torch
+
+    from fcn.audio import DECODERS, DEFAULT_DECODER, SAMPLE_RATE, decode, load
+
+    torch.set_num_threads(1)
+    out = {}
+    for fmt, paths in formats.items():
+        ps = [str(p) for p in paths]
+        variants = {}
+        for d in DECODERS:
+            variants[f"{d}: decode"] = lambda p, d=d: decode(p, d)[0]
+            variants[f"{d}: load"] = lambda p, d=d: load(p, SAMPLE_RATE, d)
+        variants.update(_in_decoder_resamplers(SAMPLE_RATE))
+        outs = {k: [fn(p) for p in ps] for k, fn in variants.items()}  # also the warm-up (imports, first calls)
+        times = {k: [] for k in variants}
+        for _ in range(passes):
+            for k, fn in variants.items():
+                t0 = time.perf_counter()
+                for p in ps:
+                    fn(p)
+                times[k].append((time.perf_counter() - t0) * 1000.0 / len(ps))
+        rows = {}
+        for k in variants:
+            ref = outs[f"{DEFAULT_DECODER}: decode" if k.endswith(": decode") else f"{DEFAULT_DECODER}: load"]
+            checks = [align(r, x) for r, x in zip(ref, outs[k])]
+            rows[k] = dict(ms=median(times[k]), lags=sorted({c[0] for c in checks}), snr=min(c[1] for c in checks),
+                           maxdiff=max(c[2] for c in checks),
+                           length_diff=sorted({len(x) - len(r) for r, x in zip(ref, outs[k])}))
+        out[fmt] = rows
+    return out
 
 
 def breakdown(paths: list[Path]) -> dict[str, float]:
@@ -221,7 +338,13 @@ def run(quick: bool = False) -> Section:
     try:
         t0 = time.perf_counter()
         paths = make_clips(tmp / "audio", max(sizes))
+        msd = make_clips(tmp / "msd", DECODER_CLIPS, distinct=DECODER_CLIPS, seconds=MSD_SECONDS, seed=1,
+                         sr=MSD_SR, channels=2)
         gen_s = time.perf_counter() - t0
+        formats = {"MTAT: 16 kHz mono, 29.1 s": paths[:DECODER_CLIPS], "MSD: 44.1 kHz stereo, 30 s": msd}
+        dec = run_worker("preprocess", dict(formats={k: [str(p) for p in v] for k, v in formats.items()}),
+                         timeout=900)
+        sec.rows += _decoder_rows(dec)
         mb = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
         # an untimed run of each path first: librosa's numba functions compile once and cache to disk, so without
         # it the first timed run alone would pay the compilation and the two sizes would not share one fixed cost
@@ -257,12 +380,93 @@ def run(quick: bool = False) -> Section:
                 f"≤ {TARGET_MTAT_S / 60:.0f} min", total <= TARGET_MTAT_S,
                 f"= {f_ours:.1f} s fixed + {MTAT_CLIPS:,} ÷ {m_ours:.1f} clips/s; the target needs {need:.0f} clips/s, "
                 f"{need / m_ours:.1f}× this machine's rate (≈ {workers * need / m_ours:.0f} of these cores at this "
-                f"load)"))
-        sec.details = _details(bds, gen_s, mb, sizes, t_ours, t_peers, workers, _checks(paths[:2]))
+                f"load); {_mtat_limit(bds['glibc-keep'], workers)}"))
+        sec.details = (_decoder_details(dec, formats) + "\n\n"
+                       + _details(bds, gen_s, mb, sizes, t_ours, t_peers, workers, _checks(paths[:2]))
+                       + "\n\n" + _profile_text(sizes, bds["glibc-keep"]))
         sec.rows.append(_gpu_row(paths[:32 if quick else 64]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return sec
+
+
+def _decoder_rows(dec: dict) -> list[Row]:
+    """One row per format: the fastest decoder's load() rate on one core against the others, outputs checked."""
+    from fcn.audio import DECODERS, DEFAULT_DECODER, TOLERANCE_DB
+
+    rows = []
+    for fmt, r in dec.items():
+        rate = {d: 1000.0 / r[f"{d}: load"]["ms"] for d in DECODERS}
+        order = sorted(DECODERS, key=lambda d: -rate[d])
+        win, second = order[0], order[1]
+        equal = all(r[f"{d}: {k}"]["snr"] >= TOLERANCE_DB and r[f"{d}: {k}"]["lags"] == [0]
+                    for d in DECODERS for k in ("decode", "load"))
+        worst = min(r[f"{d}: load"]["snr"] for d in DECODERS)
+        dw = {d: r[f"{d}: decode"]["ms"] for d in DECODERS}
+        why = (f"{win} wins on decoding itself: {dw[win]:.1f} ms per clip vs "
+               + ", ".join(f"{d} {dw[d]:.1f}" for d in order[1:])
+               + f"; the resampling after it is the same for all ({r[f'{win}: load']['ms'] - dw[win]:.1f} ms)")
+        if win != DEFAULT_DECODER:
+            why += (f". fcn.audio.DEFAULT_DECODER is {DEFAULT_DECODER} ({rate[DEFAULT_DECODER]:.0f} clips/s here): "
+                    f"{rate[win] / rate[DEFAULT_DECODER]:.2f}× in this run, within this shared machine's noise "
+                    f"unless the other format agrees")
+        rows.append(Row(f"decoders, {fmt} MP3 → mono 12 kHz (load: decode + downmix + resample), 1 core: "
+                        f"fastest {win}", fmt_rate(rate[win], "clips/s"),
+                        ", ".join(f"{d}: {fmt_rate(rate[d], 'clips/s')}" for d in order[1:]),
+                        f"{rate[win] / rate[second]:.2f}× the next", f"outputs equal (SNR ≥ {TOLERANCE_DB:.0f} dB, "
+                        f"no lag)", equal, f"worst SNR against {DEFAULT_DECODER}: {worst:.0f} dB; {why}"))
+    return rows
+
+
+def _decoder_details(dec: dict, formats: dict) -> str:
+    from fcn.audio import DEFAULT_DECODER, TOLERANCE_DB
+
+    lines = [f"Decoders side by side (fcn.audio.DECODERS; one torch thread, median of 5 interleaved passes over "
+             f"{DECODER_CLIPS} distinct synthetic clips per format, written by libsndfile's LAME as VBR MP3 with a "
+             f"LAME tag). Each output is compared with {DEFAULT_DECODER}'s after the integer shift that aligns them "
+             f"best (lag: samples at the output's rate, positive = later); equal means SNR ≥ {TOLERANCE_DB:.0f} dB "
+             f"and no lag (float16 features resolve ~66 dB). Worst values over the files.", "",
+             "| format | variant | ms per clip | clips/s | lag | length − reference | SNR (dB) | max abs diff |",
+             "|---|---|---:|---:|---|---|---:|---:|"]
+    for fmt, r in dec.items():
+        for k, v in r.items():
+            lines.append(f"| {fmt} | {k} | {v['ms']:.1f} | {1000.0 / v['ms']:.0f} | "
+                         f"{', '.join(map(str, v['lags']))} | {', '.join(map(str, v['length_diff']))} | "
+                         f"{v['snr']:.1f} | {v['maxdiff']:.1e} |")
+    lines += ["", "Reading the table: `decode` is the file's samples at its own rate (channel mean), `load` adds "
+              "fcn.audio's torchaudio resampler to 12 kHz, the same after every decoder. pedalboard (JUCE) does not "
+              "read the LAME tag: untrimmed, its output starts 1105 samples late (LAME's 576-sample encoder delay + "
+              "the decoder's 529) and runs on into the padding; fcn.audio trims both from the tag, so the lag above "
+              "is 0. The two in-decoder resamplers keep that delay where they have it (pedalboard's is 828.75 "
+              "samples at 12 kHz, not an integer: no shift aligns it) and are other filters than torchaudio's, so "
+              "their SNR measures a different resampler, not an error; neither is faster than decoding at the "
+              "file's rate and resampling after. Also seen while building this (not timed): for a VBR MP3 whose "
+              "Xing frame is missing, libsndfile and pedalboard trust the first frame's bitrate for the length and "
+              "stop early (65 % of one 29 s clip), FFmpeg decodes to the end; MTAT's MP3s are CBR, where the "
+              "estimate is exact."]
+    return "\n".join(lines)
+
+
+def _profile_text(sizes, bd: dict) -> str:
+    """Where our build's wall time goes across the cores, from ours()'s PROFILE of the largest build."""
+    n = max(sizes)
+    p = PROFILE.get(n)
+    if not p:
+        return ""
+    busy = p["workers_cpu"] / (p["wall"] * p["workers"])
+    dec = next(v for k, v in bd.items() if k.startswith("ours: decode"))
+    ours_sum = sum(v for k, v in bd.items() if k.startswith("ours:"))
+    return (f"Profile of our {n}-clip build: {p['wall']:.1f} s wall; the {p['workers']} worker processes used "
+            f"{p['workers_cpu']:.1f} CPU s, {busy:.0%} of {p['workers']} cores over the build (load average "
+            f"{os.getloadavg()[0]:.1f} after it: time other processes took is not idle). Where our own build leaves "
+            f"cores idle: the pool's start (spawn + importing torch in each worker, part of the fixed cost), the "
+            f"last shard's tail, and the parent's serial assembly of the store ({p['assembly']:.1f} s, one core, "
+            f"the workers gone). Inside a worker, decoding ({dec:.1f} ms/clip single-core, {dec / ours_sum:.0%} of our "
+            f"stages) and the front ends run one after the other on the same core, so with one worker per core no "
+            f"core waits on decoding in the steady state. The opportunity is at the edges: assembling the store "
+            f"while the workers still compute (append each finished shard as it lands instead of after the last), "
+            f"and, on machines with more cores than workers, decoding the next shard in a thread while the front "
+            f"ends run (the worker pool's file, not changed here).")
 
 
 def _fit(sizes, t: dict) -> tuple[float, float]:
@@ -316,6 +520,18 @@ def _limit(bd: dict) -> str:
             f"{budget:.1f} ms; decoding, the same libsndfile/mpg123 in both paths, takes {dec:.1f} of them, and our "
             f"other stages take {ours - dec:.1f} where {max(0.0, budget - dec):.1f} would fit: "
             + ", ".join(f"{name} {v:.1f}" for v, name in rest) + " ms")
+
+
+def _mtat_limit(bd: dict, workers: int) -> str:
+    """What bounds the MTAT projection, from the single-core breakdown, and what would move it."""
+    budget = workers * TARGET_MTAT_S * 1000.0 / MTAT_CLIPS
+    dec = next(v for k, v in bd.items() if k.startswith("ours: decode"))
+    ours = _sums(bd)[0]
+    return (f"limit: {TARGET_MTAT_S / 60:.0f} min on {workers} cores leaves {budget:.1f} ms of one core per clip, "
+            f"and our stages take {ours:.1f} (single-core breakdown below): decoding with the fastest decoder "
+            f"{dec:.1f}, the rest the resampler, the front ends and the write. No decoder closes that gap (the "
+            f"decoder table); what would: the front ends on a GPU (the GPU row), or more cores, i.e. one build "
+            f"spread over a cluster's nodes (issue 15, item 2)")
 
 
 def _sums(bd: dict) -> tuple[float, float]:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fcn.audio import DECODERS, DEFAULT_DECODER
 from fcn.errors import UserError, run_cli
 from fcn.frontends import INPUTS, FrontEndParams
 
@@ -85,15 +86,15 @@ class Report:
 
 # ---------------------------------------------------------------- one shard (runs in a worker process)
 
-def _decode(path: str, params: FrontEndParams):
+def _decode(path: str, params: FrontEndParams, decoder: str = DEFAULT_DECODER):
     """(wave at the clip length, warning text) of one file; AudioError when it is not usable audio."""
     from fcn.audio import AudioError, fix_length, info, load
 
-    meta = info(path)  # header only (~0.1 ms): refuse absurd lengths before decoding them whole
+    meta = info(path, decoder)  # header only (~0.1 ms): refuse absurd lengths before decoding them whole
     if meta.seconds > MAX_SECONDS:
         raise AudioError(path, f"{meta.seconds:.0f} s long, over the {MAX_SECONDS:.0f} s limit "
                                "(a whole track or album, not a clip?)")
-    x = load(path, sr=params.sample_rate)
+    x = load(path, sr=params.sample_rate, decoder=decoder)
     got = len(x) / params.sample_rate
     note = []
     if meta.seconds and got < TRUNCATED * meta.seconds:
@@ -116,7 +117,7 @@ def _process_shard(job, send) -> None:
     from fcn.audio import AudioError
     from fcn.frontends import compute
 
-    items, params, inputs, dest, preskip = job
+    items, params, inputs, dest, decoder, preskip = job
     waves, status = [], []
     for j, (cid, path) in enumerate(items):
         if j in preskip:
@@ -124,7 +125,7 @@ def _process_shard(job, send) -> None:
             continue
         send("clip", j)
         try:
-            x, note = _decode(path, params)
+            x, note = _decode(path, params, decoder)
         except AudioError as e:
             status.append(("skip", e.reason))  # the report names the path already
             continue
@@ -293,7 +294,7 @@ def _run_shards(jobs: dict, n_workers: int, decode_timeout: float, on_done) -> N
 
 # ---------------------------------------------------------------- the whole build
 
-def _manifest(items, params: FrontEndParams, inputs, shard_size: int) -> str:
+def _manifest(items, params: FrontEndParams, inputs, shard_size: int, decoder: str = DEFAULT_DECODER) -> str:
     """What the parts of a build depend on: a rerun resumes only parts made from exactly this."""
     from fcn.store import FORMAT_VERSION
 
@@ -301,6 +302,7 @@ def _manifest(items, params: FrontEndParams, inputs, shard_size: int) -> str:
     h.update(f"format {FORMAT_VERSION}\n".encode())  # parts of an older format's build must not be reused
     h.update(params.to_json().encode())
     h.update(json.dumps([list(inputs), shard_size]).encode())  # the shard size fixes which clips each part holds
+    h.update(f"decoder {decoder}\n".encode())  # one store, one decoder (fcn.audio: they differ in the last bits)
     for it in items:
         try:  # a replaced or re-copied audio file must not be served from an old part
             st = os.stat(it.path)
@@ -335,7 +337,8 @@ def _default_workers() -> int:
 
 def build(items, tags, *, dataset: str, out: str | Path, params: FrontEndParams = FrontEndParams(),
           inputs=INPUTS, workers: int = 0, progress: bool = True, reader_problems=(),
-          shard_size: int = SHARD_SIZE, decode_timeout: float = DECODE_TIMEOUT) -> Report:
+          shard_size: int = SHARD_SIZE, decode_timeout: float = DECODE_TIMEOUT,
+          decoder: str = DEFAULT_DECODER) -> Report:
     """Build the store at `out` from data set items (fcn.data.Item); returns the report (also saved beside it).
 
     Parts of an interrupted build with the same items, parameters and shard size under `<out>.parts/` are reused;
@@ -350,6 +353,8 @@ def build(items, tags, *, dataset: str, out: str | Path, params: FrontEndParams 
     inputs = tuple(inputs)
     if shard_size < 1:
         raise UserError(f"shard size must be >= 1, not {shard_size}")
+    if decoder not in DECODERS:
+        raise UserError(f"unknown decoder {decoder!r}: choose from {', '.join(DECODERS)}")
     report = Report(reader_problems=list(reader_problems))
     seen, unique = set(), []
     for it in items:
@@ -361,7 +366,7 @@ def build(items, tags, *, dataset: str, out: str | Path, params: FrontEndParams 
     if not unique:
         raise UserError(f"no clips to preprocess for {out}: check the data root and split lists")
     parts = out.with_name(out.name + ".parts")
-    manifest = _manifest(unique, params, inputs, shard_size)
+    manifest = _manifest(unique, params, inputs, shard_size, decoder)
     old = (parts / "manifest").read_text() if (parts / "manifest").exists() else ""
     if parts.exists() and old != manifest:
         shutil.rmtree(parts)  # left by a build of other clips or parameters: not ours to resume
@@ -377,7 +382,7 @@ def build(items, tags, *, dataset: str, out: str | Path, params: FrontEndParams 
     shards = [unique[i:i + shard_size] for i in range(0, len(unique), shard_size)]
     dests = [parts / f"shard-{i:06d}.npz" for i in range(len(shards))]
     status = {i: _shard_status(d, len(s), inputs) for i, (s, d) in enumerate(zip(shards, dests))}
-    todo = {i: (tuple((it.clip_id, it.path) for it in shards[i]), params, inputs, dests[i])
+    todo = {i: (tuple((it.clip_id, it.path) for it in shards[i]), params, inputs, dests[i], decoder)
             for i, st in status.items() if st is None}
     report.shards, report.resumed_shards = len(shards), len(shards) - len(todo)
     if report.resumed_shards:
@@ -418,7 +423,7 @@ def build(items, tags, *, dataset: str, out: str | Path, params: FrontEndParams 
     write_store(out, dataset=dataset, tags=tags, params=params, inputs=list(inputs),
                 clip_ids=[it.clip_id for it in keep], paths=[it.path for it in keep],
                 splits=[it.split for it in keep], labels=np.stack([it.labels for it in keep]),
-                feature_chunks=chunks())
+                feature_chunks=chunks(), decoder=decoder)
     shutil.rmtree(parts, ignore_errors=True)
     report.written = len(keep)
     report.seconds = time.time() - t0
@@ -563,6 +568,8 @@ def main(argv=None) -> None:
     ap.add_argument("--decode-timeout", type=float, default=DECODE_TIMEOUT,
                     help=f"seconds after which a file's decoding counts as hung and the file is skipped "
                          f"(default: {DECODE_TIMEOUT:g})")
+    ap.add_argument("--decoder", choices=DECODERS, default=DEFAULT_DECODER,
+                    help=f"MP3/WAV decoder (fcn/audio.py; default: {DEFAULT_DECODER}, the fastest measured)")
     add_config_arguments(ap)
     args = ap.parse_args(argv)
     if args.shard_size < 1 or args.decode_timeout <= 0 or args.workers < 0:
@@ -573,7 +580,8 @@ def main(argv=None) -> None:
     with _lock(out.with_name(out.name + ".lock")):
         tags, items, problems = read_items(config)
         report = build(items, tags, dataset=config.dataset, out=out, params=config.frontend, workers=args.workers,
-                       reader_problems=problems, shard_size=args.shard_size, decode_timeout=args.decode_timeout)
+                       reader_problems=problems, shard_size=args.shard_size, decode_timeout=args.decode_timeout,
+                       decoder=args.decoder)
     print(report.text(max_lines=20))
     print(f"store: {out}\nreport: {out}.report.txt")
 

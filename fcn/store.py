@@ -1,7 +1,7 @@
 """The HDF5 feature store: every input type's features, labels, clip ids and splits of one data set in one file.
 
 Layout (DESIGN.md): datasets `mel`/`stft`/`mfcc` (N, rows, frames) float16, `labels` (N, 50) uint8, `clip_id`,
-`split`, `path` (N,) str; attrs `format_version`, `dataset`, `tags`, `frontend`, `inputs`.
+`split`, `path` (N,) str; attrs `format_version`, `dataset`, `tags`, `frontend`, `inputs`, `decoder`.
 float16 costs at most 0.016 dB and halves the reads; contiguous (unchunked, uncompressed) datasets gave the fastest
 random reads here (FACTS.md: 2,900-4,300 clips/s cold, 23-35 k warm, vs 1,255-2,230 chunked + compressed).
 """
@@ -23,14 +23,17 @@ from fcn.frontends import FrontEndParams
 # are the derived default.
 FORMAT_VERSION = 3
 SPLITS = ("train", "valid", "test")
+# the decoder of stores written before the attr `decoder` existed: fcn.audio had only this one then
+OLD_DECODER = "soundfile"
 
 
 def write_store(out: Path, *, dataset: str, tags: list[str], params: FrontEndParams, inputs: list[str],
                 clip_ids: list[str], paths: list[str], splits: list[str], labels: np.ndarray,
-                feature_chunks) -> Path:
+                feature_chunks, decoder: str = OLD_DECODER) -> Path:
     """Write the store to `out`.tmp and rename it on success, so a reader never sees half a store.
 
     `feature_chunks` yields dicts {kind: (n, rows, frames) array} in clip order, covering all len(clip_ids) clips.
+    `decoder` (fcn.audio.DECODERS) is recorded: decoders agree within fcn.audio.TOLERANCE_DB, not bit for bit.
     """
     import h5py
 
@@ -41,7 +44,7 @@ def write_store(out: Path, *, dataset: str, tags: list[str], params: FrontEndPar
     str_t = h5py.string_dtype("utf-8")
     with h5py.File(tmp, "w") as h:
         h.attrs.update(format_version=FORMAT_VERSION, dataset=dataset, tags=json.dumps(list(tags)),
-                       frontend=params.to_json(), inputs=json.dumps(list(inputs)))
+                       frontend=params.to_json(), inputs=json.dumps(list(inputs)), decoder=decoder)
         feats = {k: h.create_dataset(k, (n, params.rows(k), params.n_frames), dtype="float16") for k in inputs}
         h.create_dataset("labels", data=np.asarray(labels, dtype=np.uint8).reshape(n, len(tags)))
         h.create_dataset("clip_id", data=np.array(clip_ids, dtype=object), dtype=str_t)
@@ -74,6 +77,7 @@ def read_meta(path: str | Path) -> dict:
                 frontend=FrontEndParams.from_dict(json.loads(h.attrs["frontend"])),
                 inputs=json.loads(h.attrs["inputs"]), n=int(h["labels"].shape[0]),
                 format_version=int(h.attrs["format_version"]),
+                decoder=str(h.attrs.get("decoder", OLD_DECODER)),
             )
     except (OSError, KeyError) as e:
         raise UserError(f"{path} is not an fcn feature store ({e}); rebuild it with `python -m fcn.preprocess`")
