@@ -24,8 +24,13 @@ def _pyplot():
 
 
 def _save(fig, path: Path, footer: str) -> Path:
-    """`footer`: which command made the figure, and when (render.footer)."""
-    fig.text(0.01, 0.005, footer, fontsize=6, color="0.4", ha="left", va="bottom")
+    """Lay out and save; `footer` (which command made the figure, and when: render.Made) is wrapped to the figure's
+    width, since a grid command can be longer than one line of small print."""
+    import textwrap
+
+    lines = textwrap.wrap(footer, width=int(fig.get_figwidth() * 72 / (6 * 0.55)))  # 6 pt, ~0.55 em per character
+    fig.tight_layout(rect=(0, 0.01 + 0.11 * len(lines) / fig.get_figheight(), 1, 1))
+    fig.text(0.01, 0.005, "\n".join(lines), fontsize=6, color="0.4", ha="left", va="bottom")
     fig.savefig(path, dpi=120, metadata={"Description": footer, "Software": GENERATOR})
     _pyplot().close(fig)
     return path
@@ -62,7 +67,6 @@ def plot_auc_vs_depth(cells: dict[CellId, Cell], out: Path, footer: str) -> Path
         ax.set_ylabel("macro ROC-AUC (test)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
     return _save(fig, out / "auc_vs_depth.png", footer)
 
 
@@ -93,7 +97,6 @@ def plot_per_tag(cells: dict[CellId, Cell], cache: ArtifactCache, out: Path, foo
         ax.set_title(f"Per-tag ROC-AUC, {which}", fontsize=9)
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
     return _save(fig, out / "per_tag_auc.png", footer), which
 
 
@@ -121,5 +124,4 @@ def plot_fractions(grids: list[FractionGrid], cells: dict[CellId, Cell], out: Pa
                      "ROC-AUC by depth × training fraction", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
     return _save(fig, out / FRACTION_PLOT, footer)
