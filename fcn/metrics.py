@@ -4,7 +4,7 @@ The values are scikit-learn's (`roc_auc_score`, `average_precision_score` per ta
 to 1e-12, ties included), computed here in one vectorised pass: scikit-learn's per-call input checks made the
 50 tags × 2 scores of one validation 0.4 s on a 2-core CPU, longer than a demo-scale epoch's training.
 
-The core takes clip weights, so the bootstrap in harness/stats.py (weights = resample counts) shares it: a tag's
+The core takes clip weights, so the bootstrap in harness/bootstrap.py (weights = resample counts) shares it: a tag's
 scores are sorted once, and ROC-AUC is the weighted Mann-Whitney statistic (ties count one half), PR-AUC the step sum
 of precision over distinct thresholds (scikit-learn's average precision).
 """

@@ -144,6 +144,24 @@ def cell_runs(c, exp_id: str, key: str) -> list:
     return sorted(runs, key=lambda r: r.info.start_time or 0)
 
 
+def experiment_runs(uri: str, experiment: str, filter_string: str = "") -> list:
+    """Every run of an experiment matching `filter_string`, all pages (a sweep with seeds and fractions can pass one
+    page of 1,000); one line naming the experiments there are when `experiment` is not one of them."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in c.search_experiments())
+        raise UserError(f"MLflow experiment {experiment!r} not found in {redact(uri)} (it has: "
+                        f"{', '.join(names) or 'none'}); pass --experiment with one of them")
+    runs, token = [], None
+    while True:
+        page = c.search_runs([exp.experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 class Tracker:
     """MLflow logging of one cell from rank 0. After the start, a failing server costs a warning, not the run:
     metrics.json and the checkpoints stay the truth, and the next run of the command re-syncs the final result."""

@@ -10,12 +10,7 @@ from dataclasses import dataclass
 from fcn.config import DATASETS, RunConfig
 from fcn.frontends import INPUTS
 from fcn.models import DEPTHS
-
-# The paper's own cells (PAPER.md, Results): MTAT FCN-3/4/5 on mel and FCN-4 on STFT/MFCC; MSD FCN-3..7 on mel.
-PAPER_CELLS = frozenset(
-    [("mtat", "mel", d) for d in (3, 4, 5)] + [("mtat", i, 4) for i in ("stft", "mfcc")]
-    + [("msd", "mel", d) for d in (3, 4, 5, 6, 7)]
-)
+from harness.paper import PAPER_CELLS
 
 
 @dataclass(frozen=True)

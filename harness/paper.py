@@ -5,6 +5,7 @@ Source: Choi, Fazekas & Sandler, ISMIR 2016 (arXiv 1606.00298), as collected in 
 
 `PUBLISHED` holds the paper's tables; `MSD_RERUN` the first author's later re-run on MSD (no LR schedule, 480 epochs),
 which he gave because the published MSD numbers were not reproducible. Keys are (dataset, input, depth).
+`PAPER_CELLS` is the set of cells the paper trained (the one definition: the grid's `--paper` asks here).
 """
 from __future__ import annotations
 
@@ -48,6 +49,13 @@ MSD_RERUN: dict[tuple[str, str, int], PaperAUC] = {
         PaperAUC("msd", "mel", 5, 0.855, "first author's re-run (no LR schedule, 480 epochs)"),
     ]
 }
+
+# The paper's own cells (PAPER.md, Results): MTAT FCN-3/4/5 on mel and FCN-4 on STFT/MFCC; MSD FCN-3..7 on mel.
+# `harness.grid --paper` runs these (harness/cells.py).
+PAPER_CELLS: frozenset[tuple[str, str, int]] = frozenset(
+    [("mtat", "mel", d) for d in (3, 4, 5)] + [("mtat", i, 4) for i in ("stft", "mfcc")]
+    + [("msd", "mel", d) for d in (3, 4, 5, 6, 7)]
+)
 
 # The cells of the two result tables, in display order.
 INPUT_CELLS: list[tuple[str, str, int]] = [("mtat", inp, 4) for inp in ("mel", "stft", "mfcc")]

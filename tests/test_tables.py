@@ -1,68 +1,26 @@
-"""harness.tables against a real MLflow server, and harness.stats on its own.
+"""harness.tables against a real MLflow server, and harness.bootstrap on its own.
 
 The experiment is made exactly as DESIGN.md's MLflow schema says (run name = key, tag cell_key, params, test metrics,
-test_predictions.npz), with made-up predictions whose quality is known: mel > mfcc > stft on MTAT FCN-4, and the
-metrics logged are the macro AUCs of those predictions, as training logs them.
+test_predictions.npz: tests/logged_cells.py), with made-up predictions whose quality is known: mel > mfcc > stft on
+MTAT FCN-4, and the metrics logged are the macro AUCs of those predictions, as training logs them.
 """
 from __future__ import annotations
 
 import csv
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from harness import paper, stats
-from harness.tables import MISSING, write_tables
+from harness import bootstrap, paper
+from harness.tables import write_tables
+from harness.tables.render import MISSING
+from tests.logged_cells import labels, log_cell, predictions
 
-N_CLIPS, N_TAGS, N_BOOT = 300, 50, 200
+N_BOOT = 200
 SIGNAL = {"mel": 1.2, "mfcc": 0.6, "stft": 0.35}  # separation of positives from negatives: mel best
-
-
-def _labels(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = (rng.random((N_CLIPS, N_TAGS)) < 0.12).astype(np.uint8)
-    y[0, :] = 1  # every tag has positives and negatives
-    y[1, :] = 0
-    return np.array([f"clip{i:04d}" for i in range(N_CLIPS)]), y
-
-
-def _predictions(y: np.ndarray, signal: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(1000 + seed)
-    return (signal * y + rng.normal(size=y.shape)).astype(np.float32)
-
-
-def _log_cell(client, exp_id: str, key: str, clip_id, y, score, parent: str | None = None,
-              status: str = "FINISHED", with_test: bool = True) -> str:
-    dataset, inp, fcn, s = key.split("-")
-    tags = {"cell_key": key, "run_dir": f"/runs/exp/{key}"}
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    run = client.create_run(exp_id, run_name=key, tags=tags)
-    rid = run.info.run_id
-    params = {"dataset": dataset, "input": inp, "depth": fcn[3:], "seed": s[1:], "width": "1.0", "batch_size": "16",
-              "lr": "0.001", "key": key, "data_root": f"/data/{dataset}", "clip_seconds": "29.12",
-              "frontend_variant": "authors"}
-    for k, v in params.items():
-        client.log_param(rid, k, v)
-    for epoch in range(2):
-        client.log_metric(rid, "valid_roc_auc", 0.7 + 0.05 * epoch, step=epoch)
-    if with_test:
-        roc, pr = stats.macro_auc(y, score)
-        client.log_metric(rid, "test_roc_auc", roc)
-        client.log_metric(rid, "test_pr_auc", pr)
-        # Shuffle the clip order per run: the paired test must align by clip_id, not by row.
-        perm = np.random.default_rng(zlib.crc32(key.encode())).permutation(len(clip_id))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "test_predictions.npz"
-            np.savez(path, clip_id=clip_id[perm], y_true=y[perm], y_score=score[perm],
-                     tags=np.array([f"tag{i:02d}" for i in range(y.shape[1])]))
-            client.log_artifact(rid, str(path))
-    client.set_terminated(rid, status=status)
-    return rid
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +32,12 @@ def sweep(mlflow_server, tmp_path_factory):
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     exp_id = client.create_experiment("tables-test")
     parent = client.create_run(exp_id, run_name="sweep").info.run_id
-    clips, y = _labels(0)
+    clips, y = labels(0)
     logged: dict[str, float] = {}
 
     def cell(key, signal, seed=0, **kw):
-        score = _predictions(y, signal, seed + zlib.crc32(key.rsplit("-", 1)[0].encode()) % 97)
-        rid = _log_cell(client, exp_id, key, clips, y, score, parent=parent, **kw)
+        score = predictions(y, signal, seed + zlib.crc32(key.rsplit("-", 1)[0].encode()) % 97)
+        rid = log_cell(client, exp_id, key, clips, y, score, parent=parent, **kw)
         logged[key] = client.get_run(rid).data.metrics.get("test_roc_auc")
 
     for s in range(3):  # three seeds of the headline cell
@@ -89,10 +47,10 @@ def sweep(mlflow_server, tmp_path_factory):
     cell("mtat-mel-fcn3-s0", 0.9)
     cell("mtat-mel-fcn5-s0", 1.1, status="RUNNING", with_test=False)  # still training: missing
     cell("mtat-mel-fcn6-s0", 1.0, status="FAILED")  # failed: missing, even with a test metric
-    msd_clips, msd_y = _labels(1)
+    msd_clips, msd_y = labels(1)
     for d, sig in ((4, 0.8), (5, 1.0)):
         key = f"msd-mel-fcn{d}-s0"
-        rid = _log_cell(client, exp_id, key, msd_clips, msd_y, _predictions(msd_y, sig, d), parent=parent)
+        rid = log_cell(client, exp_id, key, msd_clips, msd_y, predictions(msd_y, sig, d), parent=parent)
         logged[key] = client.get_run(rid).data.metrics["test_roc_auc"]
     client.set_terminated(parent)
 
@@ -134,7 +92,7 @@ def test_input_table_numbers(sweep):
     assert mel["n_seeds"] == "3" and "t over 3 seeds" in mel["interval"]
     assert float(mel["roc_auc"]) == pytest.approx(np.mean(seeds), abs=1e-6)
     assert float(mel["roc_lo"]) < float(mel["roc_auc"]) < float(mel["roc_hi"])
-    ci = stats.seed_interval(seeds)
+    ci = bootstrap.seed_interval(seeds)
     assert float(mel["roc_lo"]) == pytest.approx(ci.lo, abs=1e-6)
     assert float(mel["paper_roc_auc"]) == pytest.approx(0.894)
     assert float(mel["diff_vs_paper"]) == pytest.approx(np.mean(seeds) - 0.894, abs=1e-6)
@@ -193,12 +151,12 @@ def test_files_logged_to_parent_run(sweep):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# harness.stats
+# harness.bootstrap
 
 
 def _toy(n=400, signal=1.0, seed=0):
-    clips, y = _labels(seed)
-    return clips[:n], y[:n], _predictions(y[:n], signal, seed)
+    clips, y = labels(seed)
+    return clips[:n], y[:n], predictions(y[:n], signal, seed)
 
 
 def test_rows_say_their_data_and_scale_and_synthetic_rows_have_no_delta(sweep):
@@ -212,17 +170,19 @@ def test_rows_say_their_data_and_scale_and_synthetic_rows_have_no_delta(sweep):
 
 
 def test_synthetic_cell_rows_leave_the_delta_empty():
-    from harness.tables import SYNTHETIC_DIFF, Cell, CellRun, _cell_row, _md_cell, _source, public_uri
+    from harness.tables.read import CellRun, run_source
+    from harness.tables.render import SYNTHETIC_DIFF, cell_row, md_cell, public_uri
+    from harness.tables.summarise import Cell
 
     params = {"dataset": "mtat", "width": "0.125", "clip_seconds": "3.0"}  # no data_root: the built-in data
-    run = CellRun("mtat-mel-fcn4-s0", "mtat", "mel", 4, 0, "r1", 0, 0.83, 0.38, _source(params), synthetic=True,
+    run = CellRun("mtat-mel-fcn4-s0", "mtat", "mel", 4, 0, "r1", 0, 0.83, 0.38, run_source(params), synthetic=True,
                   scale="width 0.125, 3.0 s clips, plain-db mel")
-    cell = Cell("mtat", "mel", 4, runs=[run], roc=stats.Interval(0.83, 0.8, 0.86, "bootstrap", 95))
-    row = _cell_row(cell)
+    cell = Cell("mtat", "mel", 4, runs=[run], roc=bootstrap.Interval(0.83, 0.8, 0.86, "bootstrap", 95))
+    row = cell_row(cell)
     assert row["data"] == "synthetic" and row["scale"] == run.scale and row["paper_roc_auc"] == "0.894000"
     assert row["diff_vs_paper"] == "" and row["roc_auc"] == "0.830000"
-    assert _md_cell(cell)["Δ vs paper"] == SYNTHETIC_DIFF
-    assert _source(params).startswith("built-in synthetic") and "plain-db mel" in _source(params)
+    assert md_cell(cell)["Δ vs paper"] == SYNTHETIC_DIFF
+    assert run_source(params).startswith("built-in synthetic") and "plain-db mel" in run_source(params)
     assert public_uri("sqlite:////home/me/runs/mlflow.db") == "a local SQLite store (`mlflow.db`)"
     assert public_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
@@ -231,43 +191,43 @@ def test_single_class_tag_is_skipped():
     _, y, s = _toy()
     y = y.copy()
     y[:, 3] = 0
-    roc, _ = stats.per_tag_auc(y, s)
+    roc, _ = bootstrap.per_tag_auc(y, s)
     assert np.isnan(roc[3]) and np.isfinite(np.delete(roc, 3)).all()
-    assert stats.macro_auc(y, s)[0] == pytest.approx(np.nanmean(roc))
+    assert bootstrap.macro_auc(y, s)[0] == pytest.approx(np.nanmean(roc))
 
 
 def test_bootstrap_ci_covers_point_estimate():
     _, y, s = _toy()
-    roc, pr = stats.bootstrap_macro_auc(y, s, n_boot=300, seed=0)
+    roc, pr = bootstrap.bootstrap_macro_auc(y, s, n_boot=300, seed=0)
     assert roc.lo < roc.estimate < roc.hi and pr.lo < pr.estimate < pr.hi
     assert roc.hi - roc.lo < 0.1
-    again, _ = stats.bootstrap_macro_auc(y, s, n_boot=300, seed=0)
+    again, _ = bootstrap.bootstrap_macro_auc(y, s, n_boot=300, seed=0)
     assert (again.lo, again.hi) == (roc.lo, roc.hi)  # fixed seed: same interval
 
 
 def test_paired_bootstrap_identical_and_different():
     clips, y, s = _toy()
-    a = stats.Predictions(clips, y, s)
-    same = stats.paired_bootstrap(a, stats.Predictions(clips[::-1], y[::-1], s[::-1]), n_boot=200)
+    a = bootstrap.Predictions(clips, y, s)
+    same = bootstrap.paired_bootstrap(a, bootstrap.Predictions(clips[::-1], y[::-1], s[::-1]), n_boot=200)
     assert same.diff == 0 and same.p_value == pytest.approx(1.0) and same.lo == same.hi == 0
-    worse = stats.Predictions(clips, y, _predictions(y, 0.3, 5))
-    t = stats.paired_bootstrap(a, worse, n_boot=200)
+    worse = bootstrap.Predictions(clips, y, predictions(y, 0.3, 5))
+    t = bootstrap.paired_bootstrap(a, worse, n_boot=200)
     assert t.diff > 0 and t.lo > 0 and t.p_value < 0.05
-    assert stats.paired_bootstrap(worse, a, n_boot=200).diff == pytest.approx(-t.diff)
+    assert bootstrap.paired_bootstrap(worse, a, n_boot=200).diff == pytest.approx(-t.diff)
 
 
-def test_align_rejects_mismatched_labels():
+def test_align_rejects_mismatchedlabels():
     clips, y, s = _toy()
     y2 = y.copy()
     y2[5, 0] ^= 1
     with pytest.raises(ValueError, match="y_true differs"):
-        stats.align(stats.Predictions(clips, y, s), stats.Predictions(clips, y2, s))
+        bootstrap.align(bootstrap.Predictions(clips, y, s), bootstrap.Predictions(clips, y2, s))
 
 
 def test_seed_interval():
-    one = stats.seed_interval([0.9])
+    one = bootstrap.seed_interval([0.9])
     assert one.lo is None and one.fmt() == "0.900"
-    ci = stats.seed_interval([0.88, 0.89, 0.90])
+    ci = bootstrap.seed_interval([0.88, 0.89, 0.90])
     assert ci.estimate == pytest.approx(0.89) and ci.lo < 0.88 and ci.hi > 0.90  # t(2) is wide
 
 
@@ -279,7 +239,7 @@ def test_bootstrap_speed():
     y = (rng.random((4000, 50)) < 0.05).astype(np.uint8)
     s = (y + rng.normal(size=y.shape)).astype(np.float32)
     t0 = time.perf_counter()
-    stats.bootstrap_macro_auc(y, s, n_boot=1000)
+    bootstrap.bootstrap_macro_auc(y, s, n_boot=1000)
     assert time.perf_counter() - t0 < 30  # ~4 s measured on two shared cores; generous for a loaded CI box
 
 
