@@ -155,3 +155,17 @@ def test_a_partition_slurm_refuses_is_one_line(slurm_cluster, root, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and lines[-1].startswith("error: --cluster slurm: the job array was refused: "), r.stderr
     assert "invalid partition specified: nosuchpartition" in lines[-1], lines[-1]
+
+
+@pytest.mark.slow
+def test_two_nodes_build_the_same_store(slurm_multi, root, ref, tmp_path):
+    """On the two-node cluster (tests/services/slurm_multi.py: two hosts, one shared filesystem): 3 GB per task of
+    each node's 4 GB puts one task on each node at a time; both write into one shard folder."""
+    out = tmp_path / "store.h5"
+    r = _build(root, out, "--cluster", "slurm", "--partition", slurm_multi.partition, "--tasks", "2",
+               "--cpus-per-task", "1", "--mem-gb", "3", "--time-min", "5", "--poll-s", "0.5", env=slurm_multi.env)
+    assert r.returncode == 0, r.stderr[-3000:] + slurm_multi.log_tails()
+    _same_bytes(out, ref)
+    tasks = _sacct(slurm_multi, _array_id(r.stderr))
+    assert [t[1] for t in tasks] == ["COMPLETED"] * 2, tasks
+    assert sorted(t[2] for t in tasks) == sorted(slurm_multi.nodes), tasks
