@@ -44,7 +44,7 @@ def write_random_store(config) -> Path:
     """The store fcn.train would build for `config`, with random features and labels (timing needs no audio)."""
     from fcn.data import MTAT_TOP50
     from fcn.frontends import INPUTS
-    from fcn.preprocess import store_path
+    from fcn.run_store import store_path
     from fcn.store import write_store
 
     p, n = config.frontend, config.synth_clips

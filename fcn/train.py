@@ -180,7 +180,7 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
     caller sees every epoch even when the run had none left to train.
     """
     from fcn import tracking
-    from fcn.preprocess import ensure_store
+    from fcn.run_store import ensure_store
     from fcn.store import FeatureDataset, check_store
 
     # credentials in the tracking URI move to MLflow's environment variables: the config (checkpoints, metrics.json,

@@ -294,7 +294,7 @@ def _resync(cells: list[RunConfig], states: dict) -> None:
 
 def _prepare_stores(cells: list[RunConfig], progress: bool) -> None:
     """Build each distinct feature store once, here, before cells start (they would otherwise queue on its lock)."""
-    from fcn.preprocess import ensure_store, store_path
+    from fcn.run_store import ensure_store, store_path
 
     seen = set()
     for c in cells:

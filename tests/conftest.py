@@ -49,7 +49,7 @@ TINY = dict(synth_clips=320, clip_seconds=2.0, width=0.125, batch_size=16, epoch
 def data_dir(tmp_path_factory):
     """Built-in synthetic MTAT and MSD sets and their stores, made once for the whole session."""
     from fcn.config import RunConfig
-    from fcn.preprocess import ensure_store
+    from fcn.run_store import ensure_store
 
     d = tmp_path_factory.mktemp("data")
     for ds in ("mtat", "msd"):

@@ -146,7 +146,7 @@ def test_preprocessing_checks_db_labels_against_choi_y_files(root, tmp_path, cap
     """fcn.preprocess.read_items (what preprocessing and training read): the db, audio root and id map come from the
     run config, and labels built from the db are compared with the y files, mismatches by count and example."""
     from fcn.config import RunConfig
-    from fcn.preprocess import read_items
+    from fcn.run_store import read_items
 
     db = tmp_path / "elsewhere.db"
     db.write_bytes((root / "lastfm_tags.db").read_bytes())

@@ -438,7 +438,7 @@ def test_sbatch_script_runs_nothing_from_fcn_args(tmp_path, observe):
 
 def test_truncated_store_is_announced_as_damaged_and_rebuilt(tmp_path, capsys, observe):
     from fcn.config import RunConfig
-    from fcn.preprocess import ensure_store
+    from fcn.run_store import ensure_store
     from fcn.store import read_meta
 
     config = RunConfig(**dict(TINY, synth_clips=40, clip_seconds=1.0, data_dir=str(tmp_path / "data")))

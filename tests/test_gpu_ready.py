@@ -174,7 +174,7 @@ def test_global_batch_and_sync_bn_rules():
 
 
 def test_only_rank0_builds_the_store_others_wait_bounded(tiny, tmp_path, data_dir):
-    from fcn.preprocess import ensure_store, store_path
+    from fcn.run_store import ensure_store, store_path
 
     config = tiny(data_dir=str(tmp_path / "d"))
     t0 = time.monotonic()

@@ -22,7 +22,7 @@ def trained(data_dir, tmp_path_factory):
 
 def _test_clips(config, n=12):
     from fcn.data import mtat
-    from fcn.preprocess import synth_root
+    from fcn.run_store import synth_root
 
     tags, items, _ = mtat.read(synth_root(config), split="folder")
     test = [it for it in items if it.split == "test" and it.labels.sum() >= 1]

@@ -318,14 +318,15 @@ def test_kill_mid_run_and_rerun_give_the_identical_store(base_root, inject_env, 
 def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_format_rebuilt(base_root, tmp_path, monkeypatch, capsys):
     import fcn.preprocess as pp
     import fcn.errors
+    import fcn.run_store as rs
     import fcn.store
     from fcn.config import RunConfig
     from fcn.frontends import FrontEndParams
 
     config = RunConfig(dataset="mtat", data_root=str(base_root), data_dir=str(tmp_path / "data"),
                        clip_seconds=SECONDS)
-    path = pp.store_path(config)
-    tags, items, problems = pp.read_items(config)
+    path = rs.store_path(config)
+    tags, items, problems = rs.read_items(config)
 
     # a build with another clip length that died before assembling its store leaves its parts behind
     def crash(*a, **k):
@@ -339,7 +340,7 @@ def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_for
     assert len(list(parts.glob("shard-*.npz"))) == 2 and not path.exists()
 
     capsys.readouterr()
-    assert pp.ensure_store(config, workers=1, progress=False) == path
+    assert rs.ensure_store(config, workers=1, progress=False) == path
     err = capsys.readouterr().err
     assert "discarded the parts" in err and "resuming" not in err
     assert "note: discarded the parts" in Path(f"{path}.report.txt").read_text()
@@ -359,8 +360,8 @@ def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_for
     def must_not_run(*a, **k):
         raise AssertionError("ensure_store rebuilt a finished store")
     monkeypatch.setattr(pp, "build", must_not_run)
-    monkeypatch.setattr(pp, "read_items", must_not_run)
-    assert pp.ensure_store(config, workers=1, progress=False) == path
+    monkeypatch.setattr(rs, "read_items", must_not_run)
+    assert rs.ensure_store(config, workers=1, progress=False) == path
     assert path.stat().st_mtime_ns == stamp
 
     # a store of an older format (format 1's MFCC had a batch-wide floor): refused when named, rebuilt when derived
@@ -370,7 +371,7 @@ def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_for
     with pytest.raises(fcn.errors.UserError, match=rf"has format 1, and this fcn reads format {fcn.store.FORMAT_VERSION} .*rebuild it"):
         fcn.store.check_store(path, input="mel", params=config.frontend, dataset="mtat")
     capsys.readouterr()
-    assert pp.ensure_store(config, workers=1, progress=False) == path
+    assert rs.ensure_store(config, workers=1, progress=False) == path
     assert "is of an older format (1): rebuilding it" in capsys.readouterr().err
     assert fcn.store.read_meta(path)["format_version"] == fcn.store.FORMAT_VERSION == 3
     _assert_same_store(path, ref)

@@ -84,7 +84,7 @@ def _batch_for_two_ranks(data_dir) -> int:
     cannot train on one clip; fcn/train.py keeps the last partial batch), which the synthetic split's size can cause."""
     import h5py
     from fcn.config import RunConfig
-    from fcn.preprocess import store_path
+    from fcn.run_store import store_path
 
     with h5py.File(store_path(RunConfig(dataset="msd", data_dir=str(data_dir), **TINY)), "r") as h:
         per_rank = -(-int((h["split"].asstr()[:] == "train").sum()) // 2)

@@ -63,7 +63,7 @@ def _flags(data_dir, tmp_path, *extra):
 
 def test_search_prunes_on_validation_only_resumes_after_a_kill_and_feeds_the_grid(data_dir, tmp_path):
     from fcn import tracking
-    from fcn.preprocess import store_path
+    from fcn.run_store import store_path
 
     cell = RunConfig(dataset="mtat", depth=3, data_dir=str(data_dir), **TINY)
     notest = _store_without_test_split(store_path(cell), tmp_path / "notest.h5")

@@ -10,7 +10,7 @@ def test_batches_equal_per_clip_items_in_the_same_order(data_dir):
     from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
     from fcn.dist import Dist
-    from fcn.preprocess import store_path
+    from fcn.run_store import store_path
     from fcn.store import FeatureDataset
     from fcn.loader import device_inputs as _inputs, make_loader as _loader
 

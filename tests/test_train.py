@@ -108,7 +108,7 @@ def test_bad_input_is_one_line_and_nonzero(tiny, flags, message):
 
 
 def test_store_with_other_frontend_parameters_is_refused(tiny):
-    from fcn.preprocess import store_path
+    from fcn.run_store import store_path
 
     good = tiny()
     config = tiny(clip_seconds=3.0, store=str(store_path(good)))

@@ -1,0 +1,145 @@
+"""Which feature store a run uses, and building it on first use (once, under a lock, for a whole sweep).
+
+`store_path` derives a store's name from the config (data set, source, split, clip length, mel variant); `read_items`
+reads the run's data set (generating the built-in synthetic one on first use, `synth_root`); `ensure_store` returns a
+current store, rebuilding a damaged or older-format one, or waits for the rank that builds it.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from fcn.errors import UserError
+
+
+
+def store_path(config) -> Path:
+    """Where the store of `config` lives: its --store, or a name derived from data set, source, split and length."""
+    if config.store:
+        return Path(config.store)
+    if config.data_root:
+        # the MSD's own db / audio / id map, when named, make another data set from the same root
+        named = [k for k in ("tags_db", "audio_root", "id_map") if getattr(config, k)]
+        where = [str(Path(config.data_root).resolve())] + [f"{k}={Path(getattr(config, k)).resolve()}" for k in named]
+        source = "d" + hashlib.sha256("\n".join(where).encode()).hexdigest()[:8]
+    else:
+        source = f"synth{config.synth_clips}"
+    split = config.split if config.dataset == "mtat" else "choi"
+    # the mel variant in the name: stores of both variants live side by side
+    name = f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s-{config.frontend_variant}.h5"
+    return Path(config.data_dir) / name
+
+
+def read_items(config):
+    """(tags, items, problems) of the run's data set; the built-in synthetic set is generated on first use."""
+    root = Path(config.data_root) if config.data_root else synth_root(config)
+    if not root.exists():
+        raise UserError(f"data root {root} does not exist: pass --data-root of your {config.dataset.upper()} copy")
+    if config.dataset == "mtat":
+        from fcn.data import mtat
+
+        return mtat.read(root, split=config.split, splits_dir=config.splits_dir or None)
+    from fcn.data import msd
+
+    splits_dir = Path(config.splits_dir) if config.splits_dir else msd.default_splits_dir(root)
+    tags_db = Path(config.tags_db) if config.tags_db else root / msd.TAGS_DB
+    tags, items, problems = msd.read(root, splits_dir=splits_dir, audio_root=config.audio_root or None,
+                                     id_map_csv=config.id_map or None, tags_db=tags_db)
+    if tags_db.is_file():  # labels rebuilt from the db: compare them with Choi's own y files where present
+        checks = msd.check_labels_against(items, tags, splits_dir)
+        line, mismatches = msd.label_check_report(checks, splits_dir)
+        print(line, file=sys.stderr)
+        problems = [*problems, *mismatches]
+    return tags, items, problems
+
+
+def synth_root(config) -> Path:
+    root = Path(config.data_dir) / f"synth-{config.dataset}-{config.synth_clips}-{config.clip_seconds:g}s"
+    if not (root / ".complete").exists():
+        from fcn.data import synth
+
+        with lock(root.with_name(root.name + ".lock")):
+            if not (root / ".complete").exists():
+                maker = synth.make_mtat if config.dataset == "mtat" else synth.make_msd
+                print(f"generating the built-in synthetic {config.dataset.upper()} set in {root}", file=sys.stderr)
+                maker(root, config.synth_clips, seconds=config.clip_seconds, seed=0, workers=os.cpu_count() or 1)
+                (root / ".complete").touch()
+    return root
+
+
+@contextmanager
+def lock(path: Path):
+    """An exclusive file lock, so that concurrent jobs of a sweep build a shared store or data set once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _current(path: Path) -> bool:
+    """Whether `path` is a store of this fcn's format (False when absent, older or unreadable)."""
+    from fcn.store import FORMAT_VERSION, read_meta
+
+    if not path.exists():
+        return False
+    try:
+        return read_meta(path)["format_version"] == FORMAT_VERSION
+    except UserError:
+        return False
+
+
+def _why_stale(path: Path) -> str:
+    """Why an existing store is rebuilt: damaged (a killed write, a full disk) or of an older format."""
+    from fcn.store import read_meta
+
+    try:
+        return f"is of an older format ({read_meta(path)['format_version']})"
+    except UserError:
+        return "is damaged or truncated (it cannot be read as a feature store)"
+
+
+def ensure_store(config, *, workers: int = 0, progress: bool = True, build_here: bool = True,
+                 wait_s: float | None = None) -> Path:
+    """The run's store, built (once, under a lock) if it does not exist yet.
+
+    build_here=False (every DDP rank but global rank 0): never build, wait up to `wait_s` seconds (default
+    $FCN_STORE_WAIT_S, else 24 h: a paper-scale MSD build on one node) for the builder's finished file. The file lock
+    alone is not enough where a shared file system's locks are node-local (some GPFS / Lustre mounts): one rank per
+    node would build, and they would delete each other's parts.
+    """
+    path = store_path(config)
+    if config.store or _current(path):
+        return path  # an explicit --store is never built implicitly: a wrong path must be an error, not a build
+    if not build_here:
+        return _wait_for_store(path, float(os.environ.get("FCN_STORE_WAIT_S", 86400)) if wait_s is None else wait_s)
+    with lock(path.with_name(path.name + ".lock")):
+        if not _current(path):
+            if path.exists():  # a derived store is a cache: one of an older format is rebuilt, not refused
+                print(f"feature store {path} {_why_stale(path)}: rebuilding it", file=sys.stderr)
+            from fcn.preprocess import build  # fcn.preprocess imports this module: import it here, when needed
+
+            tags, items, problems = read_items(config)
+            report = build(items, tags, dataset=config.dataset, out=path, params=config.frontend,
+                           workers=workers, progress=progress, reader_problems=problems)
+            print(f"feature store {path}: {report.written} clips written, {len(report.skipped)} skipped "
+                  f"(report: {path}.report.txt)", file=sys.stderr)
+    return path
+
+
+def _wait_for_store(path: Path, wait_s: float) -> Path:
+    deadline = time.monotonic() + wait_s
+    while not _current(path):
+        if time.monotonic() > deadline:
+            raise UserError(f"waited {wait_s:.0f} s for rank 0 to build the feature store {path}, and it is not "
+                            f"there: build it first with `python -m fcn.preprocess` (same flags), or set "
+                            f"FCN_STORE_WAIT_S longer")
+        time.sleep(min(5.0, max(0.1, wait_s / 20)))
+    return path
