@@ -112,4 +112,35 @@ def test_memory_budget_is_a_share_of_what_is_available(monkeypatch):
     assert fcn.store.memory_budget(4) == int(2_000 * fcn.store.IN_MEMORY_FRACTION)
     monkeypatch.setattr(fcn.store, "available_memory", lambda: None)
     assert fcn.store.memory_budget(1) == 0  # unknown: per-row reads, as before
-    assert fcn.store.available_memory.__module__  # (the real one reads /proc/meminfo here)
+
+
+def test_amp_auto_follows_the_measured_rule(monkeypatch):
+    """auto: bf16 on CUDA always; on CPU only with bf16 arithmetic, from CPU_BF16_MIN_WIDTH up; off and bf16 as
+    asked. The run's log line says which, and why."""
+    import contextlib
+
+    import fcn.precision as p
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    demo, paper = RunConfig(), RunConfig(width=1.0)
+    monkeypatch.setattr(p, "cpu_bf16_arithmetic", lambda: True)
+    assert p.amp_dtype(paper, cpu) == torch.bfloat16 and p.amp_dtype(demo, cuda) == torch.bfloat16
+    assert (p.amp_dtype(demo, cpu) == torch.bfloat16) == (demo.width >= p.CPU_BF16_MIN_WIDTH)
+    assert p.amp_dtype(paper.replace(amp="off"), cpu) is None and p.amp_dtype(demo.replace(amp="off"), cuda) is None
+    assert isinstance(p.autocast(paper, cpu), torch.autocast) and p.autocast(paper, cpu).fast_dtype == torch.bfloat16
+    assert p.describe(paper, cpu).startswith("bf16 autocast (amp auto: CPU with bf16 arithmetic")
+    monkeypatch.setattr(p, "cpu_bf16_arithmetic", lambda: False)  # no bf16 units: emulated bf16 is slower
+    assert p.amp_dtype(paper, cpu) is None and p.amp_dtype(paper, cuda) == torch.bfloat16
+    assert isinstance(p.autocast(paper, cpu), contextlib.nullcontext)
+    assert p.describe(paper, cpu) == "fp32 (amp auto: this CPU has no bf16 arithmetic)"
+    assert p.amp_dtype(paper.replace(amp="bf16"), cpu) == torch.bfloat16  # asked for: given, emulated or not
+
+
+@pytest.mark.parametrize("flags,want", [("fpu avx512f avx512_bf16 avx2", True), ("fpu amx_bf16 amx_tile", True),
+                                        ("fpu avx512f avx512bw avx2", False)])
+def test_cpu_bf16_arithmetic_reads_cpuinfo_where_torch_has_no_check(monkeypatch, flags, want):
+    import fcn.precision as p
+
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.setattr(p, "Path", lambda _: type("F", (), {"read_text": lambda self: f"flags\t\t: {flags}\n"})())
+    assert p.cpu_bf16_arithmetic() is want
