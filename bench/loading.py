@@ -1,8 +1,10 @@
 """Loading: how fast the training DataLoader reads paper-scale mel features (1×96×1366) from a warm page cache.
 
 Compared, at 0 and 2 worker processes: our HDF5 store (float16, contiguous) as fcn.train reads it (fcn.store.Batches:
-one fetch per batch, its rows read in file order into one float16 array, standardised by the consumer: on the GPU
-under CUDA, here on the CPU, and "delivery only" without it); the per-clip float32 items it read before (one h5py read,
+one fetch per batch, standardised by the consumer: on the GPU under CUDA, here on the CPU, and "delivery only"
+without it), both ways it can: the split held in RAM (read once in large blocks, each batch gathered by numpy
+indexing; fcn.train's path when the split fits fcn.store.memory_budget) and per-row reads from the file (its rows
+read in file order into one float16 array; the fallback); the per-clip float32 items it read before (one h5py read,
 conversion and standardisation per clip, then collation), and their first numpy version; and the peers' layout, one
 float32 .npy file per clip read with np.load.
 
@@ -26,6 +28,7 @@ GPU_MFU = 0.45
 HEADROOM = 3.0
 BRIEF_FIGURE = 2_600  # clips/s, the figure this target was first quoted with
 BATCH = 16
+BLOCK_MB = 64  # fcn.store.BLOCK_BYTES, for the details text (checked in run())
 
 
 def consumption() -> tuple[float, float]:
@@ -103,8 +106,11 @@ class NpyDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.load(self.paths[i])).unsqueeze(0), torch.from_numpy(self.labels[i]), i
 
 
-TODAY = "fcn.train's loader: whole float16 batches (fcn.store.Batches), standardised after"
-DELIVERY = "fcn.train's loader, delivery only (standardised on the GPU, as fcn.train does on CUDA)"
+TODAY = "fcn.train's loader, split in RAM: whole float16 batches gathered by numpy indexing, standardised after"
+DELIVERY = "fcn.train's loader, split in RAM, delivery only (standardised on the GPU, as fcn.train does on CUDA)"
+ROWS = "fcn.train's loader, split not in RAM: per-row HDF5 reads into whole float16 batches, standardised after"
+ROWS_DELIVERY = "fcn.train's loader, split not in RAM, delivery only"
+DELIVERIES = {DELIVERY: TODAY, ROWS_DELIVERY: ROWS}  # delivery-only row → the reader it times
 PER_CLIP = "per-clip float32 items (FeatureDataset.__getitem__; fcn.train's loader before)"
 BEFORE = "per-clip, numpy float16 → float32 (the first version)"
 PEERS = "peers: one float32 .npy per clip"
@@ -114,7 +120,10 @@ def readers(store: Path, npy: Path, n: int) -> dict[str, torch.utils.data.Datase
     from fcn.store import Batches
 
     FD = _feature_dataset()
-    out = {TODAY: Batches(FD(store, "mel", "train")), PER_CLIP: FD(store, "mel", "train"),
+    held = FD(store, "mel", "train")
+    if not held.hold_in_memory(1 << 62):
+        raise RuntimeError("the split was not held in memory")
+    out = {TODAY: Batches(held), ROWS: Batches(FD(store, "mel", "train")), PER_CLIP: FD(store, "mel", "train"),
            BEFORE: type("NumpyFD", (NumpyConvert, FD), {})(store, "mel", "train"), PEERS: NpyDataset(npy, n)}
     return out
 
@@ -178,6 +187,27 @@ def raw_h5_rate(store: Path, n: int, repeat: int = 3) -> float:
     return median(rates)
 
 
+def raw_gather_rate(ds, n: int, repeat: int = 3) -> float:
+    """The in-memory ceiling: numpy gathers of shuffled batches of BATCH rows from the held array, nothing else."""
+    rng = np.random.default_rng(0)
+    rates = []
+    for _ in range(repeat):
+        idx = rng.permutation(n)[:n - n % BATCH].reshape(-1, BATCH)
+        t0 = time.perf_counter()
+        for i in idx:
+            ds.features[i]
+        rates.append(idx.size / (time.perf_counter() - t0))
+    return median(rates)
+
+
+def hold_rate(store: Path, n: int) -> float:
+    """MB/s of FeatureDataset.hold_in_memory reading the whole split (warm page cache)."""
+    ds = _feature_dataset()(store, "mel", "train")
+    t0 = time.perf_counter()
+    ds.hold_in_memory(1 << 62)
+    return ds.nbytes() / 1e6 / (time.perf_counter() - t0)
+
+
 def worker(spec: dict) -> dict:
     """Every reader × workers 0 / 2 under one allocator (it decides how much collate's fresh batches cost)."""
     apply_allocator(spec["allocator"])
@@ -191,13 +221,18 @@ def worker(spec: dict) -> dict:
     for workers in (0, 2):
         for name, d in ds.items():
             rates[f"{name}|{workers}"] = clips_per_s(d, workers, spec["epochs"])
-        rates[f"{DELIVERY}|{workers}"] = clips_per_s(ds[TODAY], workers, spec["epochs"], convert=False)
-    return {"rates": rates, "raw": raw_h5_rate(folder / "store.h5", n)}
+        for name, of in DELIVERIES.items():
+            rates[f"{name}|{workers}"] = clips_per_s(ds[of], workers, spec["epochs"], convert=False)
+    return {"rates": rates, "raw": raw_h5_rate(folder / "store.h5", n), "gather": raw_gather_rate(ds[TODAY].ds, n),
+            "hold_mb_s": hold_rate(folder / "store.h5", n)}
 
 
 # ---------------------------------------------------------------- the benchmark
 
 def run(quick: bool = False) -> Section:
+    from fcn.store import BLOCK_BYTES
+
+    assert BLOCK_BYTES == BLOCK_MB << 20, "update BLOCK_MB"
     sec = Section("loading", "3. Loading: feature store → training batches (warm page cache, batch 16)")
     n = 256 if quick else 1000
     epochs = 2 if quick else 5
@@ -216,7 +251,8 @@ def run(quick: bool = False) -> Section:
         rates = r["rates"]
         for workers in (0, 2) if alloc == "glibc" else (0,):  # the rest is in the details table
             peer, per_clip = rates[f"{PEERS}|{workers}"], rates[f"{PER_CLIP}|{workers}"]
-            shown = (BEFORE, PER_CLIP, TODAY, DELIVERY, PEERS) if alloc == "glibc" else (PER_CLIP, TODAY, DELIVERY)
+            shown = (BEFORE, PER_CLIP, ROWS, ROWS_DELIVERY, TODAY, DELIVERY, PEERS) if alloc == "glibc" else \
+                (PER_CLIP, TODAY, DELIVERY)
             for name in shown:
                 x = rates[f"{name}|{workers}"]
                 label = f"{name}, workers {workers}, {alloc}"
@@ -224,8 +260,10 @@ def run(quick: bool = False) -> Section:
                     sec.rows.append(Row(label, fmt_rate(x, "clips/s"), "—", "—", tgt, x >= target, "the peers' layout"))
                     continue
                 note = f"{x / need:.1f}× one H100's need"
-                if name in (TODAY, DELIVERY) and x < target:
+                if name in (ROWS, ROWS_DELIVERY) and x < target:
                     note += "; " + _limit(x, r["raw"], workers)
+                if name in (TODAY, DELIVERY):
+                    note += "; " + _limit_memory(x, r["gather"], workers, x >= target)
                 sec.rows.append(Row(label, fmt_rate(x, "clips/s"),
                                     f"peers' .npy {fmt_rate(peer, 'clips/s')}; per-clip {fmt_rate(per_clip, 'clips/s')}",
                                     f"{x / peer:.2f}× peers, {x / per_clip:.2f}× per-clip", tgt, x >= target, note))
@@ -245,6 +283,18 @@ def _limit(rate: float, raw: float, workers: int) -> str:
     return text
 
 
+def _limit_memory(rate: float, gather: float, workers: int, met: bool) -> str:
+    """What bounds an in-memory loader row: numpy's gather, measured alone in the same process."""
+    text = (f"{'bound' if met else 'limit'}: numpy's gather of a batch from the held split (one copy), "
+            f"{gather:,.0f} clips/s in this process with nothing else, of which this row reaches "
+            f"{100 * rate / gather:.0f} %; the rest is the DataLoader's per-batch Python"
+            + ("" if workers else " (and, when standardised, the float16 → float32 pass)"))
+    if workers:
+        text += (f". Workers add a copy of each batch into shared memory and a pipe round trip: fcn.loader "
+                 f"serves a split held in memory with none")
+    return text
+
+
 def _check_same(ds: dict) -> None:
     ref = ds[PER_CLIP]
     idx = [5, 1, 3, 1]
@@ -252,7 +302,7 @@ def _check_same(ds: dict) -> None:
     for name, d in ds.items():
         if name == PEERS:
             continue
-        x = d[idx][0] if name == TODAY else torch.stack([d[i][0] for i in idx])
+        x = d[idx][0] if name in (TODAY, ROWS) else torch.stack([d[i][0] for i in idx])
         if not torch.equal(consume(d, x), want):
             raise RuntimeError(f"{name} returns other features than FeatureDataset")
 
@@ -270,7 +320,12 @@ def _details(need: float, fwd: float, target: float, n: int, res: dict) -> str:
              f"consumer standardises "
              f"float16 batches to float32 on the CPU (except the delivery-only row), with one torch thread. Each "
              f"allocator in its own process (bench/common.py ALLOCATORS). Ceiling: h5py random single-row float16 reads into a reused "
-             f"buffer, nothing else: " + ", ".join(f"{r['raw']:,.0f} clips/s ({a})" for a, r in res.items()) + ".",
+             f"buffer, nothing else: " + ", ".join(f"{r['raw']:,.0f} clips/s ({a})" for a, r in res.items()) +
+             ". In-memory ceiling: numpy gathers of shuffled batches from the held split, nothing else: "
+             + ", ".join(f"{r['gather']:,.0f} clips/s ({a})" for a, r in res.items()) + ". Reading the split "
+             "into memory (fcn.store.FeatureDataset.hold_in_memory, blocks of "
+             f"{BLOCK_MB} MB, warm page cache): " + ", ".join(f"{r['hold_mb_s']:,.0f} MB/s ({a})"
+                                                             for a, r in res.items()) + ".",
              "", "| reader | " + " | ".join(f"{a}, workers {w}" for a in res for w in (0, 2)) + " |",
              "|---|" + "---:|" * (2 * len(res))]
     names = dict.fromkeys(k.split("|")[0] for r in res.values() for k in r["rates"])

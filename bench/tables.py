@@ -50,4 +50,4 @@ def run(quick: bool = False) -> Section:
               fmt_s(ours), f"scikit-learn per resample: {fmt_s(base)} (scaled from a few resamples)",
               f"{base / ours:.1f}× faster", f"≤ {TARGET_S:g} s", ours <= TARGET_S,
               "harness/bootstrap.py: clip weights instead of resampled copies, all tags at once (fcn/metrics.py)")
-    return Section("tables", "Tables: bootstrap intervals on a full MTAT test set", [row])
+    return Section("tables", "6. Tables: bootstrap intervals on a full MTAT test set", [row])

@@ -11,7 +11,8 @@ training step suffers more from a busy neighbour than one long convolution does,
 Variants (each in its own process, because an allocator is chosen at process start): eager NCHW vs channels_last
 (fcn.train's memory_format "auto" picks between them by width and CPU: the headline says whether it picked the
 fastest), torch.compile, four allocators (common.ALLOCATORS: glibc, glibc + mallopt, jemalloc, jemalloc that never
-purges), bf16 autocast on CPU as an experiment; on GPU fp32 eager / channels_last, bf16 autocast and compile. The step
+purges), bf16 autocast on CPU where the CPU has bf16 arithmetic (at paper scale and at demo width, and the demo cell's
+test ROC-AUC trained with --amp bf16 vs off, same seed: what fcn.precision's "auto" rule rests on); on GPU fp32 eager / channels_last, bf16 autocast and compile. The step
 is fcn.train's: forward, BCE with logits, zero_grad, backward, Adam (data loading excluded: bench.loading measures it).
 The fastest fp32 variant is run a second time, with a torch.profiler step at the end.
 """
@@ -177,18 +178,16 @@ def cpu_variants(quick: bool, have_jemalloc: bool) -> list[Variant]:
     vs += [Variant(f"eager NCHW, {keep}", allocator=keep),
            Variant(f"torch.compile + channels_last, {keep}", channels_last=True, compile=True, allocator=keep)]
     if native_bf16():  # without it oneDNN emulates bf16 in fp32 units: slower than fp32, nothing to learn
-        vs.append(Variant(f"bf16 autocast + channels_last, {keep} (experiment)", channels_last=True, amp="bf16",
-                          allocator=keep))
+        vs += [Variant(f"bf16 autocast + channels_last, {a}", channels_last=True, amp="bf16", allocator=a)
+               for a in dict.fromkeys(("glibc-keep", keep))]  # glibc-keep: fcn.train's own allocator on CPU
     return vs
 
 
 def native_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX), from /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX): fcn.precision's check, which "auto" uses."""
+    from fcn.precision import cpu_bf16_arithmetic
+
+    return cpu_bf16_arithmetic()
 
 
 GPU_VARIANTS = (
@@ -206,7 +205,7 @@ def default_path() -> tuple[Variant, str]:
     import torch
 
     from fcn.config import PRESETS, RunConfig
-    from fcn.precision import channels_last
+    from fcn.precision import amp_dtype, channels_last
 
     c = RunConfig(**PRESETS["paper"])
     src = (REPO / "fcn" / "train.py").read_text()
@@ -220,7 +219,7 @@ def default_path() -> tuple[Variant, str]:
     else:
         alloc, how = "glibc", "fcn.train leaves malloc alone and LD_PRELOAD is unset"
     return Variant("", channels_last=channels_last(c, torch.device("cpu")),
-                   amp="off" if c.amp in ("auto", "off") else c.amp, allocator=alloc), how
+                   amp="off" if amp_dtype(c, torch.device("cpu")) is None else "bf16", allocator=alloc), how
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -252,8 +251,11 @@ def run(quick: bool = False) -> Section:
         if v.compile:
             notes.append(f"first step {r['first_step_s']:.0f} s (compilation)")
         if v.amp == "bf16":
-            notes.append("MFU vs the bf16 conv peak; not fcn.train's CPU default (amp auto = off on CPU), "
-                         "accuracy not checked here")
+            fp32 = next((x for u, x in results.items() if u.amp == "off" and u.allocator == v.allocator
+                         and u.channels_last), None)
+            notes.append("MFU vs the bf16 conv peak" + (f"; {_speedup(r, fp32)} the fp32 channels_last step under "
+                                                        f"the same allocator" if fp32 else "")
+                         + f"; fcn.train's amp auto at this width: {_auto_words(PAPER['width'])}")
         if v.kind == default_v.kind:
             notes.append("**= fcn.train's default path**")
         sec.rows.append(Row(
@@ -262,11 +264,12 @@ def run(quick: bool = False) -> Section:
             f"{base_v.label}: {fmt_rate(base['samples_per_s'], 'samples/s')}", _speedup(r, base),
             f"MFU ≥ {100 * MFU_TARGET:.0f} %", r["mfu"] >= MFU_TARGET, "; ".join(notes)))
     if not quick and not native_bf16():
-        sec.rows.append(Row("bf16 autocast + channels_last (experiment)", "not run: this CPU has no bf16 arithmetic "
+        sec.rows.append(Row("bf16 autocast + channels_last", "not run: this CPU has no bf16 arithmetic "
                             "(no avx512_bf16 or amx_bf16 in /proc/cpuinfo)"))
     headline, profile_md = _headline(results, base_v, default_v, default_how, threads)
     sec.rows.append(headline)
     sec.rows += _demo_rows(quick, have_je)
+    sec.rows += _auc_rows(quick)
     sec.rows += _gpu_rows(quick)
     sec.details = _details(results) + (f"\n\n{profile_md}" if profile_md else "")
     return sec
@@ -294,7 +297,8 @@ def _headline(results: dict, base_v: Variant, default_v: Variant, default_how: s
             f"{best['load_avg']:.1f}, then "
             + (f"{100 * again['mfu']:.0f} % at {again['load_avg']:.1f}" if "error" not in again else "failed") + "); "
             f"used by fcn.train's default path: {'yes' if uses else 'no'} (default: "
-            f"{'channels_last' if default_v.channels_last else 'NCHW'}, eager, {ALLOCATORS[default_v.allocator]}; "
+            f"{'channels_last' if default_v.channels_last else 'NCHW'}, eager, "
+            f"{'bf16 autocast (a row above), ' if default_v.amp == 'bf16' else ''}{ALLOCATORS[default_v.allocator]}; "
             f"{default_how})")
     if default_r is not None and not uses:
         gain = best["norm_rate"] / default_r["norm_rate"]
@@ -364,7 +368,66 @@ def _demo_rows(quick: bool, have_je: bool) -> list[Row]:
     rows.append(Row(f"{scale}, contiguous), glibc-keep", fmt_rate(nc["samples_per_s"], "samples/s"),
                     f"channels_last, glibc-keep: {fmt_rate(cl['samples_per_s'], 'samples/s')}", _speedup(nc, cl),
                     "—", None, "fcn.train's memory_format auto takes channels_last at this width"))
+    if not native_bf16():
+        return rows + [Row(f"{scale}, channels_last), glibc-keep, bf16 autocast",
+                           "not run: this CPU has no bf16 arithmetic")]
+    try:
+        bf = run_worker("train_step", Variant("bf16", channels_last=True, amp="bf16", allocator="glibc-keep")
+                        .spec(DEMO, warmup, steps, 1), env=allocator_env("glibc-keep"), timeout=300)
+    except RuntimeError as e:
+        return rows + [Row(f"{scale}, bf16", f"failed: {str(e).splitlines()[0]}", met=False)]
+    rows.append(Row(f"{scale}, channels_last), glibc-keep, bf16 autocast", fmt_rate(bf["samples_per_s"], "samples/s"),
+                    f"fp32 channels_last, glibc-keep: {fmt_rate(cl['samples_per_s'], 'samples/s')}",
+                    _speedup(bf, cl), "—", None,
+                    f"fcn.train's amp auto at this width: {_auto_words(DEMO['width'])}; AUC in the next rows"))
     return rows
+
+
+AUC_EPOCHS = 2  # [D] the demo cell's bf16-vs-fp32 check: 2 epochs (a few minutes here), as in the loader's check
+
+
+def _auto_words(width: float) -> str:
+    import torch
+
+    from fcn.config import RunConfig
+    from fcn.precision import describe
+
+    return describe(RunConfig(width=width), torch.device("cpu"))
+
+
+def _auc_rows(quick: bool) -> list[Row]:
+    """The default demo cell (`python -m fcn.train --epochs AUC_EPOCHS`) trained with --amp off and --amp bf16,
+    same seed, in fresh processes: test ROC-AUC and training time of each."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    name = f"demo cell, test ROC-AUC after {AUC_EPOCHS} epochs, --amp bf16 vs off"
+    if quick:
+        return [Row(name, "not run: --quick")]
+    if not native_bf16():
+        return [Row(name, "not run: this CPU has no bf16 arithmetic")]
+    out = {}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-auc-"))
+    try:
+        for amp in ("off", "bf16"):
+            cmd = [sys.executable, "-m", "fcn.train", "--out-dir", str(tmp / amp), "--epochs", str(AUC_EPOCHS),
+                   "--amp", amp]
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=REPO,
+                               env=dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true"))
+            if p.returncode:
+                return [Row(name, f"failed: {(p.stderr or p.stdout).strip().splitlines()[-1]}", met=False)]
+            out[amp] = json.loads(next(tmp.joinpath(amp).rglob("metrics.json")).read_text())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    off, bf = out["off"], out["bf16"]
+    return [Row(name, f"bf16 {bf['test_roc_auc']:.4f}, fp32 {off['test_roc_auc']:.4f}",
+                f"fp32 {off['test_roc_auc']:.4f}", f"Δ {bf['test_roc_auc'] - off['test_roc_auc']:+.4f}", "—", None,
+                f"training time {bf['train_time_s']:.0f} s vs {off['train_time_s']:.0f} s "
+                f"({off['train_time_s'] / bf['train_time_s']:.2f}×, whole cells incl. evaluation, run one after the "
+                f"other on a shared machine); fcn.train's amp auto here: {_auto_words(DEMO['width'])}")]
 
 
 def _gpu_rows(quick: bool) -> list[Row]:

@@ -80,9 +80,12 @@ class RunConfig:
     patience: int = _f(3, "early stopping: epochs without a better validation ROC-AUC [paper preset 10, U]")
     # --- runtime ---
     device: str = _f("auto", "auto (cuda if available), cpu, or cuda", choices=("auto", "cpu", "cuda"))
-    # [D] bf16 autocast on CUDA is our speed choice; the paper trained in fp32 (--amp off)
-    amp: str = _f("auto", "autocast: auto (bf16 on CUDA, off on CPU) [D: our speed choice], bf16, or off (fp32, the "
-                          "paper's precision)", choices=("auto", "bf16", "off"))
+    # [D] bf16 autocast on CUDA, and on CPUs with bf16 arithmetic, is our speed choice; the paper trained in fp32
+    # (--amp off)
+    amp: str = _f("auto", "autocast: auto (bf16 on CUDA and on a CPU with bf16 arithmetic, AVX-512 BF16 or AMX, "
+                          "where bench/train_step.py measured it faster at equal AUC: fcn/precision.py; else fp32) "
+                          "[D: our speed choice], bf16, or off (fp32, the paper's precision)",
+                  choices=("auto", "bf16", "off"))
     memory_format: str = _f("auto", "activations' layout: auto (channels_last on CUDA and at demo width; contiguous "
                                      "at full width on a CPU without AVX-512, bench/train_step.py), channels_last, or "
                                      "contiguous", choices=("auto", "channels_last", "contiguous"))
