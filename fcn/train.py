@@ -156,8 +156,9 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
         run = _set_up(config, d, rdir, trial)
         resumed = _resume(run)
         _start(run, resumed)
-        for row in run.progress.history if resumed and on_epoch is not None else ():
-            on_epoch(row)
+        if resumed and on_epoch is not None:  # the caller sees every epoch, the checkpoint's first
+            for row in run.progress.history:
+                on_epoch(row)
         for epoch in range(run.progress.epoch, config.epochs):
             if run.progress.bad >= config.patience:
                 break
