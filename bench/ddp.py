@@ -5,7 +5,7 @@ gradient all-reduce (17.4 M parameters, 69.5 MB per step) are the paper's, but a
 one process × 8 clips × all cores' threads vs two processes × 4 clips × half the threads each. On GPUs each process
 keeps batch 16 (one GPU vs two). Both sides use the glibc + mallopt allocator (bench.common.ALLOCATORS), the one
 this project proposes for fcn.train. After the timed steps the replicas' parameters are compared: DDP must keep them
-identical.
+identical. The step is fcn.train.train_step itself.
 """
 from __future__ import annotations
 
@@ -33,9 +33,10 @@ def _rank(rank: int, spec: dict, port: int, out: str) -> None:
     """One DDP process: init, identical initial weights, timed steps, parameter check, rank 0 writes the result."""
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
 
+    from fcn.config import RunConfig
     from fcn.models import FCN
+    from fcn.train import train_step
 
     apply_allocator(spec["allocator"])
     world = spec["nproc"]
@@ -56,16 +57,10 @@ def _rank(rank: int, spec: dict, port: int, out: str) -> None:
     b = spec["batch"]
     x = torch.randn(b, 1, 96, 1366, generator=g).to(dev).contiguous(memory_format=torch.channels_last)
     y = (torch.rand(b, 50, generator=g) < 0.1).float().to(dev)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    config = RunConfig()  # amp auto, as fcn.train runs: bf16 autocast on CUDA, fp32 on CPU
 
     def step():
-        with amp:
-            logits = net(x)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # DDP all-reduces the gradients here
-        opt.step()
-        loss.item()
+        train_step(net, opt, x, y, config, dev).item()  # fcn.train's own step; DDP all-reduces in its backward
 
     times = []
     for i in range(spec["warmup"] + spec["steps"]):

@@ -1,8 +1,8 @@
 """`python -m bench --gpu-smoke`: the first thing to run on a new GPU node, in about a minute.
 
 Checks, at paper scale (width 1.0, 1366 frames, batch 16 per GPU):
-  1. one training step of every depth (FCN-3..7) × input (mel / STFT / MFCC), in bf16 autocast and in fp32 (TF32
-     off, so "fp32" means fp32): it runs, the loss is finite, the step time and peak memory;
+  1. one training step (fcn.train.train_step) of every depth (FCN-3..7) × input (mel / STFT / MFCC), in bf16
+     autocast and in fp32 (TF32 off, so "fp32" means fp32): it runs, the loss is finite, the step time and peak memory;
   2. a 2-process NCCL all-reduce (1 process when the node shows one GPU): the collective DDP needs works and agrees;
   3. loader throughput: fcn.store's DataLoader path (float16 HDF5 batches, 4 workers, pinned memory) against the
      training step's clips/s, on a scratch store of random features in a temporary directory.
@@ -11,7 +11,6 @@ usable GPU (one line says why: no GPU, or a driver / build mismatch).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import tempfile
@@ -39,10 +38,11 @@ def no_gpu_line() -> str | None:
 
 def _step(depth: int, inp: str, precision: str, device: str = "cuda", width: float = PAPER["width"]) -> dict:
     import torch
-    import torch.nn.functional as F
 
+    from fcn.config import RunConfig
     from fcn.frontends import FrontEndParams
     from fcn.models import FCN
+    from fcn.train import train_step
 
     rows = FrontEndParams().rows(inp)
     torch.backends.cuda.matmul.allow_tf32 = False  # "fp32" rows are fp32, not TF32
@@ -55,17 +55,12 @@ def _step(depth: int, inp: str, precision: str, device: str = "cuda", width: flo
     x = torch.randn(PAPER["batch"], 1, rows, PAPER["frames"], device=device).contiguous(
         memory_format=torch.channels_last)
     y = (torch.rand(PAPER["batch"], 50, device=device) < 0.1).float()
-    amp = torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    config = RunConfig(amp="bf16" if precision == "bf16" else "off")
+    dev = torch.device(device)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def one() -> float:
-        with amp:
-            logits = model(x)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
+        return float(train_step(model, opt, x, y, config, dev))  # fcn.train's own step
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -290,8 +290,8 @@ def _limit_memory(rate: float, gather: float, workers: int, met: bool) -> str:
             f"{100 * rate / gather:.0f} %; the rest is the DataLoader's per-batch Python"
             + ("" if workers else " (and, when standardised, the float16 → float32 pass)"))
     if workers:
-        text += (f". Workers add a copy of each batch into shared memory and a pipe round trip: fcn.loader "
-                 f"serves a split held in memory with none")
+        text += (". Workers add a copy of each batch into shared memory and a pipe round trip: fcn.loader "
+                 "serves a split held in memory with none")
     return text
 
 

@@ -18,7 +18,6 @@ The fastest fp32 variant is run a second time, with a torch.profiler step at the
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -49,10 +48,11 @@ def set_gpu_precision(amp: str) -> None:
 
 def worker(spec: dict) -> dict:
     import torch
-    import torch.nn.functional as F
 
     from bench import peak
+    from fcn.config import RunConfig
     from fcn.models import FCN, forward_macs
+    from fcn.train import train_step
 
     apply_allocator(spec["allocator"])
     dev = spec["device"]
@@ -73,17 +73,11 @@ def worker(spec: dict) -> dict:
     net = torch.compile(model) if spec["compile"] else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     bf16 = spec["amp"] == "bf16"
-    amp = torch.autocast(dev, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    config = RunConfig(amp=spec["amp"])  # "off" or "bf16": fcn.precision.autocast decides as in training
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
     def step() -> float:
-        with amp:
-            logits = net(x)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()  # a host sync, as fcn.train's loss bookkeeping does
+        return train_step(net, opt, x, y, config, torch.device(dev)).item()  # fcn.train's step; .item() syncs
 
     t0 = time.perf_counter()
     step()

@@ -8,14 +8,20 @@
   (numpy arrays and scalars, e.g. numpy's RNG state, are converted on save and back on load), so a crafted pickle
   (a `__reduce__` payload) is refused before anything of it runs. Checkpoints come from MLflow servers shared by a
   whole lab: a file must never be able to run code.
+- One schema: what ckpt/last.pt (`Last`: everything a resume needs) and ckpt/best.pt (`Best`: the model that is tested
+  and shipped, with what fcn.predict needs to use it) hold is written down here, built here (`last`, `best`) and read
+  here (`load_last`, `load_best`, `read_best`); training only fills it. `CHECKPOINT_VERSION` is stamped on every file.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import random
 import sys
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -23,7 +29,124 @@ import torch
 from fcn.errors import UserError
 
 MAGIC = "fcn-checkpoint"
-VERSION = 1
+# The version of the schema below, stamped on every file (in the wrapper, beside the checksum). Raise it when a key
+# changes meaning; `read` refuses a file of a newer version with one line. 1: the keys of Last and Best below. Files
+# with no version (older, unwrapped ones) hold the same keys and load as version 1.
+CHECKPOINT_VERSION = 1
+
+
+# --- the schema -------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    """Where a run stands after its last whole epoch: saved in last.pt, so a resume continues the same run."""
+    epoch: int = 0  # epochs done
+    best: float = -1.0  # best validation ROC-AUC so far; -1 until an epoch has one (a NaN never beats it)
+    best_epoch: int = -1
+    bad: int = 0  # epochs since the best: early stopping's patience counter
+    train_time: float = 0.0  # seconds of training and validation, summed over every launch
+    history: list = field(default_factory=list)  # one row per epoch: losses, validation ROC/PR-AUC, epoch time
+    global_batch: int = 0  # clips per step over all processes, fixed when the run starts and kept on resume
+    world: int = 1  # processes of the launch that wrote it
+
+    @classmethod
+    def from_dict(cls, saved: dict, defaults: "Progress") -> "Progress":
+        """A checkpoint's progress; a key an older checkpoint lacks keeps its value in `defaults`."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**asdict(defaults), **{k: v for k, v in saved.items() if k in known}})
+
+
+class Last(TypedDict):
+    """ckpt/last.pt, written after every epoch: everything a resume needs."""
+    model: dict  # the bare model's state_dict (never DDP's)
+    optimizer: dict  # Adam's state_dict
+    rng: list  # one RNG state per rank (`rng_state`), gathered by rank 0
+    progress: dict  # Progress as a dict
+    config: dict  # RunConfig.to_dict(): a resume checks it against its own (`config_changes`)
+    run_id: str | None  # the cell's MLflow run, continued by the resume
+
+
+class Best(TypedDict):
+    """ckpt/best.pt, written when validation ROC-AUC improves: the model that is tested, logged and tagged with."""
+    model: dict
+    config: dict
+    epoch: int
+    tags: list  # the store's tag names, in the order of the model's outputs
+    frontend: dict  # FrontEndParams.to_dict() of the store the model was trained on
+    norm: tuple  # (mean, std) of the training split: the input standardisation
+    valid_roc_auc: float
+    run_id: str | None
+    fallback: NotRequired[str]  # "last epoch" when no epoch had a validation ROC-AUC (fcn/train.py says why)
+
+
+LAST_KEYS = ("model", "optimizer", "progress", "config", "rng")  # run_id is absent from the oldest files
+BEST_KEYS = ("model", "config", "tags", "frontend", "norm")  # what fcn.predict needs
+
+
+def last(model, opt, rngs: list, progress: Progress, config, run_id: str | None) -> Last:
+    return Last(model=model.state_dict(), optimizer=opt.state_dict(), rng=rngs, progress=asdict(progress),
+                config=config.to_dict(), run_id=run_id)
+
+
+def best(model, config, *, epoch: int, meta: dict, norm: tuple, valid_roc_auc: float, run_id: str | None,
+         fallback: str = "") -> Best:
+    """`meta`: the feature store's (fcn.store.check_store): its tags and front end."""
+    b = Best(model=model.state_dict(), config=config.to_dict(), epoch=epoch, tags=meta["tags"],
+             frontend=meta["frontend"].to_dict(), norm=norm, valid_roc_auc=valid_roc_auc, run_id=run_id)
+    if fallback:
+        b["fallback"] = fallback
+    return b
+
+
+def load_last(path: str | Path, warn=None) -> Last | None:
+    return load(path, LAST_KEYS, warn)
+
+
+def load_best(path: str | Path, warn=None) -> Best | None:
+    return load(path, BEST_KEYS, warn)
+
+
+def read_best(path: str | Path) -> Best:
+    """One best.pt, verified, with what fcn.predict needs (no fallback to the previous generation: a path names a
+    file)."""
+    return read(path, BEST_KEYS)
+
+
+def config_changes(saved: dict, config) -> list[str]:
+    """How `config` differs from the config a checkpoint was made with, in the fields a resume may not change (those
+    not marked `resume=True` in RunConfig's field metadata); a field added since counts as its default."""
+    from fcn.config import RunConfig
+
+    out = []
+    for f in fields(RunConfig):
+        if f.metadata.get("resume"):
+            continue
+        was, now = saved.get(f.name, f.default), getattr(config, f.name)
+        if was != now:
+            out.append(f"{f.name}={was!r}→{now!r}")
+    return out
+
+
+# --- RNG states -------------------------------------------------------------------------------------------------------
+
+def rng_state(device: torch.device) -> dict:
+    """This rank's RNG states. CUDA: only its own device's generator (one per rank, gathered by rank 0), so a
+    checkpoint resumes with any number of visible GPUs; all devices' states would not fit a machine with fewer."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(s: dict, device: torch.device) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    cuda = s.get("cuda")
+    if cuda is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):  # an older checkpoint: every device's state; take this rank's, if there
+        cuda = cuda[device.index] if device.index < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
 
 
 class CheckpointError(UserError):
@@ -95,7 +218,7 @@ def save(state: dict, path: str | Path) -> None:
     buf = io.BytesIO()
     torch.save(_encode(state), buf)
     payload = buf.getbuffer()
-    wrapped = {"format": MAGIC, "version": VERSION, "sha256": hashlib.sha256(payload).hexdigest(),
+    wrapped = {"format": MAGIC, "version": CHECKPOINT_VERSION, "sha256": hashlib.sha256(payload).hexdigest(),
                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -153,6 +276,10 @@ def read(path: str | Path, required: tuple[str, ...] = ()) -> dict:
     path = Path(path)
     outer = _torch_load(path, str(path))
     if isinstance(outer, dict) and outer.get("format") == MAGIC:
+        version = outer.get("version", 1)
+        if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+            raise CheckpointError(f"{path} is a checkpoint of version {version!r}, newer than this fcn reads "
+                                  f"({CHECKPOINT_VERSION}): update fcn-sweep to resume or use it")
         payload = outer.get("payload")
         if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
             raise CheckpointError(f"{path} is damaged (no payload)")

@@ -38,6 +38,9 @@ DEMO_DROPOUT = 0.1
 
 
 def _f(default: Any, help: str, **kw):
+    """A field with its --flag's help text. Metadata: `choices`; `resume=True` for a field that says where or how fast
+    a run goes, not what it computes: a resume may change it (fcn.checkpoint.config_changes), any other field must
+    match the checkpoint's."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -50,18 +53,20 @@ class RunConfig:
     seed: int = _f(0, "seed of weights, data order and dropout")
     # --- data ---
     data_root: str = _f("", "root of the real data set (MTAT: folder with annotations_final.csv and 0..f/; MSD: "
-                            "folder with lastfm_tags.db); empty = the built-in synthetic set in the same layout")
+                            "folder with lastfm_tags.db); empty = the built-in synthetic set in the same layout",
+                            resume=True)
     splits_dir: str = _f("", "folder of split lists (MTAT clean split: Lee/Won lists; MSD: Choi's lists); "
-                             "empty = <data_root>/splits if it holds them, else the lists shipped in fcn/data/splits")
-    tags_db: str = _f("", "MSD: the Last.fm tag database (SQLite); empty = <data_root>/lastfm_tags.db")
+                             "empty = <data_root>/splits if it holds them, else the lists shipped in fcn/data/splits",
+                             resume=True)
+    tags_db: str = _f("", "MSD: the Last.fm tag database (SQLite); empty = <data_root>/lastfm_tags.db", resume=True)
     audio_root: str = _f("", "MSD: folder of the 7digital previews, d1/d2/<7digital id>.clip.mp3; empty = "
-                             "<data_root>/audio")
+                             "<data_root>/audio", resume=True)
     id_map: str = _f("", "MSD: CSV 'msd_id,path' of previews stored elsewhere (relative paths: from the CSV's "
-                         "folder); the ids it lists override the d1/d2 layout")
+                         "folder); the ids it lists override the d1/d2 layout", resume=True)
     split: str = _f("folder", "MTAT split: folder (0-b / c / d-f) or clean (Lee/Won lists); MSD always uses "
                               "Choi's split", choices=("folder", "clean"))
-    store: str = _f("", "HDF5 feature store; empty = <data_dir>/<name>.h5, built on first use")
-    data_dir: str = _f("data", "where built-in data sets and derived feature stores are kept")
+    store: str = _f("", "HDF5 feature store; empty = <data_dir>/<name>.h5, built on first use", resume=True)
+    data_dir: str = _f("data", "where built-in data sets and derived feature stores are kept", resume=True)
     synth_clips: int = _f(1200, "size of the built-in synthetic data set (clips)")
     train_fraction: float = _f(1.0, "fraction of the training split used (RQ4: data size)")
     # --- model and front end ---
@@ -79,7 +84,7 @@ class RunConfig:
     epochs: int = _f(8, "maximum epochs [paper preset 100, U]")
     patience: int = _f(3, "early stopping: epochs without a better validation ROC-AUC [paper preset 10, U]")
     # --- runtime ---
-    device: str = _f("auto", "auto (cuda if available), cpu, or cuda", choices=("auto", "cpu", "cuda"))
+    device: str = _f("auto", "auto (cuda if available), cpu, or cuda", choices=("auto", "cpu", "cuda"), resume=True)
     # [D] bf16 autocast on CUDA, and on CPUs with bf16 arithmetic, is our speed choice; the paper trained in fp32
     # (--amp off)
     amp: str = _f("auto", "autocast: auto (bf16 on CUDA and on a CPU with bf16 arithmetic, AVX-512 BF16 or AMX, "
@@ -88,16 +93,19 @@ class RunConfig:
                   choices=("auto", "bf16", "off"))
     memory_format: str = _f("auto", "activations' layout: auto (channels_last on CUDA and at demo width; contiguous "
                                      "at full width on a CPU without AVX-512, bench/train_step.py), channels_last, or "
-                                     "contiguous", choices=("auto", "channels_last", "contiguous"))
-    num_workers: int = _f(0, "DataLoader worker processes per training process")
-    threads: int = _f(0, "torch CPU threads per process; 0 = all cores divided among local processes")
+                                     "contiguous", choices=("auto", "channels_last", "contiguous"), resume=True)
+    num_workers: int = _f(0, "DataLoader worker processes per training process", resume=True)
+    threads: int = _f(0, "torch CPU threads per process; 0 = all cores divided among local processes", resume=True)
     # --- where results go ---
-    out_dir: str = _f("runs", "run directories (checkpoints, metrics.json) and the default SQLite MLflow store")
-    experiment: str = _f(cell.CELL_EXPERIMENT, "MLflow experiment name")
-    tracking_uri: str = _f("", "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///<out_dir>/mlflow.db")
-    parent_run_id: str = _f("", "MLflow parent run (set by the harness for sweeps)")
+    out_dir: str = _f("runs", "run directories (checkpoints, metrics.json) and the default SQLite MLflow store",
+                      resume=True)
+    experiment: str = _f(cell.CELL_EXPERIMENT, "MLflow experiment name", resume=True)
+    tracking_uri: str = _f("", "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///<out_dir>/mlflow.db",
+                           resume=True)
+    parent_run_id: str = _f("", "MLflow parent run (set by the harness for sweeps)", resume=True)
     recipe: str = _f("", "where lr, dropout and batch size came from: empty = the preset and flags; set by "
-                         "`harness.grid --configs-from` to a search's recipe file (logged, shown in the tables)")
+                         "`harness.grid --configs-from` to a search's recipe file (logged, shown in the tables)",
+                         resume=True)
 
     def __post_init__(self):
         for f in fields(self):

@@ -60,7 +60,7 @@ class Tagger:
         if not Path(ckpt_path).is_file():
             raise UserError(f"{ckpt_path} does not exist")
         # verified, tensors and plain values only (weights_only): a crafted file is refused, nothing of it runs
-        state = checkpoint.read(ckpt_path, required=("model", "config", "tags", "frontend", "norm"))
+        state = checkpoint.read_best(ckpt_path)
         self.config = RunConfig.from_dict(state["config"])
         self.tags = list(state["tags"])
         self.params = FrontEndParams.from_dict(state["frontend"])

@@ -1,4 +1,5 @@
-"""MLflow: where runs go, whether the server is up, and the one run of each cell (never two).
+"""MLflow: where runs go, whether the server is up, the one run of each cell (never two) and a finished cell's end
+(logged by training, re-synced later when the server missed it).
 
 mlflow is imported inside the functions: a worker that never logs should not pay its import time.
 """
@@ -232,6 +233,55 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id:
             self._call(self.c.set_terminated, self.run_id, status)
+
+
+# --- A finished cell's end in MLflow: logged by training, or re-synced by the next run when the server missed it -----
+
+FINAL_METRICS = ("test_roc_auc", "test_pr_auc", "best_epoch", "best_valid_roc_auc", "train_time_s", "n_params")
+FINAL_FILES = (cell.METRICS, "per_tag_auc.csv", "test_predictions.npz")  # beside metrics.json in the run dir
+
+
+def log_final(t: Tracker, result: dict, rdir: Path) -> None:
+    """A finished cell's result: final metrics, the run dir's result files, best.pt as `model/best.pt`, FINISHED."""
+    t.metrics({k: result[k] for k in FINAL_METRICS if k in result})
+    for name in FINAL_FILES:
+        if (rdir / name).exists():
+            t.artifact(rdir / name)
+    if cell.ckpt(rdir, cell.BEST).exists():
+        t.artifact(cell.ckpt(rdir, cell.BEST), "model")
+    t.finish("FINISHED")
+
+
+def sync_finished(result: dict, rdir: Path, config) -> None:
+    """A cell finished on disk (metrics.json) whose MLflow run is not: log what the server missed, then its end.
+    A server that is down now changes nothing: metrics.json stays the truth and the next run tries again."""
+    uri = resolve_uri(config.tracking_uri, config.out_dir)
+    try:
+        c = client(uri)
+        run = c.get_run(result["run_id"]) if result.get("run_id") else None
+    except Exception:  # noqa: BLE001 - the server is down: metrics.json is the truth; nothing to do now
+        return
+    if run is not None and not cell.run_is_finished(run):
+        t = Tracker(uri, config.experiment, config.out_dir)
+        t.run_id = run.info.run_id
+        _log_history(t, rdir)
+        log_final(t, result, rdir)
+
+
+def _log_history(t: Tracker, rdir: Path) -> None:
+    """Per-epoch metrics the server missed (it was down for part of the run), from the last checkpoint's history."""
+    from fcn import checkpoint
+
+    state = checkpoint.load(cell.ckpt(rdir, cell.LAST), ("progress",), warn=lambda msg: None)
+    if state is None:
+        return
+    try:
+        logged = {m.step for m in t.c.get_metric_history(t.run_id, "valid_roc_auc")}
+    except Exception:  # noqa: BLE001 - nothing known: log all (the server is up, we were just told so)
+        logged = set()
+    for row in state["progress"].get("history", []):
+        if row["epoch"] not in logged:
+            t.metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
 
 # --- The SQLite store: set up once under a lock, calls retried while another writer holds it (issue 11) -------------

@@ -7,6 +7,10 @@
 Reproduces Choi, Fazekas & Sandler 2016: FCN-3..7 on mel / STFT / MFCC, Adam + binary cross-entropy, early stopping
 on validation macro ROC-AUC, test macro ROC-AUC of the best checkpoint. Rerunning the same command resumes from the
 last epoch's checkpoint, or, if the cell is finished, prints its result again without training.
+
+Read `train` first: set up → resume → epoch loop → test → publish, one helper each. `train_step` and `predict` are
+the steps that ship (bench/ times `train_step` itself). What a checkpoint holds is fcn/checkpoint.py's; what a cell is
+(key, run dir, lock, finished), fcn/cell.py's; the MLflow end of a run, fcn/tracking.py's.
 """
 from __future__ import annotations
 
@@ -14,9 +18,12 @@ import argparse
 import json
 import os
 import random
+import socket
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,71 +31,31 @@ import torch.nn.functional as F
 
 from fcn import cell, checkpoint, dist, metrics as M
 from fcn.cell import run_dir
+from fcn.checkpoint import Progress
 from fcn.config import RunConfig, add_config_arguments, config_from_args
 from fcn.errors import UserError, run_cli
 from fcn.loader import device_inputs, make_loader
 from fcn.malloc import keep_freed_memory
 from fcn.models import FCN, n_params
-from fcn.precision import autocast, channels_last
-
-# Fields that say where or how fast a run goes, not what it computes: they may change between a run and its resume.
-RUNTIME_FIELDS = {"device", "memory_format", "num_workers", "threads", "out_dir", "tracking_uri", "parent_run_id",
-                  "data_dir", "store", "experiment", "data_root", "splits_dir",
-                  "tags_db", "audio_root", "id_map", "recipe"}
-
-
-def _log(d: dist.Dist, rdir: Path, msg: str) -> None:
-    if d.main:
-        print(msg, file=sys.stderr, flush=True)
-        try:
-            with open(rdir / "train.log", "a") as f:
-                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
-        except OSError:
-            pass  # a full disk: the line is on stderr; the checkpoint write right after says what is wrong
-
-
-def _rng_state(device: torch.device) -> dict:
-    """This rank's RNG states. CUDA: only its own device's generator (one per rank, gathered by rank 0), so a
-    checkpoint resumes with any number of visible GPUs; all devices' states would not fit a machine with fewer."""
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def _set_rng_state(s: dict, device: torch.device) -> None:
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    cuda = s.get("cuda")
-    if cuda is None or device.type != "cuda":
-        return
-    if isinstance(cuda, (list, tuple)):  # an older checkpoint: every device's state; take this rank's, if there
-        cuda = cuda[device.index] if device.index < len(cuda) else None
-    if cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)
-
-
-def per_process_batch(global_batch: int, world: int) -> int:
-    """The training batch of each process, so that `world` processes keep the run's global batch. A run's global
-    batch is fixed when it starts (batch_size × processes) and kept on resume with another process count."""
-    if global_batch % world:
-        raise UserError(f"this run's global batch of {global_batch} clips cannot be split over {world} processes: "
-                        f"resume it on a process count that divides {global_batch}")
-    return global_batch // world
-
+from fcn.precision import autocast, channels_last, describe
 
 # [D] Below this many clips per process, batch statistics are too noisy per GPU: BatchNorm becomes SyncBatchNorm.
 SYNC_BN_BELOW = 8
 
 
-def use_sync_bn(config: RunConfig, world: int, batch: int, device: torch.device) -> bool:
-    """config.sync_bn: auto = SyncBatchNorm when world > 1, on CUDA, and the per-process batch < SYNC_BN_BELOW."""
-    if config.sync_bn == "off" or world == 1:
-        return False
-    if device.type != "cuda":
-        if config.sync_bn == "on":
-            raise UserError("--sync-bn on needs CUDA (torch's SyncBatchNorm runs on GPUs only): use auto or off")
-        return False
-    return config.sync_bn == "on" or batch < SYNC_BN_BELOW
+# --- the steps that ship ----------------------------------------------------------------------------------------------
+
+def train_step(net, opt, x: torch.Tensor, y: torch.Tensor, config: RunConfig, device: torch.device) -> torch.Tensor:
+    """One optimisation step: forward (autocast as config.amp says), binary cross-entropy on fp32 logits, backward
+    (DDP all-reduces here), Adam. Returns the batch's mean loss, detached and left on the device: reading it here
+    would stall a GPU every step."""
+    with autocast(config, device):
+        logits = net(x)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
 
 
 @torch.no_grad()
@@ -116,58 +83,53 @@ def predict(model, loader, config: RunConfig, d: dist.Dist,
     return uniq, all_scores[first], sum(p[2] for p in parts) / max(1, sum(p[3] for p in parts))
 
 
-def _finished(rdir: Path, config: RunConfig, d: dist.Dist) -> dict | None:
-    """A finished cell's metrics (re-synced to MLflow if the server missed the end), or None."""
-    result = cell.finished_metrics(rdir)
-    if result is None:
-        return None
-    if d.main:
-        sync_finished(result, rdir, config)
-    return result
+# --- rules of a run over several processes ----------------------------------------------------------------------------
+
+def per_process_batch(global_batch: int, world: int) -> int:
+    """The training batch of each process, so that `world` processes keep the run's global batch. A run's global
+    batch is fixed when it starts (batch_size × processes) and kept on resume with another process count."""
+    if global_batch % world:
+        raise UserError(f"this run's global batch of {global_batch} clips cannot be split over {world} processes: "
+                        f"resume it on a process count that divides {global_batch}")
+    return global_batch // world
 
 
-def sync_finished(result: dict, rdir: Path, config: RunConfig) -> None:
-    from fcn import tracking
-
-    uri = tracking.resolve_uri(config.tracking_uri, config.out_dir)
-    try:
-        c = tracking.client(uri)
-        run = c.get_run(result["run_id"]) if result.get("run_id") else None
-    except Exception:  # noqa: BLE001 - the server is down: metrics.json is the truth; nothing to do now
-        return
-    if run is not None and not cell.run_is_finished(run):
-        t = tracking.Tracker(uri, config.experiment, config.out_dir)
-        t.run_id = run.info.run_id
-        _log_history(t, rdir)
-        _log_final(t, result, rdir)
+def use_sync_bn(config: RunConfig, world: int, batch: int, device: torch.device) -> bool:
+    """config.sync_bn: auto = SyncBatchNorm when world > 1, on CUDA, and the per-process batch < SYNC_BN_BELOW."""
+    if config.sync_bn == "off" or world == 1:
+        return False
+    if device.type != "cuda":
+        if config.sync_bn == "on":
+            raise UserError("--sync-bn on needs CUDA (torch's SyncBatchNorm runs on GPUs only): use auto or off")
+        return False
+    return config.sync_bn == "on" or batch < SYNC_BN_BELOW
 
 
-def _log_history(t, rdir: Path) -> None:
-    """Per-epoch metrics the server missed (it was down for part of the run), from the last checkpoint's history."""
-    state = checkpoint.load(rdir / "ckpt" / "last.pt", ("progress",), warn=lambda msg: None)
-    if state is None:
-        return
-    try:
-        logged = {m.step for m in t.c.get_metric_history(t.run_id, "valid_roc_auc")}
-    except Exception:  # noqa: BLE001 - nothing known: log all (the server is up, we were just told so)
-        logged = set()
-    for row in state["progress"].get("history", []):
-        if row["epoch"] not in logged:
-            t.metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+# --- the run ----------------------------------------------------------------------------------------------------------
 
+@dataclass
+class Run:
+    """One cell's training on this process: what the helpers below read and change."""
+    config: RunConfig
+    d: dist.Dist
+    rdir: Path
+    trial: str
+    uri: str  # MLflow tracking URI
+    store: Path  # the feature store
+    meta: dict  # the store's tags and front end
+    data: dict  # split name → FeatureDataset ("test" absent in a search trial)
+    model: torch.nn.Module  # the bare model: checkpoints hold its weights
+    opt: torch.optim.Optimizer
+    fmt: torch.memory_format  # the model's and every batch's layout, decided once
+    progress: Progress = field(default_factory=Progress)
+    batch: int = 0  # training clips per process per step
+    net: torch.nn.Module | None = None  # what trains: the model, or DDP around it
+    loaders: dict = field(default_factory=dict)
+    tracker: Any = None
+    run_id: str | None = None
 
-def _log_final(t, result: dict, rdir: Path) -> None:
-    t.metrics({k: result[k] for k in ("test_roc_auc", "test_pr_auc", "best_epoch", "best_valid_roc_auc",
-                                      "train_time_s", "n_params") if k in result})
-    for name in ("metrics.json", "per_tag_auc.csv", "test_predictions.npz"):
-        if (rdir / name).exists():
-            t.artifact(rdir / name)
-    if (rdir / "ckpt" / "best.pt").exists():
-        t.artifact(rdir / "ckpt" / "best.pt", "model")
-    t.finish("FINISHED")
-
-
-_LOCKS: list = []  # the cell lock's open file, closed when train() returns
+    def log(self, msg: str) -> None:
+        _log(self.d, self.rdir, msg)
 
 
 def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
@@ -180,233 +142,329 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
     caller sees every epoch even when the run had none left to train.
     """
     from fcn import tracking
-    from fcn.run_store import ensure_store
-    from fcn.store import FeatureDataset, check_store
 
     # credentials in the tracking URI move to MLflow's environment variables: the config (checkpoints, metrics.json,
     # MLflow params) never holds them
     config = tracking.without_credentials(config)
     d = dist.setup(config.device)
     try:
-        if d.world > 1:  # which host each rank runs on (a multi-node job's log shows the spread)
-            import socket
-
-            print(f"rank {d.rank}/{d.world} on host {socket.gethostname()} ({d.device}), master "
-                  f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}", file=sys.stderr, flush=True)
-        threads = config.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or \
-            max(1, (os.cpu_count() or 1) // d.local_world)
-        torch.set_num_threads(threads)
-        if d.device.type == "cpu":
-            keep_freed_memory()  # fcn/malloc.py: the step stops re-faulting its activations
-        rdir = run_dir(config, trial)
-        if d.main:
-            (rdir / "ckpt").mkdir(parents=True, exist_ok=True)
-        dist.barrier(d)
-        if d.main:
-            _LOCKS.append(cell.acquire_lock(rdir))  # held until train() returns or the process dies
+        rdir = _claim(config, d, trial)
         done = _finished(rdir, config, d)
         if done is not None:
             _log(d, rdir, f"{config.key} is finished (test ROC-AUC {done['test_roc_auc']:.4f}); nothing to do")
             return done
-
-        uri = tracking.resolve_uri(config.tracking_uri, config.out_dir)
-        if d.main:
-            tracking.check_reachable(uri)
-        # Global rank 0 alone builds a missing store; the others wait for its finished file (not in a collective
-        # barrier, which would time out during a paper-scale MSD build; not on the file lock alone, which some
-        # shared file systems keep per node).
-        store = ensure_store(config, progress=d.main, build_here=d.main)
-        dist.barrier(d)
-        meta = check_store(store, input=config.input, params=config.frontend, dataset=config.dataset)
-
-        torch.manual_seed(config.seed)  # identical initial weights on every rank
-        np.random.seed(config.seed)
-        random.seed(config.seed)
-        train_ds = FeatureDataset(store, config.input, "train", fraction=config.train_fraction, seed=config.seed)
-        valid_ds = FeatureDataset(store, config.input, "valid")
-        test_ds = None if trial else FeatureDataset(store, config.input, "test")
-        for name, ds in (("train", train_ds), ("valid", valid_ds), ("test", test_ds)):
-            if ds is not None and len(ds) == 0:
-                raise UserError(f"the {name} split of {store} is empty: check the split lists of the data set")
-        model = FCN(config.depth, config.width, n_tags=len(meta["tags"]), dropout=config.dropout).to(d.device)
-        # the layout is decided once: the model's parameters and every input batch share it
-        fmt = torch.channels_last if channels_last(config, d.device) else torch.contiguous_format
-        model = model.to(memory_format=fmt)
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-
-        # the newest usable generation (one line if it falls back, a warning if none is usable: start from scratch)
-        state = checkpoint.load(rdir / "ckpt" / "last.pt", ("model", "optimizer", "progress", "config", "rng"),
-                                warn=lambda msg: _log(d, rdir, msg))
-        if state is not None:
-            # a field added since the checkpoint was made counts as its default
-            saved = {k: state["config"].get(k, v) for k, v in RunConfig().to_dict().items()
-                     if k not in RUNTIME_FIELDS}
-            now = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
-            if saved != now:
-                diff = ", ".join(f"{k}={saved.get(k)!r}→{now.get(k)!r}" for k in now if saved.get(k) != now.get(k))
-                raise UserError(f"{rdir} holds a checkpoint of another configuration ({diff}); "
-                                f"use another --out-dir or --experiment, or delete {rdir}")
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            _set_rng_state(state["rng"][min(d.rank, len(state["rng"]) - 1)], d.device)
-        progress = dict(epoch=0, best=-1.0, best_epoch=-1, bad=0, train_time=0.0, history=[],
-                        global_batch=config.batch_size * d.world, world=d.world)
-        if state is not None:
-            progress.update(state["progress"])
-        batch = per_process_batch(progress["global_batch"], d.world)
-        if progress["world"] != d.world:
-            _log(d, rdir, f"{config.key}: resuming on {d.world} process(es), the checkpoint was made on "
-                          f"{progress['world']}: global batch {progress['global_batch']} kept, {batch} clips per "
-                          f"process")
-            progress["world"] = d.world
-
-        tracker = tracking.Tracker(uri, config.experiment, config.out_dir, enabled=d.main)
-        tags = {"run_dir": str(rdir.resolve())}
-        if config.parent_run_id:
-            tags["mlflow.parentRunId"] = config.parent_run_id
-        run_id = tracker.start(rdir.name, {**config.to_dict(), "key": rdir.name}, tags,
-                               run_id=state.get("run_id") if state else None)
-        if d.main and state is None:
-            tracker.metrics({"n_params": n_params(model)})
-
-        net = model
-        if use_sync_bn(config, d.world, batch, d.device):
-            net = model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if d.world > 1:
-            net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-        train_dl = make_loader(train_ds, config, d, shuffle=True, batch=batch)
-        valid_dl = make_loader(valid_ds, config, d, shuffle=False)
-        test_dl = None if trial else make_loader(test_ds, config, d, shuffle=False)
-        import socket
-
-        host = socket.gethostname()  # where the cell (rank 0) runs: after a requeue, possibly another node
-        if state is not None:
-            _log(d, rdir, f"{config.key}: resuming after epoch {progress['epoch']} (best valid ROC-AUC "
-                          f"{progress['best']:.4f} at epoch {progress['best_epoch']}) on host {host}")
-            for row in progress["history"] if on_epoch is not None else ():
+        run = _set_up(config, d, rdir, trial)
+        resumed = _resume(run)
+        _start(run, resumed)
+        if resumed and on_epoch is not None:  # the caller sees every epoch, the checkpoint's first
+            for row in run.progress.history:
                 on_epoch(row)
-        else:
-            _log(d, rdir, f"{config.key}: {n_params(model):,} parameters, {len(train_ds)}/{len(valid_ds)}/"
-                          f"{len(test_ds) if test_ds is not None else '-'} clips, {d.world} process(es) on {d.device} "
-                          f"on host {host}, store {store}")
-
-        from tqdm import tqdm
-
-        for epoch in range(progress["epoch"], config.epochs):
-            if progress["bad"] >= config.patience:
+        for epoch in range(run.progress.epoch, config.epochs):
+            if run.progress.bad >= config.patience:
                 break
-            t0 = time.time()
-            train_dl.sampler.sampler.set_epoch(epoch)  # the BatchSampler's DistributedSampler
-            net.train()
-            # summed on the device and read once per epoch: a .item() per step would stall the GPU every step
-            loss_sum, n = torch.zeros((), dtype=torch.float64, device=d.device), 0
-            bar = tqdm(train_dl, desc=f"{config.key} epoch {epoch + 1}/{config.epochs}", leave=False,
-                       disable=not d.main or not sys.stderr.isatty(), unit="batch", file=sys.stderr)
-            for x, y, _ in bar:
-                if len(y) < 2:
-                    # A last batch of one clip can't be batch-normalised; every rank has the same batch count
-                    # (DistributedSampler pads), so all ranks skip it together and DDP stays in step.
-                    continue
-                x = device_inputs(x, train_dl, fmt, d)
-                y = y.to(d.device, non_blocking=True)
-                with autocast(config, d.device):
-                    logits = net(x)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach().double() * len(y)
-                n += len(y)
-                if not bar.disable and bar.n % 50 == 0:  # a terminal's bar: one sync every 50 steps
-                    bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}")
-            train_loss = sum(dist.gather(float(loss_sum), d)) / max(1, sum(dist.gather(n, d)))
-            vi, vs, vloss = predict(net, valid_dl, config, d, fmt)
-            valid = M.macro(valid_ds.labels[vi], vs)
-            improved = valid["roc_auc"] > progress["best"]
-            progress["train_time"] += time.time() - t0
-            progress["epoch"] = epoch + 1
-            if improved:
-                progress.update(best=valid["roc_auc"], best_epoch=epoch + 1, bad=0)
-            else:
-                progress["bad"] += 1
-            row = dict(epoch=epoch + 1, train_loss=train_loss, valid_loss=vloss, valid_roc_auc=valid["roc_auc"],
-                       valid_pr_auc=valid["pr_auc"], epoch_time_s=time.time() - t0)
-            progress["history"].append(row)
-            rngs = dist.gather(_rng_state(d.device), d)
-            if d.main:
-                if improved:
-                    checkpoint.save({"model": model.state_dict(), "config": config.to_dict(), "epoch": epoch + 1,
-                                     "tags": meta["tags"], "frontend": meta["frontend"].to_dict(),
-                                     "norm": (train_ds.mean, train_ds.std),
-                                     "valid_roc_auc": valid["roc_auc"], "run_id": run_id}, rdir / "ckpt" / "best.pt")
-                checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rngs,
-                                 "progress": progress, "config": config.to_dict(), "run_id": run_id},
-                                rdir / "ckpt" / "last.pt")
-                tracker.metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-            _log(d, rdir, f"{config.key} epoch {epoch + 1}: train loss {train_loss:.4f}, valid loss {vloss:.4f}, "
-                          f"valid ROC-AUC {valid['roc_auc']:.4f} (best {progress['best']:.4f} at epoch "
-                          f"{progress['best_epoch']}), {row['epoch_time_s']:.1f} s")
-            dist.barrier(d)  # rank 0's checkpoint is on disk before anyone moves on
+            row = _epoch(run, epoch)
             if on_epoch is not None:
                 on_epoch(row)
-
         if trial:  # the search's caller ends the trial's MLflow run, with why it stopped
-            return dict(key=rdir.name, run_id=run_id, best_epoch=progress["best_epoch"],
-                        best_valid_roc_auc=progress["best"], epochs_run=progress["epoch"],
-                        early_stopped=progress["bad"] >= config.patience, train_time_s=progress["train_time"],
-                        history=progress["history"], run_dir=str(rdir.resolve()), config=config.to_dict())
-
-        # The test split is scored once, with the best checkpoint (early stopping on validation ROC-AUC).
-        best = checkpoint.load(rdir / "ckpt" / "best.pt", warn=lambda msg: _log(d, rdir, msg))
-        dist.barrier(d)  # every rank has looked for best.pt before rank 0 may write the fallback below
-        if best is None and progress["best_epoch"] > 0:
-            raise UserError(f"{rdir / 'ckpt'} holds no usable best.pt; delete {rdir / 'ckpt'} and rerun to train "
-                            f"{config.key} again")
-        if best is None:
-            # No epoch improved on -1: validation ROC-AUC was NaN every epoch (no validation tag had both a positive
-            # and a negative clip). Defined fallback: the last epoch's weights are the model that is tested and kept.
-            _log(d, rdir, f"{config.key}: validation ROC-AUC was undefined (NaN) in all {progress['epoch']} epochs, "
-                          f"so there is no best epoch: testing the last epoch's weights (epoch {progress['epoch']}); "
-                          "check that the validation split has positive and negative clips for some tag")
-            progress.update(best=float("nan"), best_epoch=progress["epoch"])
-            if d.main:
-                checkpoint.save({"model": model.state_dict(), "config": config.to_dict(), "epoch": progress["epoch"],
-                                 "tags": meta["tags"], "frontend": meta["frontend"].to_dict(),
-                                 "norm": (train_ds.mean, train_ds.std), "valid_roc_auc": float("nan"),
-                                 "fallback": "last epoch", "run_id": run_id}, rdir / "ckpt" / "best.pt")
-        else:
-            model.load_state_dict(best["model"])
-        ti, ts, tloss = predict(net, test_dl, config, d, fmt)
-        y = test_ds.labels[ti].astype(np.uint8)
-        roc, pr = M.per_tag(y, ts)  # once: the macro figures and per_tag_auc.csv both come from it
-        test = M.summarise(roc, pr)
-        result = dict(key=config.key, run_id=run_id, test_roc_auc=test["roc_auc"], test_pr_auc=test["pr_auc"],
-                      test_loss=tloss, tags_evaluated=test["tags_evaluated"], best_epoch=progress["best_epoch"],
-                      best_valid_roc_auc=progress["best"], epochs_run=progress["epoch"],
-                      train_time_s=progress["train_time"], n_params=n_params(model), world_size=d.world,
-                      run_dir=str(rdir.resolve()), config=config.to_dict())
-        # The last collective: after it rank 0 writes the results and talks to MLflow alone, so a dead server or a
-        # failure there never leaves the other ranks waiting in a barrier until the process-group timeout.
-        dist.barrier(d)
-        if d.main:
-            with open(rdir / "per_tag_auc.csv", "w") as f:
-                f.write("tag,roc_auc,pr_auc\n")
-                for tag, r, p in zip(meta["tags"], roc, pr):
-                    f.write(f"{tag},{r:.6f},{p:.6f}\n")
-            np.savez_compressed(rdir / "test_predictions.npz", clip_id=np.asarray(test_ds.clip_ids[ti]).astype(str), y_true=y,
-                                y_score=ts.astype(np.float32), tags=np.array(meta["tags"]))
-            tmp = rdir / "metrics.json.tmp"
-            tmp.write_text(json.dumps(result, indent=1) + "\n")
-            os.replace(tmp, rdir / "metrics.json")  # written last: its presence means the cell is finished
-            _log_final(tracker, result, rdir)
-            _log(d, rdir, f"{config.key}: test ROC-AUC {result['test_roc_auc']:.4f}, PR-AUC "
-                          f"{result['test_pr_auc']:.4f} (best epoch {result['best_epoch']})")
+            return _trial_result(run)
+        result, files = _test(run)
+        _publish(run, result, files)
         return result
     finally:
         dist.cleanup()
         while _LOCKS:
             _LOCKS.pop().close()
+
+
+# --- set up -----------------------------------------------------------------------------------------------------------
+
+_LOCKS: list = []  # the cell lock's open file, closed when train() returns
+
+
+def _claim(config: RunConfig, d: dist.Dist, trial: str) -> Path:
+    """This process's threads and allocator; the cell's run dir, made and locked (rank 0 holds the lock)."""
+    if d.world > 1:  # which host each rank runs on (a multi-node job's log shows the spread)
+        print(f"rank {d.rank}/{d.world} on host {socket.gethostname()} ({d.device}), master "
+              f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}", file=sys.stderr, flush=True)
+    threads = config.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or \
+        max(1, (os.cpu_count() or 1) // d.local_world)
+    torch.set_num_threads(threads)
+    if d.device.type == "cpu":
+        keep_freed_memory()  # fcn/malloc.py: the step stops re-faulting its activations
+    rdir = run_dir(config, trial)
+    if d.main:
+        (rdir / "ckpt").mkdir(parents=True, exist_ok=True)
+    dist.barrier(d)
+    if d.main:
+        _LOCKS.append(cell.acquire_lock(rdir))  # held until train() returns or the process dies
+    return rdir
+
+
+def _finished(rdir: Path, config: RunConfig, d: dist.Dist) -> dict | None:
+    """A finished cell's metrics (re-synced to MLflow if the server missed the end), or None."""
+    from fcn import tracking
+
+    result = cell.finished_metrics(rdir)
+    if result is not None and d.main:
+        tracking.sync_finished(result, rdir, config)
+    return result
+
+
+def _set_up(config: RunConfig, d: dist.Dist, rdir: Path, trial: str) -> Run:
+    """The tracking server checked, the feature store (built if missing), the splits, a fresh model and optimiser."""
+    from fcn import tracking
+    from fcn.run_store import ensure_store
+    from fcn.store import check_store
+
+    uri = tracking.resolve_uri(config.tracking_uri, config.out_dir)
+    if d.main:
+        tracking.check_reachable(uri)
+    # Global rank 0 alone builds a missing store; the others wait for its finished file (not in a collective
+    # barrier, which would time out during a paper-scale MSD build; not on the file lock alone, which some
+    # shared file systems keep per node).
+    store = ensure_store(config, progress=d.main, build_here=d.main)
+    dist.barrier(d)
+    meta = check_store(store, input=config.input, params=config.frontend, dataset=config.dataset)
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    data = _splits(config, store, trial)
+    model = FCN(config.depth, config.width, n_tags=len(meta["tags"]), dropout=config.dropout).to(d.device)
+    # the layout is decided once: the model's parameters and every input batch share it
+    fmt = torch.channels_last if channels_last(config, d.device) else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    return Run(config=config, d=d, rdir=rdir, trial=trial, uri=uri, store=store, meta=meta, data=data, model=model,
+               opt=opt, fmt=fmt)
+
+
+def _splits(config: RunConfig, store: Path, trial: str) -> dict:
+    from fcn.store import FeatureDataset
+
+    data = {"train": FeatureDataset(store, config.input, "train", fraction=config.train_fraction, seed=config.seed),
+            "valid": FeatureDataset(store, config.input, "valid")}
+    if not trial:  # a search trial never opens the test split
+        data["test"] = FeatureDataset(store, config.input, "test")
+    for name, ds in data.items():
+        if len(ds) == 0:
+            raise UserError(f"the {name} split of {store} is empty: check the split lists of the data set")
+    return data
+
+
+# --- resume -----------------------------------------------------------------------------------------------------------
+
+def _resume(run: Run) -> bool:
+    """Continue from the newest usable last.pt, if any (weights, optimiser, this rank's RNG, progress, MLflow run);
+    the run's global batch is kept whatever the process count now. True when there was one."""
+    c, d = run.config, run.d
+    # the newest usable generation (one line if it falls back, a warning if none is usable: start from scratch)
+    state = checkpoint.load_last(cell.ckpt(run.rdir, cell.LAST), warn=run.log)
+    run.progress = Progress(global_batch=c.batch_size * d.world, world=d.world)
+    if state is not None:
+        changed = checkpoint.config_changes(state["config"], c)
+        if changed:
+            raise UserError(f"{run.rdir} holds a checkpoint of another configuration ({', '.join(changed)}); "
+                            f"use another --out-dir or --experiment, or delete {run.rdir}")
+        run.model.load_state_dict(state["model"])
+        run.opt.load_state_dict(state["optimizer"])
+        checkpoint.set_rng_state(state["rng"][min(d.rank, len(state["rng"]) - 1)], d.device)
+        run.progress = Progress.from_dict(state["progress"], defaults=run.progress)
+        run.run_id = state.get("run_id")
+    p = run.progress
+    run.batch = per_process_batch(p.global_batch, d.world)
+    if p.world != d.world:
+        run.log(f"{c.key}: resuming on {d.world} process(es), the checkpoint was made on {p.world}: global batch "
+                f"{p.global_batch} kept, {run.batch} clips per process")
+        p.world = d.world
+    return state is not None
+
+
+def _start(run: Run, resumed: bool) -> None:
+    """The cell's MLflow run (continued, or its first), DDP around the model, the loaders, and one line of where."""
+    from fcn import tracking
+
+    c, d = run.config, run.d
+    run.tracker = tracking.Tracker(run.uri, c.experiment, c.out_dir, enabled=d.main)
+    tags = {"run_dir": str(run.rdir.resolve())}
+    if c.parent_run_id:
+        tags["mlflow.parentRunId"] = c.parent_run_id
+    run.run_id = run.tracker.start(run.rdir.name, {**c.to_dict(), "key": run.rdir.name}, tags, run_id=run.run_id)
+    if d.main and not resumed:
+        run.tracker.metrics({"n_params": n_params(run.model)})
+    run.net = run.model
+    if use_sync_bn(c, d.world, run.batch, d.device):
+        run.net = run.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
+    if d.world > 1:
+        run.net = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    run.loaders = {name: make_loader(ds, c, d, shuffle=name == "train", batch=run.batch if name == "train" else 0)
+                   for name, ds in run.data.items()}
+    host = socket.gethostname()  # where the cell (rank 0) runs: after a requeue, possibly another node
+    p = run.progress
+    if resumed:
+        run.log(f"{c.key}: resuming after epoch {p.epoch} (best valid ROC-AUC {p.best:.4f} at epoch "
+                f"{p.best_epoch}) on host {host}")
+    else:
+        n = {k: len(ds) for k, ds in run.data.items()}
+        run.log(f"{c.key}: {n_params(run.model):,} parameters, {n['train']}/{n['valid']}/{n.get('test', '-')} "
+                f"clips, {d.world} process(es) on {d.device} on host {host}, {describe(c, d.device)}, store {run.store}")
+
+
+# --- the epoch loop ---------------------------------------------------------------------------------------------------
+
+def _epoch(run: Run, epoch: int) -> dict:
+    """Train one epoch, validate, keep the best, checkpoint, log; returns the epoch's history row."""
+    c, p = run.config, run.progress
+    t0 = time.time()
+    train_loss = _train_epoch(run, epoch)
+    vi, vs, vloss = predict(run.net, run.loaders["valid"], c, run.d, run.fmt)
+    valid = M.macro(run.data["valid"].labels[vi], vs)
+    improved = valid["roc_auc"] > p.best
+    p.train_time += time.time() - t0
+    p.epoch = epoch + 1
+    if improved:
+        p.best, p.best_epoch, p.bad = valid["roc_auc"], epoch + 1, 0
+    else:
+        p.bad += 1
+    row = dict(epoch=epoch + 1, train_loss=train_loss, valid_loss=vloss, valid_roc_auc=valid["roc_auc"],
+               valid_pr_auc=valid["pr_auc"], epoch_time_s=time.time() - t0)
+    p.history.append(row)
+    _checkpoint(run, row, improved)
+    run.log(f"{c.key} epoch {epoch + 1}: train loss {train_loss:.4f}, valid loss {vloss:.4f}, valid ROC-AUC "
+            f"{valid['roc_auc']:.4f} (best {p.best:.4f} at epoch {p.best_epoch}), {row['epoch_time_s']:.1f} s")
+    dist.barrier(run.d)  # rank 0's checkpoint is on disk before anyone moves on
+    return row
+
+
+def _train_epoch(run: Run, epoch: int) -> float:
+    """One pass over this rank's share of the training split; the mean loss over all ranks."""
+    from tqdm import tqdm
+
+    c, d, dl = run.config, run.d, run.loaders["train"]
+    dl.sampler.sampler.set_epoch(epoch)  # the BatchSampler's DistributedSampler
+    run.net.train()
+    # summed on the device and read once per epoch: a .item() per step would stall the GPU every step
+    loss_sum, n = torch.zeros((), dtype=torch.float64, device=d.device), 0
+    bar = tqdm(dl, desc=f"{c.key} epoch {epoch + 1}/{c.epochs}", leave=False,
+               disable=not d.main or not sys.stderr.isatty(), unit="batch", file=sys.stderr)
+    for x, y, _ in bar:
+        if len(y) < 2:
+            # A last batch of one clip can't be batch-normalised; every rank has the same batch count
+            # (DistributedSampler pads), so all ranks skip it together and DDP stays in step.
+            continue
+        x = device_inputs(x, dl, run.fmt, d)
+        y = y.to(d.device, non_blocking=True)
+        loss = train_step(run.net, run.opt, x, y, c, d.device)
+        loss_sum += loss.double() * len(y)
+        n += len(y)
+        if not bar.disable and bar.n % 50 == 0:  # a terminal's bar: one sync every 50 steps
+            bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}")
+    return sum(dist.gather(float(loss_sum), d)) / max(1, sum(dist.gather(n, d)))
+
+
+def _checkpoint(run: Run, row: dict, improved: bool) -> None:
+    """best.pt when validation improved, last.pt always (rank 0 writes; every rank gives its RNG state); the
+    epoch's metrics to MLflow."""
+    rngs = dist.gather(checkpoint.rng_state(run.d.device), run.d)  # a collective: every rank, before rank 0 alone
+    if not run.d.main:
+        return
+    if improved:
+        checkpoint.save(_best(run, row["epoch"], row["valid_roc_auc"]), cell.ckpt(run.rdir, cell.BEST))
+    checkpoint.save(checkpoint.last(run.model, run.opt, rngs, run.progress, run.config, run.run_id),
+                    cell.ckpt(run.rdir, cell.LAST))
+    run.tracker.metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+
+
+def _best(run: Run, epoch: int, valid_roc_auc: float, fallback: str = "") -> checkpoint.Best:
+    train = run.data["train"]
+    return checkpoint.best(run.model, run.config, epoch=epoch, meta=run.meta, norm=(train.mean, train.std),
+                           valid_roc_auc=valid_roc_auc, run_id=run.run_id, fallback=fallback)
+
+
+def _trial_result(run: Run) -> dict:
+    p = run.progress
+    return dict(key=run.rdir.name, run_id=run.run_id, best_epoch=p.best_epoch, best_valid_roc_auc=p.best,
+                epochs_run=p.epoch, early_stopped=p.bad >= run.config.patience, train_time_s=p.train_time,
+                history=p.history, run_dir=str(run.rdir.resolve()), config=run.config.to_dict())
+
+
+# --- test -------------------------------------------------------------------------------------------------------------
+
+def _test(run: Run) -> tuple[dict, dict]:
+    """The test split scored once, with the best checkpoint's weights (early stopping on validation ROC-AUC):
+    the result (metrics.json) and what the result files hold."""
+    c, d, p = run.config, run.d, run.progress
+    _load_best(run)
+    ti, ts, tloss = predict(run.net, run.loaders["test"], c, d, run.fmt)
+    test_ds = run.data["test"]
+    y = test_ds.labels[ti].astype(np.uint8)
+    roc, pr = M.per_tag(y, ts)  # once: the macro figures and per_tag_auc.csv both come from it
+    test = M.summarise(roc, pr)
+    result = dict(key=c.key, run_id=run.run_id, test_roc_auc=test["roc_auc"], test_pr_auc=test["pr_auc"],
+                  test_loss=tloss, tags_evaluated=test["tags_evaluated"], best_epoch=p.best_epoch,
+                  best_valid_roc_auc=p.best, epochs_run=p.epoch, train_time_s=p.train_time,
+                  n_params=n_params(run.model), world_size=d.world, run_dir=str(run.rdir.resolve()),
+                  config=c.to_dict())
+    files = dict(roc=roc, pr=pr, clip_id=np.asarray(test_ds.clip_ids[ti]).astype(str), y_true=y, y_score=ts)
+    return result, files
+
+
+def _load_best(run: Run) -> None:
+    """The best epoch's weights into the model; with no best epoch at all, the last epoch's, kept as best.pt."""
+    c, d, p = run.config, run.d, run.progress
+    best = checkpoint.load_best(cell.ckpt(run.rdir, cell.BEST), warn=run.log)
+    dist.barrier(d)  # every rank has looked for best.pt before rank 0 may write the fallback below
+    if best is None and p.best_epoch > 0:
+        raise UserError(f"{run.rdir / 'ckpt'} holds no usable best.pt; delete {run.rdir / 'ckpt'} and rerun to "
+                        f"train {c.key} again")
+    if best is not None:
+        run.model.load_state_dict(best["model"])
+        return
+    # No epoch improved on -1: validation ROC-AUC was NaN every epoch (no validation tag had both a positive and a
+    # negative clip). Defined fallback: the last epoch's weights are the model that is tested and kept.
+    run.log(f"{c.key}: validation ROC-AUC was undefined (NaN) in all {p.epoch} epochs, so there is no best epoch: "
+            f"testing the last epoch's weights (epoch {p.epoch}); check that the validation split has positive and "
+            "negative clips for some tag")
+    p.best, p.best_epoch = float("nan"), p.epoch
+    if d.main:
+        checkpoint.save(_best(run, p.epoch, float("nan"), fallback="last epoch"), cell.ckpt(run.rdir, cell.BEST))
+
+
+# --- publish ----------------------------------------------------------------------------------------------------------
+
+def _publish(run: Run, result: dict, files: dict) -> None:
+    """Rank 0 writes the result files, metrics.json last (its presence means the cell is finished), then logs the
+    end to MLflow."""
+    from fcn import tracking
+
+    # The last collective: after it rank 0 writes the results and talks to MLflow alone, so a dead server or a
+    # failure there never leaves the other ranks waiting in a barrier until the process-group timeout.
+    dist.barrier(run.d)
+    if not run.d.main:
+        return
+    rdir, tags = run.rdir, run.meta["tags"]
+    with open(rdir / "per_tag_auc.csv", "w") as f:
+        f.write("tag,roc_auc,pr_auc\n")
+        for tag, r, p in zip(tags, files["roc"], files["pr"]):
+            f.write(f"{tag},{r:.6f},{p:.6f}\n")
+    np.savez_compressed(rdir / "test_predictions.npz", clip_id=files["clip_id"], y_true=files["y_true"],
+                        y_score=files["y_score"].astype(np.float32), tags=np.array(tags))
+    tmp = rdir / (cell.METRICS + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, rdir / cell.METRICS)  # written last: its presence means the cell is finished
+    tracking.log_final(run.tracker, result, rdir)
+    run.log(f"{run.config.key}: test ROC-AUC {result['test_roc_auc']:.4f}, PR-AUC {result['test_pr_auc']:.4f} "
+            f"(best epoch {result['best_epoch']})")
+
+
+def _log(d: dist.Dist, rdir: Path, msg: str) -> None:
+    if d.main:
+        print(msg, file=sys.stderr, flush=True)
+        try:
+            with open(rdir / cell.LOG, "a") as f:
+                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+        except OSError:
+            pass  # a full disk: the line is on stderr; the checkpoint write right after says what is wrong
 
 
 def main(argv=None) -> None:

@@ -283,7 +283,7 @@ def _main(args) -> int:
 def _resync(cells: list[RunConfig], states: dict) -> None:
     """Finished on disk but not in MLflow (killed between the two, or the server was down): log the end now."""
     from fcn.cell import run_dir
-    from fcn.train import sync_finished
+    from fcn.tracking import sync_finished
 
     for c in cells:
         s = states[c.key]

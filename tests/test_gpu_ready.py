@@ -138,7 +138,7 @@ def test_rendezvous_port_is_below_the_ephemeral_range_and_one_rule():
 
 
 def test_checkpoint_holds_only_this_ranks_cuda_rng_and_resumes_on_fewer_gpus(monkeypatch):
-    from fcn import train as T
+    from fcn import checkpoint
 
     states = {i: torch.full((16,), i, dtype=torch.uint8) for i in range(4)}
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[torch.device(device).index])
@@ -146,14 +146,14 @@ def test_checkpoint_holds_only_this_ranks_cuda_rng_and_resumes_on_fewer_gpus(mon
     restored = []
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": restored.append((s, device)))
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda ss: [states[i] for i in range(len(ss))])
-    s = T._rng_state(torch.device("cuda", 2))  # rank 2 of a 4-GPU run
+    s = checkpoint.rng_state(torch.device("cuda", 2))  # rank 2 of a 4-GPU run
     assert torch.equal(s["cuda"], states[2])
-    T._set_rng_state(s, torch.device("cuda", 0))  # resumed as rank 2 on a machine showing one GPU
+    checkpoint.set_rng_state(s, torch.device("cuda", 0))  # resumed as rank 2 on a machine showing one GPU
     assert torch.equal(restored[-1][0], states[2]) and restored[-1][1] == torch.device("cuda", 0)
     old = dict(s, cuda=list(states.values()))  # a checkpoint of the old format: every device's state
-    T._set_rng_state(old, torch.device("cuda", 1))
+    checkpoint.set_rng_state(old, torch.device("cuda", 1))
     assert torch.equal(restored[-1][0], states[1])
-    assert T._rng_state(torch.device("cpu"))["cuda"] is None
+    assert checkpoint.rng_state(torch.device("cpu"))["cuda"] is None
 
 
 def test_global_batch_and_sync_bn_rules():

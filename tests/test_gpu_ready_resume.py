@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fcn import checkpoint, train as T
+from fcn import checkpoint, tracking, train as T
 from fcn.errors import run_cli
 
 STOP = int(os.environ.get("STOP_AFTER_EPOCH", "0"))
@@ -50,7 +50,7 @@ def save(state, path):
 
 
 checkpoint.save = save
-real_final = T._log_final
+real_final = tracking.log_final
 
 
 def log_final(*a):
@@ -59,7 +59,7 @@ def log_final(*a):
     (OUT / "final-0").write_text(str(time.time()))
 
 
-T._log_final = log_final
+tracking.log_final = log_final
 real_train = T.train
 
 

@@ -8,7 +8,7 @@ from tests.conftest import TINY
 
 
 def test_batches_equal_per_clip_items_in_the_same_order(data_dir):
-    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+    from torch.utils.data import DataLoader, DistributedSampler
 
     from fcn.dist import Dist
     from fcn.run_store import store_path
