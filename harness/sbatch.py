@@ -33,15 +33,13 @@ FCN4_CLIPS_PER_S = 2600  # planning figure for one H100 in bf16 on FCN-4, 96×13
 # MSD split [C].
 SPLIT_CLIPS = {"mtat": (15_244, 1_529), "msd": (201_680, 12_634)}
 FEATURE_KB = 262  # a 96×1366 float16 feature (PAPER.md)
-# What each job asks for. One GPU by default: the paper preset's batch of 16 is per process, so one GPU is the
-# recipe as written; more GPUs are a flag away (see each script's header).
+# What each job asks for (its #SBATCH lines, rendered from SlurmOptions like the grid's submitit jobs). One GPU by
+# default: the paper preset's batch of 16 is per process, so one GPU is the recipe as written; more GPUs are a flag
+# away (see each script's header).
 GPUS = 1
 CPUS_PER_TASK = 8  # 4 DataLoader workers (paper preset) + the trainer + headroom
-MEM = {"mtat": "32G", "msd": "64G"}  # per node
-SIGNAL_S = 120  # USR2 this long before the time limit (Slurm may send it up to ~30 s early: FACTS.md)
+MEM_GB = {"mtat": 32, "msd": 64}  # per node
 LOG = "slurm/logs/%x-%j.out"
-
-INPUT_NOTE = {"mel": "96×1366 log-mel", "stft": "128×1366 log-STFT", "mfcc": "90×1366 MFCC+Δ+ΔΔ"}
 
 
 @dataclass(frozen=True)
@@ -146,6 +144,31 @@ def _estimate(dataset: str, depth: int, macs: int, macs4: int) -> tuple[list[str
     return lines, hours
 
 
+def job_options(dataset: str, hours: int):
+    """The SlurmOptions of a cell script's job (the time limit from `_estimate`)."""
+    from harness.backends.slurm import SlurmOptions
+
+    return SlurmOptions(nodes=1, gpus_per_node=GPUS, tasks_per_node=GPUS, cpus_per_task=CPUS_PER_TASK,
+                        mem_gb=MEM_GB[dataset], time_min=60 * hours)
+
+
+def directives(opts, job_name: str) -> str:
+    """The #SBATCH lines of a job with these SlurmOptions: what submitit's executor asks of the same options
+    (harness/backends/slurm.py), plus --requeue with the signal that checkpoints and requeues before the limit."""
+    lines = [f"--job-name={job_name}", f"--nodes={opts.nodes}"]
+    lines += [f"--{k}={v}" for k, v in (("partition", opts.partition), ("account", opts.account), ("qos", opts.qos),
+                                        ("gpus-per-node", opts.gpus_per_node)) if v]
+    lines.append(f"--ntasks-per-node={opts.ntasks}")
+    if opts.cpus_per_task:
+        lines.append(f"--cpus-per-task={opts.cpus_per_task}")
+    if opts.mem_gb:
+        lines.append(f"--mem={opts.mem_gb}G")
+    lines += [f"--time={opts.time_min // 60:02d}:{opts.time_min % 60:02d}:00", "--requeue",
+              f"--signal=B:USR2@{opts.signal_delay_s}", "--open-mode=append", f"--output={LOG}"]
+    lines += [f"--{k}={v}" for k, v in opts.extra.items()]
+    return "\n".join(f"#SBATCH {ln}" for ln in lines)
+
+
 TEMPLATE = r"""#!/bin/bash
 # @TITLE@
 #
@@ -197,17 +220,7 @@ TEMPLATE = r"""#!/bin/bash
 #                             split into words by xargs (quotes and backslashes group words), never `eval`ed:
 #                             $(...), backquotes, ; and globs in it stay literal text
 #
-#SBATCH --job-name=fcn-@DATASET@-fcn@DEPTH@
-#SBATCH --nodes=1
-#SBATCH --gpus-per-node=@GPUS@
-#SBATCH --ntasks-per-node=@GPUS@
-#SBATCH --cpus-per-task=@CPUS@
-#SBATCH --mem=@MEM@
-#SBATCH --time=@TIME@
-#SBATCH --requeue
-#SBATCH --signal=B:USR2@@SIGNAL_S@
-#SBATCH --open-mode=append
-#SBATCH --output=@LOG@
+@SBATCH@
 
 set -uo pipefail  # not -e: srun's exit status and the requeue trap are handled below
 
@@ -232,24 +245,17 @@ if [ -n "$DATA_ROOT" ]; then
 else
     echo "warning: DATA_ROOT is not set: training on the built-in synthetic @DATASET_UPPER@ set, not the real data" >&2
 fi
-nodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
-tasks_per_node=${SLURM_NTASKS_PER_NODE:-${SLURM_TASKS_PER_NODE:-$(( ${SLURM_NTASKS:-1} / nodes ))}}
-tasks_per_node=${tasks_per_node%%[(,]*}
-if [ -n "${SLURM_GPUS_ON_NODE:-}" ] && [ "$SLURM_GPUS_ON_NODE" != "$tasks_per_node" ]; then
-    die "this job has $SLURM_GPUS_ON_NODE GPU(s) per node but $tasks_per_node task(s) per node: one training" \
-        "process per GPU, so pass --ntasks-per-node=$SLURM_GPUS_ON_NODE with --gpus-per-node=$SLURM_GPUS_ON_NODE"
-fi
+# fcn/dist.py's rules, asked rather than repeated here: one task per GPU (else it says what to pass and the job
+# stops), and the DDP rendezvous (the first node; a port below the ephemeral range, from the job id)
+job=$("$PYTHON" -m fcn.dist job) || die "stopped before training ($PYTHON -m fcn.dist job, above)"
+read -r MASTER_ADDR MASTER_PORT nodes tasks_per_node <<< "$job"
+export MASTER_ADDR MASTER_PORT
 mkdir -p "$OUT_DIR" || die "cannot create OUT_DIR=$OUT_DIR"
 split_args() {  # $1 split into NUL-terminated words by xargs: quotes group, nothing is expanded or run (no eval)
     printf '%s' "$1" | xargs -r printf '%s\0'
 }
 split_args "$FCN_ARGS" >/dev/null 2>&1 || die "cannot split FCN_ARGS=$FCN_ARGS into words (an unclosed quote?)"
 mapfile -d '' -t extra < <(split_args "$FCN_ARGS")
-
-# --- rendezvous for DDP: fcn/dist.py's rule (first node; a port below the ephemeral range), asked, not repeated ---
-read -r MASTER_ADDR MASTER_PORT < <("$PYTHON" -m fcn.dist rendezvous) \
-    || die "cannot work out the DDP rendezvous with $PYTHON -m fcn.dist rendezvous"
-export MASTER_ADDR MASTER_PORT
 
 # --- preemption / time limit: requeue; the cell's checkpoint holds the state ----------------------------------------
 requeued=
@@ -299,6 +305,7 @@ def _comment(lines: list[str], width: int = 118) -> str:
 def render(dataset: str, depth: int, macs: int, macs4: int) -> Script:
     name = f"{dataset}_fcn{depth}.sh"
     est, hours = _estimate(dataset, depth, macs, macs4)
+    opts = job_options(dataset, hours)
     values = {
         "TITLE": f"{dataset.upper()} FCN-{depth}: one cell of Choi, Fazekas & Sandler 2016 (FCN music auto-tagging), "
                  f"paper scale, on Slurm.",
@@ -311,12 +318,8 @@ def render(dataset: str, depth: int, macs: int, macs4: int) -> Script:
                       else "lastfm_tags.db, splits/, audio/"),
         "REPRODUCES": _comment(_reproduces(dataset, depth)),
         "ESTIMATE": _comment(est),
-        "GPUS": str(GPUS),
-        "CPUS": str(CPUS_PER_TASK),
-        "MEM": MEM[dataset],
-        "TIME": f"{hours:02d}:00:00",
-        "SIGNAL_S": str(SIGNAL_S),
-        "LOG": LOG,
+        "SBATCH": directives(opts, f"fcn-{dataset}-fcn{depth}"),
+        "SIGNAL_S": str(opts.signal_delay_s),
     }
     text = TEMPLATE
     for k, v in values.items():

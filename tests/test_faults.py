@@ -392,7 +392,7 @@ FAKE_SRUN = '#!/bin/bash\nwhile [[ "$1" == -* ]]; do shift; done\nexec "$@"\n'
 FAKE_SCONTROL = '#!/bin/bash\necho localhost\n'
 FAKE_PYTHON = f'''#!/bin/bash
 [ "$1" = "-c" ] && exec {sys.executable} "$@"   # split_args: the real interpreter
-[ "$*" = "-m fcn.dist rendezvous" ] && exec {sys.executable} "$@"   # the script's own question to fcn.dist too
+[ "$*" = "-m fcn.dist job" ] && exec {sys.executable} "$@"   # the script's own question to fcn.dist too
 printf '%s\\n' "$@" > "$ARGS_OUT"
 '''
 

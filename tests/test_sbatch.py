@@ -169,7 +169,7 @@ def test_cell_script_requeued_mid_run_resumes_into_the_same_mlflow_run(slurm_clu
 FAKE_PYTHON = """#!/bin/bash
 # stands in for the interpreter: records how srun started it, then waits to be killed (the script's own question
 # to fcn.dist goes to the real one)
-[ "$*" = "-m fcn.dist rendezvous" ] && exec .venv/bin/python "$@"
+[ "$*" = "-m fcn.dist job" ] && exec .venv/bin/python "$@"
 echo "start=${SLURM_RESTART_COUNT:-0} rank=$SLURM_PROCID/$SLURM_NTASKS master=$MASTER_ADDR:$MASTER_PORT args=$*" >> "$MARKS"
 exec sleep 300
 """
