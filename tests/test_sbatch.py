@@ -247,3 +247,21 @@ def test_ray_cluster_script_runs_a_grid_inside_a_job(slurm_cluster, data_dir, tm
     runs = [r for r in _runs(f"sqlite:///{out_dir / 'mlflow.db'}", "fcn-sweep") if "cell_key" in r.data.tags]
     assert [r.info.run_name for r in runs] == ["mtat-mel-fcn3-s0"] and runs[0].info.status == "FINISHED"
     assert not Path(f"/tmp/ray-{job}").exists()  # the head's temp dir went with the job
+
+
+def test_the_scripts_ask_fcn_dist_for_the_job_rules(monkeypatch):
+    """`python -m fcn.dist job`: one task per GPU checked, then the rendezvous and the job's shape, in one line."""
+    from fcn import dist
+    from fcn.errors import UserError
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # no scontrol: the Python hostlist expansion
+    env = {"SLURM_JOB_ID": "7001", "SLURM_JOB_NODELIST": "gpu[03-04]", "SLURM_JOB_NUM_NODES": "2",
+           "SLURM_NTASKS": "8", "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_GPUS_ON_NODE": "4"}
+    assert dist.slurm_job(env) == f"gpu03 {dist.master_port(7001)} 2 4"
+    assert dist.slurm_tasks_per_node({"SLURM_NTASKS": "6", "SLURM_NNODES": "3"}) == 2
+    with pytest.raises(UserError, match=r"4 GPU\(s\) per node but 1 task\(s\) per node.*--ntasks-per-node=4"):
+        dist.slurm_job(dict(env, SLURM_TASKS_PER_NODE="1(x2)"))
+    assert dist.slurm_job({"SLURM_JOB_ID": "5"}).split()[2:] == ["1", "1"]  # CPU job: no GPU rule
+    for p in CELL_SCRIPTS:
+        text = p.read_text()
+        assert '"$PYTHON" -m fcn.dist job' in text and "SLURM_GPUS_ON_NODE\" !=" not in text
