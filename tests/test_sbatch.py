@@ -44,7 +44,7 @@ def test_check_passes_and_catches_an_edit(tmp_path, capsys):
 
     out = tmp_path / "slurm"
     assert sbatch.main(["--out", str(out)]) == 0  # generating from scratch gives the committed files
-    for p in CELL_SCRIPTS:
+    for p in CELL_SCRIPTS + [SLURM / "ray_cluster.sh"]:
         assert (out / p.name).read_text() == p.read_text(), p.name
     assert sbatch.main(["--check", "--out", str(out)]) == 0
     edited = out / "mtat_fcn4.sh"
