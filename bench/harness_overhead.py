@@ -82,19 +82,19 @@ def worker(spec: dict) -> dict:
 
             prof = cProfile.Profile()
             prof.enable()
-        outcomes = local.run(todo, parallel=spec["parallel"], progress=False)
+        outcomes = local.run(todo, local.LocalOptions(parallel=spec["parallel"]), progress=False)
         if prof:
             prof.disable()
     else:
         from harness.backends import ray_backend
 
-        outcomes = ray_backend.run(todo, cpus_per_trial=1, storage=str(Path(spec["out_dir"]) / "ray"), progress=False)
+        outcomes = ray_backend.run(todo, ray_backend.RayOptions(cpus_per_trial=1), progress=False)
     wall = time.perf_counter() - t0
-    failed = [o for o in outcomes if not o.get("ok")]
+    failed = [o for o in outcomes if not o.ok]
     if failed:
-        raise RuntimeError(f"{len(failed)} cell(s) failed: {failed[0].get('error')}")
+        raise RuntimeError(f"{len(failed)} cell(s) failed: {failed[0].error}")
     train_s = [json.loads((run_dir(c) / "metrics.json").read_text())["train_time_s"] for c in todo]
-    walls = {o["key"]: o.get("wall_s") for o in outcomes}  # the local back end times each cell's train() call
+    walls = {o.key: o.wall_s for o in outcomes}  # the back end times each cell's job (run_cell)
     out = dict(wall_s=wall, train_s=train_s, cells=len(todo), parallel=spec["parallel"],
                cell_wall_s=[walls.get(c.key) for c in todo])
     if prof:

@@ -2,7 +2,7 @@
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. srun sets SLURM_PROCID / SLURM_NTASKS /
 SLURM_LOCALID but no rendezvous (FACTS.md), so the first node of the job is the master and the port is derived from the
-job id (the sbatch scripts export the same values). gloo on CPU, NCCL on CUDA.
+job id (the sbatch scripts ask `python -m fcn.dist job` for the same values). gloo on CPU, NCCL on CUDA.
 """
 from __future__ import annotations
 
@@ -102,19 +102,35 @@ def first_node(nodelist: str) -> str:
     return hosts[0] if hosts else "localhost"
 
 
+def slurm_nodes(env=None) -> int:
+    env = os.environ if env is None else env
+    return int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")) or 1)
+
+
+def slurm_tasks_per_node(env=None) -> int:
+    """Tasks per node of a Slurm job or step: --ntasks-per-node, else Slurm's per-node count ("2(x2)" or "2,1": the
+    first node's), else the tasks spread evenly over the nodes."""
+    env = os.environ if env is None else env
+    given = re.split(r"[(,]", env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "")[0]
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, int(env.get("SLURM_NTASKS", "1") or 1) // slurm_nodes(env))
+
+
 def _launcher_env() -> tuple[int, int, int, int]:
-    """(rank, world, local_rank, local_world) from torchrun's or srun's variables; (0, 1, 0, 1) when neither."""
+    """(rank, world, local_rank, local_world) from torchrun's or srun's variables; (0, 1, 0, 1) when neither.
+
+    srun tasks (an sbatch script's, or a submitit job's: the same path) get their rendezvous from `rendezvous()`."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         world = int(env["WORLD_SIZE"])
         return int(env["RANK"]), world, int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", world))
     ntasks = int(env.get("SLURM_NTASKS", "1") or 1)
     if ntasks > 1 and "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
-        env.setdefault("MASTER_ADDR", first_node(env.get("SLURM_JOB_NODELIST", "localhost")))
-        env.setdefault("MASTER_PORT", str(master_port(env.get("SLURM_JOB_ID", "0"))))
-        nnodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")) or 1)
-        local_world = int(env.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0) or max(1, ntasks // nnodes)
-        return int(env["SLURM_PROCID"]), ntasks, int(env.get("SLURM_LOCALID", 0)), local_world
+        addr, port = rendezvous(env)
+        env.setdefault("MASTER_ADDR", addr)
+        env.setdefault("MASTER_PORT", str(port))
+        return int(env["SLURM_PROCID"]), ntasks, int(env.get("SLURM_LOCALID", 0)), slurm_tasks_per_node(env)
     return 0, 1, 0, 1
 
 
@@ -177,21 +193,26 @@ def cuda_index(local_rank: int, local_world: int, n_visible: int, env=None) -> i
                     f"--gpus-per-task=1)")
 
 
+def check_one_process_per_gpu(gpus_on_node: str, tasks_per_node: int) -> None:
+    """The rule of a Slurm job that trains with DDP: as many training processes (tasks) per node as GPUs per node,
+    or one GPU idles (too few tasks) or two processes fight over one (too many). An error at start, never a hang."""
+    if gpus_on_node.isdigit() and int(gpus_on_node) != tasks_per_node:
+        raise UserError(f"this job has {gpus_on_node} GPU(s) per node but {tasks_per_node} task(s) per node: one "
+                        f"training process per GPU, so pass --ntasks-per-node={gpus_on_node} with "
+                        f"--gpus-per-node={gpus_on_node}")
+
+
 def _check_gpus(world: int, local_world: int, env=None) -> None:
-    """A GPU request that does not match the processes per node is an error at start, never a hang."""
+    """check_one_process_per_gpu, for the processes it applies to."""
     env = os.environ if env is None else env
-    gpus_on_node = env.get("SLURM_GPUS_ON_NODE", "")
     # Only multi-process training launched as srun tasks (or by torchrun) is held to one process per GPU: a single
     # process inside a GPU allocation (srun --pty bash, a Ray trial, a local grid under sbatch) may use the GPUs as
     # it likes.
     launched = env.get("SLURM_STEP_ID", "").isdigit() or "LOCAL_WORLD_SIZE" in env
-    per_task = env.get("SLURM_GPUS_PER_TASK", "")
-    if per_task.isdigit():  # --gpus-per-task: the node's GPUs are the tasks' GPUs, by construction
+    if env.get("SLURM_GPUS_PER_TASK", "").isdigit():  # --gpus-per-task: the node's GPUs are the tasks' own
         return
-    if world > 1 and gpus_on_node.isdigit() and launched and int(gpus_on_node) != local_world:
-        raise UserError(
-            f"this Slurm job has {gpus_on_node} GPU(s) per node but runs {local_world} training process(es) per "
-            f"node: set --ntasks-per-node equal to --gpus-per-node (one process per GPU)")
+    if world > 1 and launched:
+        check_one_process_per_gpu(env.get("SLURM_GPUS_ON_NODE", ""), local_world)
 
 
 def pick_device(device: str, world: int, local_rank: int, local_world: int) -> torch.device:
@@ -235,15 +256,6 @@ def gather(obj, d: Dist) -> list:
     return out
 
 
-def broadcast(obj, d: Dist):
-    """Rank 0's `obj` on every rank (e.g. the early-stopping decision)."""
-    if d.world == 1:
-        return obj
-    box = [obj]
-    tdist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(d: Dist) -> None:
     if d.world > 1:
         tdist.barrier()
@@ -260,17 +272,31 @@ def rendezvous(env=None) -> tuple[str, int]:
     return first_node(env.get("SLURM_JOB_NODELIST", "") or "localhost"), master_port(env.get("SLURM_JOB_ID", "0") or 0)
 
 
+def slurm_job(env=None) -> str:
+    """What an sbatch script needs before it starts its tasks, in one line "ADDR PORT NODES TASKS_PER_NODE": the
+    rendezvous and the job's shape, after checking one task per GPU (a UserError otherwise)."""
+    env = os.environ if env is None else env
+    tasks = slurm_tasks_per_node(env)
+    check_one_process_per_gpu(env.get("SLURM_GPUS_ON_NODE", "").strip(), tasks)
+    addr, port = rendezvous(env)
+    return f"{addr} {port} {slurm_nodes(env)} {tasks}"
+
+
+USAGE = ("usage: python -m fcn.dist job   (in an sbatch script: checks one task per GPU, then prints the job's "
+         "MASTER_ADDR MASTER_PORT NODES TASKS_PER_NODE)")
+
+
 def main(argv=None) -> int:
-    """`python -m fcn.dist rendezvous`: print "ADDR PORT" for the sbatch scripts, one rule in one place."""
+    """`python -m fcn.dist job`: the sbatch scripts ask the rules here rather than repeating them in bash."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv != ["rendezvous"]:
-        print("usage: python -m fcn.dist rendezvous   (prints the Slurm job's MASTER_ADDR and MASTER_PORT)",
-              file=sys.stderr)
+    if argv != ["job"]:
+        print(USAGE, file=sys.stderr)
         return 2
-    addr, port = rendezvous()
-    print(addr, port)
+    print(slurm_job())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fcn.errors import run_cli
+
+    run_cli(main)  # a broken rule is one line, exit 2

@@ -95,24 +95,17 @@ if [ -n "$DATA_ROOT" ]; then
 else
     echo "warning: DATA_ROOT is not set: training on the built-in synthetic MTAT set, not the real data" >&2
 fi
-nodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
-tasks_per_node=${SLURM_NTASKS_PER_NODE:-${SLURM_TASKS_PER_NODE:-$(( ${SLURM_NTASKS:-1} / nodes ))}}
-tasks_per_node=${tasks_per_node%%[(,]*}
-if [ -n "${SLURM_GPUS_ON_NODE:-}" ] && [ "$SLURM_GPUS_ON_NODE" != "$tasks_per_node" ]; then
-    die "this job has $SLURM_GPUS_ON_NODE GPU(s) per node but $tasks_per_node task(s) per node: one training" \
-        "process per GPU, so pass --ntasks-per-node=$SLURM_GPUS_ON_NODE with --gpus-per-node=$SLURM_GPUS_ON_NODE"
-fi
+# fcn/dist.py's rules, asked rather than repeated here: one task per GPU (else it says what to pass and the job
+# stops), and the DDP rendezvous (the first node; a port below the ephemeral range, from the job id)
+job=$("$PYTHON" -m fcn.dist job) || die "stopped before training ($PYTHON -m fcn.dist job, above)"
+read -r MASTER_ADDR MASTER_PORT nodes tasks_per_node <<< "$job"
+export MASTER_ADDR MASTER_PORT
 mkdir -p "$OUT_DIR" || die "cannot create OUT_DIR=$OUT_DIR"
 split_args() {  # $1 split into NUL-terminated words by xargs: quotes group, nothing is expanded or run (no eval)
     printf '%s' "$1" | xargs -r printf '%s\0'
 }
 split_args "$FCN_ARGS" >/dev/null 2>&1 || die "cannot split FCN_ARGS=$FCN_ARGS into words (an unclosed quote?)"
 mapfile -d '' -t extra < <(split_args "$FCN_ARGS")
-
-# --- rendezvous for DDP: fcn/dist.py's rule (first node; a port below the ephemeral range), asked, not repeated ---
-read -r MASTER_ADDR MASTER_PORT < <("$PYTHON" -m fcn.dist rendezvous) \
-    || die "cannot work out the DDP rendezvous with $PYTHON -m fcn.dist rendezvous"
-export MASTER_ADDR MASTER_PORT
 
 # --- preemption / time limit: requeue; the cell's checkpoint holds the state ----------------------------------------
 requeued=

@@ -392,7 +392,7 @@ FAKE_SRUN = '#!/bin/bash\nwhile [[ "$1" == -* ]]; do shift; done\nexec "$@"\n'
 FAKE_SCONTROL = '#!/bin/bash\necho localhost\n'
 FAKE_PYTHON = f'''#!/bin/bash
 [ "$1" = "-c" ] && exec {sys.executable} "$@"   # split_args: the real interpreter
-[ "$*" = "-m fcn.dist rendezvous" ] && exec {sys.executable} "$@"   # the script's own question to fcn.dist too
+[ "$*" = "-m fcn.dist job" ] && exec {sys.executable} "$@"   # the script's own question to fcn.dist too
 printf '%s\\n' "$@" > "$ARGS_OUT"
 '''
 
@@ -409,7 +409,7 @@ def test_sbatch_script_runs_nothing_from_fcn_args(tmp_path, observe):
     fcn_args = f"--seed 1 $(touch {m1}) `touch {m2}` ; touch {m3} --data-dir '/tmp/a dir'"
     env = dict(os.environ, PATH=f"{bin_}:{os.environ['PATH']}", SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="localhost",
                PYTHON=str(bin_ / "python"), ARGS_OUT=str(tmp_path / "args"), FCN_ARGS=fcn_args,
-               OUT_DIR=str(tmp_path / "runs"))
+               OUT_DIR=str(tmp_path / "runs"), PYTHONPATH=str(REPO))  # run from tmp_path: this checkout's fcn.dist
     out = subprocess.run(["bash", str(REPO / "slurm" / "mtat_fcn4.sh")], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -133,7 +133,7 @@ def test_rendezvous_port_is_below_the_ephemeral_range_and_one_rule():
     assert min(ports) >= 20000 and max(ports) < 27000 < 32768  # Linux ephemeral ports start at 32768
     from harness.sbatch import TEMPLATE
 
-    assert "-m fcn.dist rendezvous" in TEMPLATE and "15000" not in TEMPLATE  # asked of fcn.dist, not redone in bash
+    assert "-m fcn.dist job" in TEMPLATE and "15000" not in TEMPLATE  # asked of fcn.dist, not redone in bash
     assert "SyncBatchNorm" in TEMPLATE and "global batch" in TEMPLATE
 
 

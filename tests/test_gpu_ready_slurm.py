@@ -97,7 +97,7 @@ def test_a_rank_that_raises_ends_the_submitit_job_in_seconds(slurm_cluster, tmp_
 
 
 FAKE_PYTHON = """#!/bin/bash
-[ "$*" = "-m fcn.dist rendezvous" ] && exec {python} "$@"
+[ "$*" = "-m fcn.dist job" ] && exec {python} "$@"
 [ "$SLURM_PROCID" = 1 ] && {{ echo "rank 1 fails" >&2; exit 1; }}
 exec sleep 300
 """

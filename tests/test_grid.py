@@ -139,3 +139,23 @@ def test_ray_grid_end_to_end(data_dir, tmp_path):
     results = list((tmp_path / "runs" / "fcn-sweep" / ".harness" / "ray").glob("grid-*/*/result.json"))
     pids = {json.loads(line)["pid"] for f in results for line in f.read_text().splitlines() if line.strip()}
     assert len(results) == 3 and len(pids) <= 2, pids
+
+
+def test_back_end_flags_come_from_the_options_dataclasses():
+    from dataclasses import fields
+
+    from harness import backends
+    from harness.backends.slurm import SIGNAL_DELAY_S, SlurmOptions
+    from harness.grid import _backend, build_parser
+
+    args = build_parser().parse_args(["--cluster", "slurm", "--gpus-per-node", "2", "--sbatch", "constraint=a100",
+                                      "--no-wait"])
+    _, opts = _backend(args)
+    assert opts == SlurmOptions(gpus_per_node=2, extra={"constraint": "a100"}, wait=False)
+    assert opts.signal_delay_s == SIGNAL_DELAY_S and opts.ntasks == 2
+    for name in backends.BACKENDS:  # no flags given: every option at its dataclass default
+        cls = backends.options_class(name)
+        assert _backend(build_parser().parse_args(["--cluster", name]))[1] == cls()
+        assert all(f.metadata["help"] for f in fields(cls))
+    ray = build_parser().parse_args(["--cluster", "ray", "--ray-address", "auto", "--gpus-per-trial", "2"])
+    assert _backend(ray)[1] == backends.options_class("ray")(ray_address="auto", gpus_per_trial=2.0)

@@ -44,7 +44,7 @@ def test_check_passes_and_catches_an_edit(tmp_path, capsys):
 
     out = tmp_path / "slurm"
     assert sbatch.main(["--out", str(out)]) == 0  # generating from scratch gives the committed files
-    for p in CELL_SCRIPTS:
+    for p in CELL_SCRIPTS + [SLURM / "ray_cluster.sh"]:
         assert (out / p.name).read_text() == p.read_text(), p.name
     assert sbatch.main(["--check", "--out", str(out)]) == 0
     edited = out / "mtat_fcn4.sh"
@@ -169,7 +169,7 @@ def test_cell_script_requeued_mid_run_resumes_into_the_same_mlflow_run(slurm_clu
 FAKE_PYTHON = """#!/bin/bash
 # stands in for the interpreter: records how srun started it, then waits to be killed (the script's own question
 # to fcn.dist goes to the real one)
-[ "$*" = "-m fcn.dist rendezvous" ] && exec .venv/bin/python "$@"
+[ "$*" = "-m fcn.dist job" ] && exec .venv/bin/python "$@"
 echo "start=${SLURM_RESTART_COUNT:-0} rank=$SLURM_PROCID/$SLURM_NTASKS master=$MASTER_ADDR:$MASTER_PORT args=$*" >> "$MARKS"
 exec sleep 300
 """
@@ -247,3 +247,21 @@ def test_ray_cluster_script_runs_a_grid_inside_a_job(slurm_cluster, data_dir, tm
     runs = [r for r in _runs(f"sqlite:///{out_dir / 'mlflow.db'}", "fcn-sweep") if "cell_key" in r.data.tags]
     assert [r.info.run_name for r in runs] == ["mtat-mel-fcn3-s0"] and runs[0].info.status == "FINISHED"
     assert not Path(f"/tmp/ray-{job}").exists()  # the head's temp dir went with the job
+
+
+def test_the_scripts_ask_fcn_dist_for_the_job_rules(monkeypatch):
+    """`python -m fcn.dist job`: one task per GPU checked, then the rendezvous and the job's shape, in one line."""
+    from fcn import dist
+    from fcn.errors import UserError
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # no scontrol: the Python hostlist expansion
+    env = {"SLURM_JOB_ID": "7001", "SLURM_JOB_NODELIST": "gpu[03-04]", "SLURM_JOB_NUM_NODES": "2",
+           "SLURM_NTASKS": "8", "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_GPUS_ON_NODE": "4"}
+    assert dist.slurm_job(env) == f"gpu03 {dist.master_port(7001)} 2 4"
+    assert dist.slurm_tasks_per_node({"SLURM_NTASKS": "6", "SLURM_NNODES": "3"}) == 2
+    with pytest.raises(UserError, match=r"4 GPU\(s\) per node but 1 task\(s\) per node.*--ntasks-per-node=4"):
+        dist.slurm_job(dict(env, SLURM_TASKS_PER_NODE="1(x2)"))
+    assert dist.slurm_job({"SLURM_JOB_ID": "5"}).split()[2:] == ["1", "1"]  # CPU job: no GPU rule
+    for p in CELL_SCRIPTS:
+        text = p.read_text()
+        assert '"$PYTHON" -m fcn.dist job' in text and "SLURM_GPUS_ON_NODE\" !=" not in text

@@ -5,13 +5,20 @@ Workers are reused across cells (torch is imported once per worker, not per cell
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import time
-import traceback
+from dataclasses import dataclass
 
 from fcn.config import RunConfig
+from fcn.errors import UserError
+from harness.backends import option
+from harness.job import Outcome
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """Where cells run on this machine: how many at once."""
+    parallel: int = option(0, "cells at once; 0 = one per core, or one per GPU")
 
 
 def _init_worker(gpus=None) -> None:
@@ -51,27 +58,11 @@ def _die_with_parent() -> None:
         pass  # not Linux: an orphan finishes its cell; the cell lock still keeps a rerun off it
 
 
-def _run_cell(config_dict: dict) -> dict:
-    """One cell in a worker; its log goes to the run directory so parallel cells don't interleave on the terminal."""
-    from fcn.errors import UserError
-    from fcn.cell import run_dir
-    from fcn.train import train
+def _run_cell(config_dict: dict):
+    """One cell in a worker (configs cross the process boundary as dicts)."""
+    from harness.job import run_cell
 
-    config = RunConfig.from_dict(config_dict)
-    rdir = run_dir(config)
-    rdir.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with open(rdir / "worker.log", "a") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
-        try:
-            result = train(config)
-            return {"key": config.key, "ok": True, "result": {k: v for k, v in result.items() if k != "config"},
-                    "wall_s": time.time() - t0}
-        except UserError as e:
-            return {"key": config.key, "ok": False, "error": str(e), "wall_s": time.time() - t0}
-        except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
-            traceback.print_exc()
-            return {"key": config.key, "ok": False, "error": f"{type(e).__name__}: {e} (see {rdir / 'worker.log'})",
-                    "wall_s": time.time() - t0}
+    return run_cell(RunConfig.from_dict(config_dict))
 
 
 def pool(parallel: int, gpus: list[str]):
@@ -88,12 +79,24 @@ def pool(parallel: int, gpus: list[str]):
     return ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_init_worker, initargs=(q,))
 
 
-def run(configs: list[RunConfig], *, parallel: int, progress: bool = True) -> list[dict]:
-    """Train every cell; returns one outcome dict per cell (key, ok, result or error, wall_s)."""
+def check(opts: LocalOptions, cells: list[RunConfig]) -> None:
+    if opts.parallel < 0:
+        raise UserError(f"--parallel {opts.parallel}: give a number of cells at once, or 0 for one per core or GPU")
+
+
+def where(opts: LocalOptions) -> str:
+    return "this machine"
+
+
+def run(configs: list[RunConfig], opts: LocalOptions, *, progress: bool = True) -> list[Outcome]:
+    """Train every cell, `opts.parallel` at a time, each with its share of the cores; one Outcome per cell."""
     from concurrent.futures import as_completed
 
     from tqdm import tqdm
 
+    parallel = min(opts.parallel or default_parallel(configs[0].device), len(configs))
+    threads = configs[0].threads or max(1, (os.cpu_count() or 1) // parallel)
+    configs = [c.replace(threads=threads) for c in configs]
     outcomes = []
     bar = tqdm(total=len(configs), unit="cell", desc="grid (local)", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
@@ -102,7 +105,7 @@ def run(configs: list[RunConfig], *, parallel: int, progress: bool = True) -> li
             outcomes.append(_run_cell(c.to_dict()))
             _report(bar, outcomes[-1])
     else:
-        with pool(parallel, visible_gpus(configs[0].device) if configs else []) as ex:
+        with pool(parallel, visible_gpus(configs[0].device)) as ex:
             futures = [ex.submit(_run_cell, c.to_dict()) for c in configs]
             for f in as_completed(futures):
                 outcomes.append(f.result())
@@ -111,12 +114,8 @@ def run(configs: list[RunConfig], *, parallel: int, progress: bool = True) -> li
     return outcomes
 
 
-def _report(bar, o: dict) -> None:
-    if o["ok"]:
-        bar.write(f"  {o['key']}: test ROC-AUC {o['result']['test_roc_auc']:.4f} ({o['wall_s']:.0f} s)",
-                  file=sys.stderr)
-    else:
-        bar.write(f"  {o['key']}: FAILED: {o['error']}", file=sys.stderr)
+def _report(bar, o: Outcome) -> None:
+    bar.write(f"  {o.line()}", file=sys.stderr)
     bar.update(1)
 
 

@@ -1,57 +1,84 @@
 """Run cells as Ray Tune trials (a grid_search over the cells), on a local Ray or an existing cluster's address.
 
-A cell with more than one GPU runs torchrun inside its trial, so DDP inside a trial is the same code path as anywhere.
+Each trial is `harness.job.run_cell`; a cell with more than one GPU runs torchrun inside its trial, so DDP inside a
+trial is the same code path as anywhere.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
+from dataclasses import dataclass
 
+from fcn.cell import harness_dir
 from fcn.config import RunConfig
+from fcn.errors import UserError
+from harness.backends import option
+from harness.job import FAILED, Outcome
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where cells run on Ray: the cluster, and what each cell's trial asks of it."""
+    ray_address: str = option("", "existing Ray cluster ('auto' or host:port); empty = a local Ray started for the "
+                                  "grid")
+    cpus_per_trial: float = option(1.0, "CPUs per cell")
+    gpus_per_trial: float = option(0.0, "GPUs per cell; above 1 runs torchrun (DDP) inside the trial")
+
+
+def check(opts: RayOptions, cells: list[RunConfig]) -> None:
+    if opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0:
+        raise UserError("--cpus-per-trial must be positive and --gpus-per-trial at least 0")
+    if opts.gpus_per_trial > 1 and opts.gpus_per_trial != int(opts.gpus_per_trial):
+        raise UserError(f"--gpus-per-trial {opts.gpus_per_trial}: above 1, a whole number (one process per GPU)")
+
+
+def where(opts: RayOptions) -> str:
+    return f"Ray ({opts.ray_address or 'local'})"
+
+
+PREFIX = "cell:"
 
 
 def _trial(space: dict) -> None:
-    """A Ray Tune trial: train one cell and report its metrics."""
+    """A Ray Tune trial: one cell's job; its Outcome goes back as the trial's one report."""
     from ray import tune
 
-    config = RunConfig.from_dict(space["config"])
-    gpus = int(space.get("gpus", 0))
-    if gpus > 1:
-        with tempfile.NamedTemporaryFile("w", prefix=f"fcn-{config.key}-", suffix=".json", delete=False) as f:
-            json.dump(config.to_dict(), f)
-        try:
-            out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                  f"--nproc_per_node={gpus}", "-m", "fcn.train", "--config", f.name],
-                                 check=True, capture_output=True, text=True)
-        finally:
-            os.unlink(f.name)  # one per multi-GPU cell: they would pile up in the node's /tmp
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-    else:
-        from fcn.train import train
+    from harness.job import run_cell
 
-        result = train(config)
-    tune.report({k: v for k, v in result.items() if isinstance(v, (int, float))})
+    o = run_cell(RunConfig.from_dict(space["config"]), gpus=int(space.get("gpus", 0)))
+    # the cell's metrics prefixed: Ray adds numbers of its own to every report (pid, timestamp, ...)
+    tune.report({**{PREFIX + k: v for k, v in o.metrics.items()}, "state": o.state, "error": o.error,
+                 "run_dir": o.run_dir, "wall_s": o.wall_s})
 
 
-def run(configs: list[RunConfig], *, address: str = "", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
-        storage: str, progress: bool = True) -> list[dict]:
+def _outcome(r) -> Outcome:
+    """A trial's Outcome: its report, or (its process died: no report) Ray's error."""
+    key = RunConfig.from_dict(r.config["config"]).key
+    m = dict(r.metrics or {})
+    if r.error or "state" not in m:
+        return Outcome(key, FAILED, error=str(r.error or "the trial reported nothing").strip().splitlines()[0])
+    metrics = {k[len(PREFIX):]: v for k, v in m.items() if k.startswith(PREFIX)}
+    return Outcome(key, m["state"], metrics, error=m.get("error", ""), run_dir=m.get("run_dir", ""),
+                   wall_s=m.get("wall_s"))
+
+
+def run(configs: list[RunConfig], opts: RayOptions, *, progress: bool = True) -> list[Outcome]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster (FACTS.md)
     import ray
     from ray import tune
 
     t0 = time.time()
+    threads = configs[0].threads or max(1, int(opts.cpus_per_trial))
+    configs = [c.replace(threads=threads) for c in configs]
     started = not ray.is_initialized()
     if started:
-        if address:
-            ray.init(address=address, log_to_driver=False)
+        if opts.ray_address:
+            ray.init(address=opts.ray_address, log_to_driver=False)
         else:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    trainable = tune.with_resources(_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-    space = {"config": tune.grid_search([c.to_dict() for c in configs]), "gpus": gpus_per_trial}
+    trainable = tune.with_resources(_trial, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    space = {"config": tune.grid_search([c.to_dict() for c in configs]), "gpus": opts.gpus_per_trial}
+    storage = harness_dir(configs[0].out_dir, configs[0].experiment) / "ray"
     tuner = tune.Tuner(
         trainable, param_space=space,
         # reuse_actors: one actor process trains trial after trial, so torch, torch._dynamo and MLflow are imported
@@ -60,18 +87,12 @@ def run(configs: list[RunConfig], *, address: str = "", cpus_per_trial: float = 
         tune_config=tune.TuneConfig(trial_name_creator=lambda t: RunConfig.from_dict(t.config["config"]).key,
                                     trial_dirname_creator=lambda t: RunConfig.from_dict(t.config["config"]).key,
                                     reuse_actors=True),
-        run_config=tune.RunConfig(name=f"grid-{int(t0)}", storage_path=storage, verbose=1 if progress else 0,
+        # max_failures: a trial whose process died (not a cell that failed: that is an Outcome) is tried once more
+        run_config=tune.RunConfig(name=f"grid-{int(t0)}", storage_path=str(storage), verbose=1 if progress else 0,
                                   failure_config=tune.FailureConfig(max_failures=1)),
     )
-    outcomes = []
     try:
-        for r in tuner.fit():
-            key = RunConfig.from_dict(r.config["config"]).key
-            if r.error:
-                outcomes.append({"key": key, "ok": False, "error": str(r.error).splitlines()[0]})
-            else:
-                outcomes.append({"key": key, "ok": True, "result": dict(r.metrics)})
+        return [_outcome(r) for r in tuner.fit()]
     finally:
         if started:
             ray.shutdown()  # the Ray this grid started ends with it (no processes left behind)
-    return outcomes

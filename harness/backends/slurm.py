@@ -1,7 +1,7 @@
 """Run cells as a submitit job array on Slurm: one job per cell, DDP over the job's tasks (one per GPU).
 
 Preemption and time limits: submitit's checkpoint hook requeues the job, and fcn.train resumes from the cell's last
-epoch checkpoint. Whether a cell is done is read from MLflow and its run directory (harness.state), never from
+epoch checkpoint. Whether a cell is done is read from MLflow and its run directory (harness.status), never from
 submitit's view of the job, which can be wrong after a requeue (FACTS.md).
 """
 from __future__ import annotations
@@ -12,29 +12,42 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from fcn.config import RunConfig
 from fcn.cell import harness_dir
+from fcn.config import RunConfig
 from fcn.errors import UserError
+from harness.backends import option
+from harness.job import FAILED, FINISHED, SUBMITTED, Outcome
+
+
+# [D] USR2 this long before the time limit: the job checkpoints and requeues itself. Slurm may send it up to ~30 s
+# early (FACTS.md), and a paper-scale epoch checkpoint takes seconds: 2 minutes leave room for both. The sbatch
+# scripts (harness/sbatch.py) render the same default.
+SIGNAL_DELAY_S = 120
+ARRAY_PARALLELISM = 64  # [D] jobs of one grid running at once: a courtesy to the other users of a cluster
 
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    """Everything about *where* cells run on Slurm; the launcher config, as one dataclass."""
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
-    time_min: int = 240
-    nodes: int = 1
-    gpus_per_node: int = 0  # 0: CPU tasks
-    tasks_per_node: int = 0  # 0: one per GPU (1 without GPUs)
-    cpus_per_task: int = 0  # 0: the cells' DataLoader workers + 1 for the trainer (cpus_for)
-    mem_gb: int = 0  # 0: Slurm's default (per node)
-    signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint and requeue
-    array_parallelism: int = 64
-    extra: dict = field(default_factory=dict)  # any other sbatch option, e.g. {"constraint": "a100"}
+    """Everything about *where* cells run on Slurm, as sbatch options: the grid's --cluster slurm flags, the
+    submitit executor's parameters and the generated sbatch scripts' #SBATCH lines all come from it."""
+    partition: str = option("", "Slurm partition; empty = the cluster's default")
+    account: str = option("", "Slurm account to charge")
+    qos: str = option("", "Slurm quality of service")
+    time_min: int = option(240, "time limit per job in minutes; at the limit a job requeues itself and resumes")
+    nodes: int = option(1, "nodes per job (one cell's DDP spans them)")
+    gpus_per_node: int = option(0, "GPUs per node; 0 = CPU jobs")
+    tasks_per_node: int = option(0, "training processes per node; 0 = one per GPU (1 without GPUs)")
+    cpus_per_task: int = option(0, "CPUs per task; 0 = the cells' DataLoader workers + 1 for the trainer")
+    mem_gb: int = option(0, "memory per node in GB; 0 = Slurm's default")
+    signal_delay_s: int = option(SIGNAL_DELAY_S, "seconds before the time limit at which a job checkpoints and "
+                                                 "requeues itself", flag=None)
+    array_parallelism: int = option(ARRAY_PARALLELISM, "jobs of the grid running at once", flag=None)
+    extra: dict = option(None, "any other sbatch option, e.g. --sbatch constraint=a100 (repeatable)",
+                         flag="--sbatch", factory=dict)
+    wait: bool = option(True, "submit and return; rerun (or harness.status) later", flag="--no-wait")
 
     @property
     def ntasks(self) -> int:
@@ -70,24 +83,22 @@ def executor(folder: Path, opts: SlurmOptions, name: str, configs: list[RunConfi
     return ex
 
 
+class CellFailed(RuntimeError):
+    """A cell that failed in a Slurm job: the task exits non-zero, so srun ends the other ranks at once."""
+
+
 class CellJob:
-    """The callable a Slurm task runs. submitit calls `checkpoint` on preemption/timeout: requeue the same cell."""
+    """The callable a Slurm task runs: the cell's job. Ranks, world size and the rendezvous come from srun's
+    variables through fcn.dist, as in the sbatch scripts. submitit calls `checkpoint` on preemption or at the time
+    limit: requeue the same cell, which resumes from its checkpoint."""
 
-    def __call__(self, config_dict: dict) -> dict:
-        import submitit
+    def __call__(self, config_dict: dict):
+        from harness.job import run_cell
 
-        env = submitit.JobEnvironment()
-        if env.num_tasks > 1:
-            # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch's env:// rendezvous; keep the GPUs Slurm
-            # made visible, fcn.dist picks this task's among them (cuda:<local_rank>, or cuda:0 when bound per task).
-            from fcn.dist import master_port
-
-            # fcn.dist's port rule (below the ephemeral range), not submitit's random 20000-60000
-            os.environ.setdefault("MASTER_PORT", str(master_port(os.environ.get("SLURM_JOB_ID", "0"))))
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        from fcn.train import train
-
-        return train(RunConfig.from_dict(config_dict))
+        o = run_cell(RunConfig.from_dict(config_dict), log=False)  # submitit keeps each task's output
+        if not o.ok:
+            raise CellFailed(o.error)
+        return o
 
     def checkpoint(self, config_dict: dict):
         import submitit
@@ -105,8 +116,10 @@ def _sinfo(*args: str) -> str:
     return out.stdout
 
 
-def check(opts: SlurmOptions) -> None:
+def check(opts: SlurmOptions, cells: list[RunConfig]) -> None:
     """Refuse, before submitting anything, a partition that doesn't exist or GPUs the cluster doesn't have."""
+    if opts.gpus_per_node and cells and cells[0].device == "cpu":
+        raise UserError("--gpus-per-node with --device cpu: drop one of them")
     part = ["-p", opts.partition] if opts.partition else []
     nodes = _sinfo(*part, "-o", "%P|%G|%D").split()
     if not nodes:
@@ -121,6 +134,10 @@ def check(opts: SlurmOptions) -> None:
             where = f"partition {opts.partition}" if opts.partition else "this cluster"
             raise UserError(f"--gpus-per-node {opts.gpus_per_node} asked, but {where} has nodes with at most "
                             f"{most} GPU(s)")
+
+
+def where(opts: SlurmOptions) -> str:
+    return "Slurm" + (f" (partition {opts.partition})" if opts.partition else "")
 
 
 def _jobs_file(out_dir: str, experiment: str) -> Path:
@@ -138,54 +155,63 @@ def _alive(job_ids: list[str]) -> set[str]:
     return {j for j in job_ids if j in alive or any(a.startswith(j.split("_")[0] + "_[") for a in alive)}
 
 
-def run(configs: list[RunConfig], opts: SlurmOptions, *, uri: str, wait: bool = True, progress: bool = True,
-        poll_s: float = 5.0) -> list[dict]:
-    from harness.state import grid_states
-
+def _submit(configs: list[RunConfig], opts: SlurmOptions, known: dict, jobs_path: Path) -> None:
+    """One job array for the cells whose job Slurm no longer holds; their job ids recorded in `jobs_path`."""
     out_dir, experiment = configs[0].out_dir, configs[0].experiment
-    jobs_path = _jobs_file(out_dir, experiment)
-    jobs_path.parent.mkdir(parents=True, exist_ok=True)
-    known = json.loads(jobs_path.read_text()) if jobs_path.exists() else {}
     alive = _alive(sorted({known[c.key] for c in configs if c.key in known}))
     # A cell whose job Slurm still holds (from an earlier run of the harness) is waited on, never submitted twice.
     to_submit = [c for c in configs if known.get(c.key) not in alive]
-    if to_submit:
-        # A fresh folder per submission: Slurm job ids restart when a cluster's state is wiped (FACTS.md).
-        folder = harness_dir(out_dir, experiment) / "submitit" / time.strftime("%Y%m%d-%H%M%S")
-        ex = executor(folder, opts, f"fcn-{experiment}", to_submit)
-        jobs = ex.map_array(CellJob(), [c.to_dict() for c in to_submit])
-        for c, j in zip(to_submit, jobs):
-            known[c.key] = j.job_id
-        tmp = jobs_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, jobs_path)
-        print(f"submitted {len(jobs)} job(s) as array {jobs[0].job_id.split('_')[0]}; logs in {folder}",
-              file=sys.stderr)
-    if not wait:
-        return [{"key": c.key, "ok": None, "job_id": known.get(c.key)} for c in configs]
+    if not to_submit:
+        return
+    # A fresh folder per submission: Slurm job ids restart when a cluster's state is wiped (FACTS.md).
+    folder = harness_dir(out_dir, experiment) / "submitit" / time.strftime("%Y%m%d-%H%M%S")
+    ex = executor(folder, opts, f"fcn-{experiment}", to_submit)
+    jobs = ex.map_array(CellJob(), [c.to_dict() for c in to_submit])
+    for c, j in zip(to_submit, jobs):
+        known[c.key] = j.job_id
+    tmp = jobs_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(known, indent=1))
+    os.replace(tmp, jobs_path)
+    print(f"submitted {len(jobs)} job(s) as array {jobs[0].job_id.split('_')[0]}; logs in {folder}", file=sys.stderr)
 
+
+def run(configs: list[RunConfig], opts: SlurmOptions, *, progress: bool = True, poll_s: float = 5.0) -> list[Outcome]:
+    """Submit the cells (one job each) and, unless --no-wait, follow them until each is finished or its job is gone;
+    what a cell's state is comes from harness.status (MLflow and its run dir), never from submitit."""
+    jobs_path = _jobs_file(configs[0].out_dir, configs[0].experiment)
+    jobs_path.parent.mkdir(parents=True, exist_ok=True)
+    known = json.loads(jobs_path.read_text()) if jobs_path.exists() else {}
+    _submit(configs, opts, known, jobs_path)
+    if not opts.wait:
+        return [Outcome(c.key, SUBMITTED, job_id=known.get(c.key, "")) for c in configs]
+    return _follow(configs, known, progress, poll_s)
+
+
+def _follow(configs: list[RunConfig], known: dict, progress: bool, poll_s: float) -> list[Outcome]:
     from tqdm import tqdm
 
+    from harness.status import grid_states
+
+    uri = configs[0].tracking_uri
     bar = tqdm(total=len(configs), unit="cell", desc="grid (slurm)", disable=not progress, file=sys.stderr)
     pending = {c.key: c for c in configs}
-    outcomes: dict[str, dict] = {}
+    outcomes: dict[str, Outcome] = {}
     gone_since: dict[str, float] = {}
     while pending:
         states = {s.key: s for s in grid_states(list(pending.values()), uri)}
         alive = _alive([known[k] for k in pending if k in known])
         for key in list(pending):
-            s = states[key]
+            s, job = states[key], known.get(key, "")
             if s.state == "finished":
-                outcomes[key] = {"key": key, "ok": True, "result": {"test_roc_auc": s.test_roc_auc,
-                                                                     "test_pr_auc": s.test_pr_auc}}
-            elif known.get(key) not in alive:
+                outcomes[key] = Outcome(key, FINISHED, {"test_roc_auc": s.test_roc_auc, "test_pr_auc": s.test_pr_auc},
+                                        run_dir=s.run_dir, job_id=job)
+            elif job not in alive:
                 # Slurm no longer holds the job and the cell is not finished: give the run dir a moment (a job
                 # that just ended may still be writing), then call it failed; a rerun of the harness retries it.
-                first = gone_since.setdefault(key, time.time())
-                if time.time() - first < 3 * poll_s:
+                if time.time() - gone_since.setdefault(key, time.time()) < 3 * poll_s:
                     continue
-                outcomes[key] = {"key": key, "ok": False, "error": f"job {known.get(key)} ended without a result; "
-                                                                   f"log: {s.log}"}
+                outcomes[key] = Outcome(key, FAILED, error=f"job {job} ended without a result; log: {s.log}",
+                                        run_dir=s.run_dir, job_id=job)
             else:
                 gone_since.pop(key, None)
                 continue
