@@ -40,8 +40,7 @@ from fcn.audio import DECODERS, DEFAULT_DECODER
 from fcn.errors import UserError, run_cli
 from fcn.frontends import INPUTS, FrontEndParams
 from fcn.pool import run_shards
-# ensure_store and synth_root are not used here: importable from here as before the split (fcn.run_store is their home)
-from fcn.run_store import ensure_store, lock, read_items, store_path, synth_root  # noqa: F401
+from fcn.run_store import lock, read_items, store_path
 
 SHARD_SIZE = 32  # clips per shard: small enough that a kill loses little, large enough to batch the front ends
 # A 29 s MP3 decodes in ~4 ms (FACTS.md): a decoder still busy with one file after this long is stuck, not slow.

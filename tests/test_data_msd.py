@@ -143,7 +143,7 @@ def test_labels_fall_back_to_y_files_only_when_all_exist(root, tmp_path):
 
 
 def test_preprocessing_checks_db_labels_against_choi_y_files(root, tmp_path, capsys):
-    """fcn.preprocess.read_items (what preprocessing and training read): the db, audio root and id map come from the
+    """fcn.run_store.read_items (what preprocessing and training read): the db, audio root and id map come from the
     run config, and labels built from the db are compared with the y files, mismatches by count and example."""
     from fcn.config import RunConfig
     from fcn.run_store import read_items

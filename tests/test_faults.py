@@ -72,7 +72,8 @@ def _same(a: dict, b: dict) -> bool:
 def test_lost_metrics_and_damaged_checkpoints_resume_from_the_newest_good_generation(tiny, reference, capsys, observe):
     """metrics.json deleted; then last.pt truncated (falls back to last.prev.pt); then both generations truncated
     (a warning, the cell is trained again from scratch). Every time: the uninterrupted result, one MLflow run."""
-    from fcn.train import run_dir, train
+    from fcn.cell import run_dir
+    from fcn.train import train
 
     config = tiny()
     first = train(config)
@@ -138,7 +139,8 @@ def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one_and_resumes(
     file; with space again the rerun resumes from it and ends with the uninterrupted result."""
     from fcn import checkpoint
     from fcn.errors import UserError
-    from fcn.train import run_dir, train
+    from fcn.cell import run_dir
+    from fcn.train import train
 
     disk = tmp_path / "disk"
     _mount_tmpfs(disk, "32m")
@@ -456,7 +458,7 @@ def test_truncated_store_is_announced_as_damaged_and_rebuilt(tmp_path, capsys, o
 
 
 def test_a_second_trainer_of_the_same_cell_stops_with_one_line(tiny, observe):
-    from fcn.train import run_dir
+    from fcn.cell import run_dir
     from fcn.cell import lock_held
 
     config = tiny(epochs=30, patience=30, experiment="twice")

@@ -49,7 +49,7 @@ def _epoch_batches(config, d, epoch: int, held: bool, monkeypatch):
     """Every batch of one epoch of fcn.train's training loader, the split held in memory or read row by row."""
     import fcn.store
     from fcn.loader import make_loader
-    from fcn.preprocess import store_path
+    from fcn.run_store import store_path
     from fcn.store import FeatureDataset
 
     monkeypatch.setattr(fcn.store, "IN_MEMORY_FRACTION", 0.5 if held else 0.0)
@@ -86,7 +86,7 @@ def test_hold_in_memory_reads_the_split_rows_in_blocks_and_row_by_row(data_dir, 
     import numpy as np
 
     import fcn.store
-    from fcn.preprocess import store_path
+    from fcn.run_store import store_path
     from fcn.store import FeatureDataset
 
     path = store_path(RunConfig(data_dir=str(data_dir), **TINY))

@@ -22,7 +22,8 @@ def _mlflow_runs(config):
 
 
 def test_train_learns_logs_and_reruns_without_a_second_run(tiny):
-    from fcn.train import run_dir, train
+    from fcn.cell import run_dir
+    from fcn.train import train
 
     config = tiny(epochs=4, patience=4)
     m = train(config)
@@ -131,7 +132,8 @@ def test_no_best_epoch_falls_back_to_the_last_with_a_clear_line(tmp_path):
     from fcn.config import RunConfig
     from fcn.frontends import INPUTS
     from fcn.store import write_store
-    from fcn.train import run_dir, train
+    from fcn.cell import run_dir
+    from fcn.train import train
     from tests.conftest import TINY
 
     config = RunConfig(**{**TINY, "epochs": 2, "patience": 2}, store=str(tmp_path / "nan.h5"),
