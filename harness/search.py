@@ -146,10 +146,10 @@ def end_trial(config: RunConfig, name: str, stopped: str, status: str = "FINISHE
     """Write the trial's outcome (trial.json, from its last checkpoint: the truth on disk) and end its MLflow run with
     why it stopped. Called by the trial when it ends on its own, by the driver when the scheduler pruned it."""
     from fcn import checkpoint, tracking
-    from fcn.cell import run_dir
+    from fcn.cell import LAST, ckpt, run_dir
 
     rdir = run_dir(config, name)
-    state = checkpoint.load(rdir / "ckpt" / "last.pt") or {}
+    state = checkpoint.load(ckpt(rdir, LAST)) or {}
     progress = state.get("progress", {"history": [], "best": float("nan"), "best_epoch": 0, "epoch": 0})
     out = dict(name=name, key=rdir.name, recipe=recipe_of(config), stopped=stopped, pruned=stopped.startswith("pruned"),
                best_valid_roc_auc=progress["best"], best_epoch=progress["best_epoch"], epochs_run=progress["epoch"],

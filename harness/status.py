@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from fcn import cell
 from fcn.cell import CELL_TAG, finished_metrics, lock_held, run_dir, run_is_finished
 from fcn.config import RunConfig
 from fcn.errors import run_cli
@@ -56,7 +57,7 @@ def runs_by_key(uri: str, experiment: str) -> dict[str, list]:
 
 def cell_state(config: RunConfig, runs: list) -> CellState:
     rdir = run_dir(config)
-    at = dict(log=str((rdir / "train.log").resolve()), run_dir=str(rdir))
+    at = dict(log=str((rdir / cell.LOG).resolve()), run_dir=str(rdir))
     r = finished_metrics(rdir)
     if r is not None:
         return CellState(config.key, "finished", r["test_roc_auc"], r["test_pr_auc"], r.get("epochs_run"),
@@ -72,7 +73,7 @@ def cell_state(config: RunConfig, runs: list) -> CellState:
         return CellState(config.key, "running", run_id=run_id, **at)
     if run is not None and run.info.status in ("FAILED", "KILLED"):
         return CellState(config.key, "failed", run_id=run_id, **at)
-    if (rdir / "ckpt" / "last.pt").exists() or run is not None:
+    if cell.ckpt(rdir, cell.LAST).exists() or run is not None:
         return CellState(config.key, "interrupted", run_id=run_id, **at)
     return CellState(config.key, "pending", **at)
 
