@@ -90,7 +90,7 @@ def test_single_process_inside_a_gpu_allocation_is_not_refused(clean_env, fake_c
     # a real mismatch of a multi-process job is still refused at once
     fake_cuda(2)
     _srun_task(clean_env, 0, 4, "0,1", 2)
-    with pytest.raises(UserError, match="one process per GPU"):
+    with pytest.raises(UserError, match="one training process per GPU"):
         dist.setup("auto")
 
 
