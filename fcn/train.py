@@ -147,6 +147,7 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
     # MLflow params) never holds them
     config = tracking.without_credentials(config)
     d = dist.setup(config.device)
+    run = None
     try:
         rdir = _claim(config, d, trial)
         done = _finished(rdir, config, d)
@@ -171,6 +172,8 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
         _publish(run, result, files)
         return result
     finally:
+        if run is not None and run.tracker is not None:
+            run.tracker.close()  # MLflow's queued calls written (fcn.tracking.Tracker logs in the background)
         dist.cleanup()
         while _LOCKS:
             _LOCKS.pop().close()
