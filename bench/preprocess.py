@@ -304,7 +304,7 @@ def breakdown(paths: list[Path]) -> dict[str, float]:
     for kind in ("mel", "stft"):
         out[f"ours: {kind} (torchaudio, batch of {len(ps)})"] = median(time_calls(
             lambda: compute(waves, (kind,), p), 3)) * per
-    mel_db = 10.0 * torch.log10(torch.clamp(frontend("mel", p).spec(waves), min=p.amin))
+    mel_db = 10.0 * torch.log10(torch.clamp(frontend("mel", p).power(waves), min=p.amin))
     out["ours: mfcc from the mel's dB (DCT + deltas, no 2nd STFT)"] = median(time_calls(
         lambda: frontend("mfcc", p).mfcc_from_mel_db(mel_db), 3)) * per
     # not summed (parenthesised): the MFCC front end alone, as when MFCC is the only input asked for

@@ -140,10 +140,16 @@ class SavgolDelta(nn.Module):
         w, half = self.width, self.width // 2
         if x.shape[-1] < w:
             raise ValueError(f"deltas over {w} frames need at least {w} frames, not {x.shape[-1]}")
-        flat = x.reshape(-1, 1, x.shape[-1])
-        mid = torch.nn.functional.conv1d(flat, self.mid)[:, 0]  # frames half .. F-half-1
-        head = flat[:, 0, :w] @ self.first.T
-        tail = flat[:, 0, -w:] @ self.last.T
+        flat = x.reshape(-1, x.shape[-1])
+        # frames half .. F-half-1: the window's weights as `w` shifted multiply-adds. conv1d on a thousand
+        # one-channel rows cost 10 % of preprocessing's front ends in oneDNN's set-up (bench/preprocess.py).
+        n = flat.shape[-1] - w + 1
+        taps = self.mid.view(-1)
+        mid = flat[:, :n] * taps[0]
+        for k in range(1, w):
+            mid.add_(flat[:, k:k + n], alpha=float(taps[k]))
+        head = flat[:, :w] @ self.first.T
+        tail = flat[:, -w:] @ self.last.T
         return torch.cat([head, mid, tail], dim=-1).reshape(x.shape)
 
 
@@ -178,13 +184,28 @@ class FrontEnd(nn.Module):
             else:
                 self.delta = T.ComputeDeltas(win_length=p.delta_width)
 
+    def power(self, wave: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) → the power spectrogram |X|², mel-filtered for mel and MFCC: (batch, rows, frames).
+
+        What torchaudio's Spectrogram computes (its window, centring and padding), but |X|² is re² + im²: the
+        complex abs() it takes (a square root per bin, squared again for power 2) was a quarter of preprocessing's
+        time (bench/preprocess.py). Values agree with it to float32 rounding."""
+        sp = self.spec.spectrogram if self.kind != "stft" else self.spec
+        x = torch.stft(wave.float(), sp.n_fft, hop_length=sp.hop_length, win_length=sp.win_length,
+                       window=sp.window, center=sp.center, pad_mode=sp.pad_mode, onesided=True,
+                       return_complex=True)
+        x = x.real.square() + x.imag.square()
+        return x if self.kind == "stft" else self.spec.mel_scale(x)
+
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         p = self.params
-        x = self.spec(wave.float())
+        x = self.power(wave)
         if self.kind == "mel":
             return self.log_mel(x).unsqueeze(1)
         if self.kind == "stft":
-            x = 20.0 * torch.log10(torch.clamp(x[..., :-1, :], min=p.amin))  # drop the Nyquist bin → 128 rows
+            # 20·log10(max(|X|, amin)) written as 10·log10(max(|X|², amin²)): the same values, no square root.
+            # The Nyquist bin is dropped → 128 rows.
+            x = 10.0 * torch.log10(torch.clamp(x[..., :-1, :], min=p.amin * p.amin))
             return x.unsqueeze(1)
         return self.mfcc_from_mel_db(self.power_db(x))
 
@@ -228,7 +249,7 @@ def compute(waves: torch.Tensor, kinds=INPUTS, params: FrontEndParams = FrontEnd
     out = {}
     if "mel" in kinds and "mfcc" in kinds:
         mel_fe = frontend("mel", params).to(waves.device)
-        power = mel_fe.spec(waves.float())
+        power = mel_fe.power(waves)
         out["mel"] = mel_fe.log_mel(power)
         out["mfcc"] = frontend("mfcc", params).to(waves.device).mfcc_from_mel_db(mel_fe.power_db(power))[:, 0]
     for k in kinds:
