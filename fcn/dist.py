@@ -11,12 +11,19 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
-
-import torch
-import torch.distributed as tdist
+from dataclasses import dataclass, field
 
 from fcn.errors import UserError
+
+# torch is imported inside the functions that need it: `python -m fcn.dist job`, which every sbatch script runs
+# before its tasks start, answers with the Slurm rules alone and would otherwise pay torch's import (~2 s of CPU) per
+# job: a 30-job sweep, a minute of a node's CPU before any training.
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -25,7 +32,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     local_world: int = 1
-    device: torch.device = torch.device("cpu")
+    device: "torch.device" = field(default_factory=_cpu)
 
     @property
     def main(self) -> bool:
@@ -159,6 +166,8 @@ def driver_version() -> str:
 def check_cuda_usable(env=None) -> None:
     """--device auto with GPUs allocated but CUDA unusable must stop, not quietly train on the CPU: torch only warns
     when its CUDA build is newer than the driver supports (torch 2.11's cu130 build needs a recent driver)."""
+    import torch
+
     if not gpus_allocated(env):
         return
     env = os.environ if env is None else env
@@ -215,8 +224,10 @@ def _check_gpus(world: int, local_world: int, env=None) -> None:
         check_one_process_per_gpu(env.get("SLURM_GPUS_ON_NODE", ""), local_world)
 
 
-def pick_device(device: str, world: int, local_rank: int, local_world: int) -> torch.device:
+def pick_device(device: str, world: int, local_rank: int, local_world: int) -> "torch.device":
     """The device of this process: one line of error for every way a GPU job would otherwise crash or run on CPU."""
+    import torch
+
     cuda_ok = torch.cuda.is_available()
     if device == "cuda" and not cuda_ok:
         if gpus_allocated():
@@ -232,6 +243,9 @@ def pick_device(device: str, world: int, local_rank: int, local_world: int) -> t
 
 
 def setup(device: str = "auto") -> Dist:
+    import torch
+    import torch.distributed as tdist
+
     rank, world, local_rank, local_world = _launcher_env()
     dev = pick_device(device, world, local_rank, local_world)
     use_cuda = dev.type == "cuda"
@@ -251,6 +265,8 @@ def gather(obj, d: Dist) -> list:
     """Every rank's `obj` on every rank (predictions are small next to the model)."""
     if d.world == 1:
         return [obj]
+    import torch.distributed as tdist
+
     out = [None] * d.world
     tdist.all_gather_object(out, obj)
     return out
@@ -258,10 +274,14 @@ def gather(obj, d: Dist) -> list:
 
 def barrier(d: Dist) -> None:
     if d.world > 1:
+        import torch.distributed as tdist
+
         tdist.barrier()
 
 
 def cleanup() -> None:
+    import torch.distributed as tdist
+
     if tdist.is_initialized():
         tdist.destroy_process_group()
 
