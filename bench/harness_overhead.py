@@ -62,7 +62,48 @@ def cells(base, n: int) -> list:
 
 # ---------------------------------------------------------------- one grid (runs in a worker process)
 
+# A worker process's one-off imports, in the order a cell meets them (each timed in a fresh process, after the ones
+# before it): the statement, and what it is.
+IMPORTS = (("import torch", "torch"),
+           ("import torch._dynamo", "torch._dynamo (torch.optim's first step imports it)"),
+           ("from mlflow.tracking import MlflowClient; import mlflow.store.tracking.sqlalchemy_store",
+            "MLflow's client and SQLite store"),
+           ("import fcn.train, fcn.tracking, fcn.store, harness.job", "fcn-sweep's own modules"))
+
+
+def import_costs() -> dict:
+    """Seconds of each IMPORTS step in this (fresh) process."""
+    out = {}
+    for stmt, name in IMPORTS:
+        t0 = time.perf_counter()
+        exec(stmt, {})
+        out[name] = time.perf_counter() - t0
+    return out
+
+
+def start_costs(repeats: int = 3) -> dict:
+    """Wall seconds of `python -m fcn.dist job` (what every sbatch script runs before its tasks) and, for scale, of a
+    Python that imports torch: median of `repeats` each."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, SLURM_JOB_ID="1", SLURM_JOB_NODELIST="localhost")
+
+    def wall(cmd):
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=env)
+            ts.append(time.perf_counter() - t0)
+        return median(ts)
+
+    return {"dist_job": wall([sys.executable, "-m", "fcn.dist", "job"]),
+            "torch": wall([sys.executable, "-c", "import torch"])}
+
+
 def worker(spec: dict) -> dict:
+    if spec.get("imports"):
+        return import_costs()
     from fcn import tracking
     from fcn.cell import run_dir
     from harness.grid import _parent_run
@@ -178,8 +219,32 @@ def run(quick: bool = False) -> Section:
             overhead(r) / cells_n <= TARGET_S,
             "in-process (no worker pool)" if parallel == 1 and backend == "local" else
             f"{parallel} worker processes on {cores} cores, each paying its imports; idle workers count"))
+    sec.rows += _import_rows(n > 1 and "wall_s" in seq and seq["cell_wall_s"][0] - seq["train_s"][0])
     sec.details = _details(res)
     return sec
+
+
+def _import_rows(first_cell) -> list[Row]:
+    """A worker's one-off imports, part by part, and the sbatch scripts' pre-training step."""
+    rows = []
+    try:
+        imp = run_worker("harness_overhead", {"imports": True}, timeout=300)
+        total = sum(imp.values())
+        rows.append(Row(
+            "a worker's one-off imports (fresh process): once per local or Ray worker, once per Slurm cell job",
+            f"{total:.1f} s", f"first cell's overhead {first_cell:.1f} s" if first_cell else "—",
+            f"{total / first_cell:.0%} of it" if first_cell else "—", "measured, cut where ours", None,
+            "; ".join(f"{k} {v:.2f} s" for k, v in imp.items()) + ". The local pool and Ray (reuse_actors) pay "
+            "it once per worker, not per cell. Not ours to cut: torch.optim's step imports torch._dynamo "
+            "unconditionally, and `import mlflow` loads mlflow.artifacts and mlflow.genai eagerly"))
+    except RuntimeError as e:
+        rows.append(Row("a worker's one-off imports", f"failed: {str(e).splitlines()[0]}", met=False))
+    st = start_costs()
+    rows.append(Row(
+        "`python -m fcn.dist job` (each sbatch script, before its tasks start)", f"{st['dist_job']:.2f} s",
+        f"a Python importing torch: {st['torch']:.2f} s", f"{st['torch'] / st['dist_job']:.0f}× less", "—", None,
+        "fcn.dist imports torch inside the functions that train; the Slurm rules it answers need none"))
+    return rows
 
 
 def _details(res: dict) -> str:

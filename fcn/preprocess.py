@@ -138,7 +138,9 @@ def _process_shard(job, send) -> None:
     feats = {}
     if waves:
         out = compute(torch.from_numpy(np.stack(waves)), tuple(inputs), params)
-        feats = {k: v.numpy().astype(np.float16) for k, v in out.items()}
+        # torch's float16 conversion (vectorised F16C), not numpy's astype: the same round-to-nearest-even values,
+        # 7 % of a shard's time less (bench/preprocess.py)
+        feats = {k: v.half().numpy() for k, v in out.items()}
     # a per-process temporary name: a worker orphaned by a killed parent may still be writing the same shard
     tmp = Path(f"{dest}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
