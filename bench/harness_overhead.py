@@ -232,11 +232,13 @@ def _import_rows(first_cell) -> list[Row]:
         total = sum(imp.values())
         rows.append(Row(
             "a worker's one-off imports (fresh process): once per local or Ray worker, once per Slurm cell job",
-            f"{total:.1f} s", f"first cell's overhead {first_cell:.1f} s" if first_cell else "—",
-            f"{total / first_cell:.0%} of it" if first_cell else "—", "measured, cut where ours", None,
+            f"{total:.1f} s", "—", "—", "measured; cut where ours", None,
             "; ".join(f"{k} {v:.2f} s" for k, v in imp.items()) + ". The local pool and Ray (reuse_actors) pay "
-            "it once per worker, not per cell. Not ours to cut: torch.optim's step imports torch._dynamo "
-            "unconditionally, and `import mlflow` loads mlflow.artifacts and mlflow.genai eagerly"))
+            "it once per worker, not per cell" + (f"; the in-process run's first cell above paid {first_cell:.1f} s "
+                                                  "of it (its grid had imported MLflow already, for the parent run)"
+                                                  if first_cell else "")
+            + ". Not ours to cut: torch.optim's step imports torch._dynamo unconditionally, and `import mlflow` "
+            "loads mlflow.artifacts and mlflow.genai eagerly. Ours: the sbatch scripts' pre-training step (next row)"))
     except RuntimeError as e:
         rows.append(Row("a worker's one-off imports", f"failed: {str(e).splitlines()[0]}", met=False))
     st = start_costs()

@@ -206,7 +206,6 @@ def resample(x: np.ndarray, orig_sr: int, sr: int) -> np.ndarray:
     if orig_sr == sr:
         return x
     import torch
-    import torchaudio.functional as AF
 
     g = gcd(int(orig_sr), int(sr))  # torchaudio reduces by the gcd itself; doing it here keeps the kernel explicit
     y = _resampler(int(orig_sr) // g, int(sr) // g)(torch.from_numpy(np.ascontiguousarray(x)))

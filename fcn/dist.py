@@ -12,8 +12,12 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fcn.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 # torch is imported inside the functions that need it: `python -m fcn.dist job`, which every sbatch script runs
 # before its tasks start, answers with the Slurm rules alone and would otherwise pay torch's import (~2 s of CPU) per

@@ -137,7 +137,7 @@ class SavgolDelta(nn.Module):
         self.register_buffer("last", torch.tensor(last, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, half = self.width, self.width // 2
+        w = self.width
         if x.shape[-1] < w:
             raise ValueError(f"deltas over {w} frames need at least {w} frames, not {x.shape[-1]}")
         flat = x.reshape(-1, x.shape[-1])
