@@ -91,31 +91,35 @@ def ours(paths: list[Path], out: Path, workers: int) -> float:
     """Seconds for fcn.preprocess.build of all three inputs into one store (with fcn.audio's default decoder).
 
     Also profiles the build into PROFILE: CPU seconds of the worker processes (reaped by the end of the build, so
-    RUSAGE_CHILDREN has them) and the wall time of the parent's serial assembly of the store (write_store)."""
+    RUSAGE_CHILDREN has them) and the wall time of the parent's serial tail after the last shard (the store's
+    assembly: fcn.preprocess._Assembler.finish, and write_store when a skipped clip makes it assemble afterwards)."""
     import resource
 
+    import fcn.preprocess as pp
     import fcn.store
     from fcn.data import MTAT_TOP50
     from fcn.frontends import FrontEndParams
     from fcn.preprocess import build
 
-    write_store, assembly = fcn.store.write_store, []
+    write_store, finish, assembly = fcn.store.write_store, pp._Assembler.finish, []
 
-    def timed_write_store(*a, **k):
-        t = time.perf_counter()
-        try:
-            return write_store(*a, **k)
-        finally:
-            assembly.append(time.perf_counter() - t)
+    def timed(fn):
+        def call(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                assembly.append(time.perf_counter() - t)
+        return call
 
-    fcn.store.write_store = timed_write_store  # build imports it at call time
+    fcn.store.write_store, pp._Assembler.finish = timed(write_store), timed(finish)  # build imports them at call time
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     try:
         rep = build(items_for(paths), list(MTAT_TOP50), dataset="mtat", out=out, params=FrontEndParams(),
                     workers=workers, progress=False)
     finally:
-        fcn.store.write_store = write_store
+        fcn.store.write_store, pp._Assembler.finish = write_store, finish
     dt = time.perf_counter() - t0
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     PROFILE[len(paths)] = dict(wall=dt, workers_cpu=(c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime),
@@ -462,13 +466,13 @@ def _profile_text(sizes, bd: dict) -> str:
             f"{p['workers_cpu']:.1f} CPU s, {busy:.0%} of {p['workers']} cores over the build (load average "
             f"{os.getloadavg()[0]:.1f} after it: time other processes took is not idle). Where our own build leaves "
             f"cores idle: the pool's start (spawn + importing torch in each worker, part of the fixed cost), the "
-            f"last shard's tail, and the parent's serial assembly of the store ({p['assembly']:.1f} s, one core, "
-            f"the workers gone). Inside a worker, decoding ({dec:.1f} ms/clip single-core, {dec / ours_sum:.0%} of our "
+            f"last shard's tail, and the parent's serial tail after the last shard ({p['assembly']:.1f} s: the "
+            f"store is assembled while the workers compute, each shard appended as it lands; the tail writes the "
+            f"labels and ids and renames the file). Inside a worker, decoding ({dec:.1f} ms/clip single-core, {dec / ours_sum:.0%} of our "
             f"stages) and the front ends run one after the other on the same core, so with one worker per core no "
-            f"core waits on decoding in the steady state. The opportunity is at the edges: assembling the store "
-            f"while the workers still compute (append each finished shard as it lands instead of after the last), "
-            f"and, on machines with more cores than workers, decoding the next shard in a thread while the front "
-            f"ends run (the worker pool's file, not changed here).")
+            f"core waits on decoding in the steady state. What is left at the edges: on machines with more cores than "
+            f"workers, decoding the next shard in a thread while the front ends run (the worker pool's file, not "
+            f"changed here).")
 
 
 def _fit(sizes, t: dict) -> tuple[float, float]:

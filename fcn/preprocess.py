@@ -221,26 +221,91 @@ def _prepare_parts(parts: Path, manifest: str, report: Report) -> None:
 
 
 def _compute(todo: dict, sizes: list[int], *, total: int, desc: str, workers: int, decode_timeout: float,
-             progress: bool, cluster, log_dir: Path) -> list[str]:
-    """Compute the shards in `todo` here, or on the cluster `cluster` names; returns the cluster's failed tasks."""
+             progress: bool, cluster, log_dir: Path, landed=lambda i: None) -> list[str]:
+    """Compute the shards in `todo` here, or on the cluster `cluster` names, calling `landed(i)` as shard i is written;
+    returns the cluster's failed tasks."""
     from tqdm import tqdm
 
     failures: list[str] = []
     bar = tqdm(total=total, initial=total - sum(sizes[i] for i in todo), unit="clip", desc=desc,
                disable=not progress, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+    def on_done(i):
+        bar.update(sizes[i])
+        landed(i)
     try:
         if todo and (cluster is None or cluster.cluster == "local"):
             # always in worker processes, even one: a decoder that crashes or hangs must not take this process along
-            run_shards(todo, min(workers or _default_workers(), len(todo)), decode_timeout,
-                       on_done=lambda i: bar.update(sizes[i]), task=_process_shard)
+            run_shards(todo, min(workers or _default_workers(), len(todo)), decode_timeout, on_done=on_done,
+                       task=_process_shard)
         elif todo:
             from fcn.preprocess_cluster import run_on_cluster
 
             failures = run_on_cluster(todo, cluster, decode_timeout=decode_timeout, log_dir=log_dir,
-                                      on_done=lambda i: bar.update(sizes[i]))
+                                      on_done=on_done)
     finally:
         bar.close()  # before any error's line, which would otherwise be glued to the bar's
     return failures
+
+
+class _Assembler:
+    """Copies finished shards into the store while later shards still compute: the parent's serial assembly after
+    the last shard was 15 % of a build's wall time (bench/preprocess.py), with the workers gone.
+
+    Shards are appended in order as they land (a background thread; the parent's main thread only supervises the
+    pool). The store is sized for every clip, so a shard with a skipped clip stops it: build() then writes the store
+    from the parts after the last shard, as it always did."""
+
+    def __init__(self, out: Path, dests: list[Path], sizes: list[int], params: FrontEndParams, inputs):
+        import queue
+        import threading
+
+        from fcn.store import StoreWriter
+
+        self.dests, self.sizes, self.inputs = dests, sizes, tuple(inputs)
+        self.q, self.ok = queue.Queue(), True
+        self.writer = StoreWriter(out, sum(sizes), params, list(inputs))
+        self.thread = threading.Thread(target=self._run, name="store-assembly", daemon=True)
+        self.thread.start()
+
+    def landed(self, i: int) -> None:
+        self.q.put(i)
+
+    def _run(self) -> None:
+        ready, nxt = set(), 0
+        try:
+            while nxt < len(self.dests):
+                i = self.q.get()
+                if i is None:
+                    return
+                ready.add(i)
+                while nxt in ready:
+                    status = _shard_status(self.dests[nxt], self.sizes[nxt], self.inputs)
+                    if status is None or any(state != "ok" for state, _ in status):
+                        self.ok = False  # a skipped clip: the store has fewer rows than it was sized for
+                        return
+                    with np.load(self.dests[nxt]) as z:
+                        self.writer.append({k: z[k] for k in self.inputs})
+                    nxt += 1
+        except Exception:  # noqa: BLE001 - the fallback (assembly after the last shard) says what is wrong, if anything
+            self.ok = False
+
+    def _stop(self) -> None:
+        self.q.put(None)  # wakes the thread if it still waits for a shard that will not come
+        self.thread.join()
+
+    def finish(self, **meta) -> bool:
+        """The store renamed into place, if every shard went in whole; False (and nothing written) otherwise."""
+        self._stop()
+        if not self.ok or self.writer.filled != self.writer.n:
+            self.writer.abort()
+            return False
+        self.writer.finish(**meta)
+        return True
+
+    def abort(self) -> None:
+        self._stop()
+        self.writer.abort()
 
 
 def _sort_out(shards, status: dict, report: Report) -> list:
@@ -298,31 +363,43 @@ def build(items, tags, *, dataset: str, out: str | Path, params: FrontEndParams 
     if report.resumed_shards:
         print(f"resuming: {report.resumed_shards} of {len(shards)} shards already done, "
               f"{len(todo)} to do ({parts})", file=sys.stderr)
-    failures = _compute(todo, [len(s) for s in shards], total=len(unique), desc=f"preprocess {out.name}",
-                        workers=workers, decode_timeout=decode_timeout, progress=progress, cluster=cluster,
-                        log_dir=parts / "logs")
-    for i in todo:
-        status[i] = _shard_status(dests[i], len(shards[i]), inputs)
-    missing = [i for i in todo if status[i] is None]
-    if missing and failures:
-        raise UserError(f"{len(missing)} of {len(shards)} shards are missing after the {cluster.cluster} build "
-                        f"({len(failures)} task(s) failed; first: {failures[0]}; logs in {parts / 'logs'}): rerun "
-                        "the same command, and only the missing shards are computed again")
-    if missing:
-        raise RuntimeError(f"shard {dests[missing[0]]} is missing or unreadable right after it was written")
+    asm = _Assembler(out, dests, [len(s) for s in shards], params, inputs)
+    try:
+        for i in status:
+            if status[i] is not None:  # parts of an earlier run go in first
+                asm.landed(i)
+        failures = _compute(todo, [len(s) for s in shards], total=len(unique), desc=f"preprocess {out.name}",
+                            workers=workers, decode_timeout=decode_timeout, progress=progress, cluster=cluster,
+                            log_dir=parts / "logs", landed=asm.landed)
+        for i in todo:
+            status[i] = _shard_status(dests[i], len(shards[i]), inputs)
+        missing = [i for i in todo if status[i] is None]
+        if missing and failures:
+            raise UserError(f"{len(missing)} of {len(shards)} shards are missing after the {cluster.cluster} build "
+                            f"({len(failures)} task(s) failed; first: {failures[0]}; logs in {parts / 'logs'}): "
+                            "rerun the same command, and only the missing shards are computed again")
+        if missing:
+            raise RuntimeError(f"shard {dests[missing[0]]} is missing or unreadable right after it was written")
+        keep = _sort_out(shards, status, report)
+    except BaseException:
+        asm.abort()
+        raise
+    meta = dict(dataset=dataset, tags=tags, clip_ids=[it.clip_id for it in keep], paths=[it.path for it in keep],
+                splits=[it.split for it in keep], labels=np.stack([it.labels for it in keep]), decoder=decoder)
+    try:
+        whole = asm.finish(**meta)
+    except BaseException:
+        asm.writer.abort()
+        raise
+    if not whole:  # a clip was skipped: the store is written from the parts now
 
-    keep = _sort_out(shards, status, report)
+        def chunks():
+            for d in dests:
+                with np.load(d) as z:
+                    if inputs[0] in z.files:
+                        yield {k: z[k] for k in inputs}
 
-    def chunks():
-        for d in dests:
-            with np.load(d) as z:
-                if inputs[0] in z.files:
-                    yield {k: z[k] for k in inputs}
-
-    write_store(out, dataset=dataset, tags=tags, params=params, inputs=list(inputs),
-                clip_ids=[it.clip_id for it in keep], paths=[it.path for it in keep],
-                splits=[it.split for it in keep], labels=np.stack([it.labels for it in keep]),
-                feature_chunks=chunks(), decoder=decoder)
+        write_store(out, params=params, inputs=list(inputs), feature_chunks=chunks(), **meta)
     shutil.rmtree(parts, ignore_errors=True)
     report.written = len(keep)
     report.seconds = time.time() - t0

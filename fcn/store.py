@@ -38,39 +38,83 @@ BLOCK_BYTES = 64 << 20
 BLOCK_MIN_DENSITY = 4
 
 
-def write_store(out: Path, *, dataset: str, tags: list[str], params: FrontEndParams, inputs: list[str],
-                clip_ids: list[str], paths: list[str], splits: list[str], labels: np.ndarray,
-                feature_chunks, decoder: str = OLD_DECODER) -> Path:
-    """Write the store to `out`.tmp and rename it on success, so a reader never sees half a store.
+class StoreWriter:
+    """A store being written: `out`.tmp with room for `n` clips' features, filled chunk by chunk (in clip order), then
+    given its labels, ids and attributes and renamed to `out` by finish(), so a reader never sees half a store.
+    fcn.preprocess fills it while later shards still compute; abort() removes the temporary file."""
 
-    `feature_chunks` yields dicts {kind: (n, rows, frames) array} in clip order, covering all len(clip_ids) clips.
-    `decoder` (fcn.audio.DECODERS) is recorded: decoders agree within fcn.audio.TOLERANCE_DB, not bit for bit.
-    """
-    import h5py
+    def __init__(self, out: Path, n: int, params: FrontEndParams, inputs: list[str]):
+        import h5py
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    n = len(clip_ids)
-    str_t = h5py.string_dtype("utf-8")
-    with h5py.File(tmp, "w") as h:
+        self.out = Path(out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out.with_name(self.out.name + ".tmp")
+        self.n, self.params, self.inputs, self.filled = n, params, list(inputs), 0
+        self.h = h5py.File(self.tmp, "w")
+        self.feats = {k: self.h.create_dataset(k, (n, params.rows(k), params.n_frames), dtype="float16")
+                      for k in self.inputs}
+
+    def append(self, chunk: dict) -> None:
+        """The next clips' features {kind: (m, rows, frames)}."""
+        m = len(next(iter(chunk.values())))
+        for k in self.inputs:
+            self.feats[k][self.filled:self.filled + m] = chunk[k]
+        self.filled += m
+
+    def finish(self, *, dataset: str, tags: list[str], clip_ids: list[str], paths: list[str], splits: list[str],
+               labels: np.ndarray, decoder: str = OLD_DECODER) -> Path:
+        import h5py
+
+        n = self.n
+        if self.filled != n or len(clip_ids) != n:
+            self.abort()
+            raise RuntimeError(f"feature chunks covered {self.filled} of {n} clips ({len(clip_ids)} ids)")
+        try:
+            self._write_index(h5py, dataset=dataset, tags=tags, clip_ids=clip_ids, paths=paths, splits=splits,
+                              labels=labels, decoder=decoder)
+        except BaseException:
+            self.abort()
+            raise
+        os.replace(self.tmp, self.out)
+        return self.out
+
+    def _write_index(self, h5py, *, dataset, tags, clip_ids, paths, splits, labels, decoder) -> None:
+        """Attributes, labels, ids, paths and splits; then the file is closed."""
+        n, h = self.n, self.h
+        str_t = h5py.string_dtype("utf-8")
         h.attrs.update(format_version=FORMAT_VERSION, dataset=dataset, tags=json.dumps(list(tags)),
-                       frontend=params.to_json(), inputs=json.dumps(list(inputs)), decoder=decoder)
-        feats = {k: h.create_dataset(k, (n, params.rows(k), params.n_frames), dtype="float16") for k in inputs}
+                       frontend=self.params.to_json(), inputs=json.dumps(self.inputs), decoder=decoder)
         h.create_dataset("labels", data=np.asarray(labels, dtype=np.uint8).reshape(n, len(tags)))
         h.create_dataset("clip_id", data=np.array(clip_ids, dtype=object), dtype=str_t)
         h.create_dataset("path", data=np.array(paths, dtype=object), dtype=str_t)
         h.create_dataset("split", data=np.array(splits, dtype=object), dtype=str_t)
-        i = 0
+        h.close()
+
+    def abort(self) -> None:
+        try:
+            self.h.close()
+        except Exception:  # noqa: BLE001 - closing a file h5py already gave up on
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_store(out: Path, *, dataset: str, tags: list[str], params: FrontEndParams, inputs: list[str],
+                clip_ids: list[str], paths: list[str], splits: list[str], labels: np.ndarray,
+                feature_chunks, decoder: str = OLD_DECODER) -> Path:
+    """Write the store to `out` (StoreWriter: a temporary file renamed on success).
+
+    `feature_chunks` yields dicts {kind: (n, rows, frames) array} in clip order, covering all len(clip_ids) clips.
+    `decoder` (fcn.audio.DECODERS) is recorded: decoders agree within fcn.audio.TOLERANCE_DB, not bit for bit.
+    """
+    w = StoreWriter(out, len(clip_ids), params, inputs)
+    try:
         for chunk in feature_chunks:
-            m = len(next(iter(chunk.values())))
-            for k in inputs:
-                feats[k][i:i + m] = chunk[k]
-            i += m
-        if i != n:
-            raise RuntimeError(f"feature chunks covered {i} of {n} clips")
-    os.replace(tmp, out)
-    return out
+            w.append(chunk)
+    except BaseException:
+        w.abort()
+        raise
+    return w.finish(dataset=dataset, tags=tags, clip_ids=clip_ids, paths=paths, splits=splits, labels=labels,
+                    decoder=decoder)
 
 
 def read_meta(path: str | Path) -> dict:

@@ -331,7 +331,7 @@ def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_for
     # a build with another clip length that died before assembling its store leaves its parts behind
     def crash(*a, **k):
         raise RuntimeError("simulated crash before the store was written")
-    monkeypatch.setattr(fcn.store, "write_store", crash)
+    monkeypatch.setattr(fcn.store.StoreWriter, "finish", crash)  # the step that puts the store in place
     with pytest.raises(RuntimeError, match="simulated crash"):
         pp.build(items, tags, dataset="mtat", out=path, params=FrontEndParams.for_seconds(1.0), workers=1,
                  progress=False)
