@@ -525,7 +525,10 @@ def _limit(bd: dict) -> str:
     return (f"limit (single-core breakdown below): {TARGET_RATIO:.0f}× the peers' {peers:.1f} ms per clip leaves "
             f"{budget:.1f} ms; decoding, the same libsndfile/mpg123 in both paths, takes {dec:.1f} of them, and our "
             f"other stages take {ours - dec:.1f} where {max(0.0, budget - dec):.1f} would fit: "
-            + ", ".join(f"{name} {v:.1f}" for v, name in rest) + " ms")
+            + ", ".join(f"{name} {v:.1f}" for v, name in rest) + " ms; the ceiling with every other stage free would "
+            f"be {peers / dec:.1f}×. What would move it: the front ends off the CPU (the GPU row: a GPU node's "
+            "preprocessing decodes on its cores and computes the features on the GPU), not another CPU decoder (the "
+            "decoder table)")
 
 
 def _mtat_limit(bd: dict, workers: int) -> str:
