@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import Row, Section, median, run_worker, worker_main
+from bench.common import Row, Section, median, run_worker, time_calls, worker_main
 
 TARGET_S = 0.25  # per cell
 # tests/conftest.py's TINY (kept in step by hand: tests/ is not a package the benchmark should import)
@@ -90,12 +90,8 @@ def start_costs(repeats: int = 3) -> dict:
     env = dict(os.environ, SLURM_JOB_ID="1", SLURM_JOB_NODELIST="localhost")
 
     def wall(cmd):
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True, env=env)
-            ts.append(time.perf_counter() - t0)
-        return median(ts)
+        return median(time_calls(lambda: subprocess.run(cmd, check=True, capture_output=True, env=env), repeats,
+                                 warmup=0))
 
     return {"dist_job": wall([sys.executable, "-m", "fcn.dist", "job"]),
             "torch": wall([sys.executable, "-c", "import torch"])}

@@ -19,7 +19,6 @@ is another filter: bench/preprocess.py.)
 from __future__ import annotations
 
 import functools
-
 import os
 import re
 from dataclasses import dataclass

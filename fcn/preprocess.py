@@ -381,15 +381,11 @@ def build(items, tags, *, dataset: str, out: str | Path, params: FrontEndParams 
         if missing:
             raise RuntimeError(f"shard {dests[missing[0]]} is missing or unreadable right after it was written")
         keep = _sort_out(shards, status, report)
-    except BaseException:
-        asm.abort()
-        raise
-    meta = dict(dataset=dataset, tags=tags, clip_ids=[it.clip_id for it in keep], paths=[it.path for it in keep],
-                splits=[it.split for it in keep], labels=np.stack([it.labels for it in keep]), decoder=decoder)
-    try:
+        meta = dict(dataset=dataset, tags=tags, clip_ids=[it.clip_id for it in keep], paths=[it.path for it in keep],
+                    splits=[it.split for it in keep], labels=np.stack([it.labels for it in keep]), decoder=decoder)
         whole = asm.finish(**meta)
     except BaseException:
-        asm.writer.abort()
+        asm.abort()
         raise
     if not whole:  # a clip was skipped: the store is written from the parts now
 
