@@ -173,6 +173,8 @@ class Tracker:
     Calls after the run's creation go, in order, to one background thread (ASYNC), so the store's commits (a
     SQLite commit is an fsync: ~10 ms each, a dozen per cell) overlap training instead of adding to every cell's
     time; finish() and close() wait until everything queued is written (train() closes its tracker on any exit).
+    Calls still queued when a process is killed are lost with it: a resumed run re-logs the epochs its checkpoint
+    holds and MLflow lacks (log_missing_epochs), and a finished cell's end is re-synced (sync_finished).
     """
 
     def __init__(self, uri: str, experiment: str, out_dir: str, enabled: bool = True):
@@ -312,13 +314,21 @@ def _log_history(t: Tracker, rdir: Path) -> None:
     from fcn import checkpoint
 
     state = checkpoint.load(cell.ckpt(rdir, cell.LAST), ("progress",), warn=lambda msg: None)
-    if state is None:
+    if state is not None:
+        log_missing_epochs(t, state["progress"].get("history", []))
+
+
+def log_missing_epochs(t: Tracker, history: list[dict]) -> None:
+    """The rows of a checkpoint's epoch history that the run lacks: the server was down for part of the run, or the
+    process died (a node crash, SIGKILL) after an epoch's checkpoint but before its queued metrics were written.
+    A resumed run calls this before training on, so every finished epoch is in MLflow once."""
+    if not (t.enabled and t.run_id and history):
         return
     try:
         logged = {m.step for m in t.c.get_metric_history(t.run_id, "valid_roc_auc")}
     except Exception:  # noqa: BLE001 - nothing known: log all (the server is up, we were just told so)
         logged = set()
-    for row in state["progress"].get("history", []):
+    for row in history:
         if row["epoch"] not in logged:
             t.metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 

@@ -294,6 +294,8 @@ def _start(run: Run, resumed: bool) -> None:
     run.run_id = run.tracker.start(run.rdir.name, {**c.to_dict(), "key": run.rdir.name}, tags, run_id=run.run_id)
     if d.main and not resumed:
         run.tracker.metrics({"n_params": n_params(run.model)})
+    if d.main and resumed:  # epochs the checkpoint holds but MLflow missed (their queued calls died with a process)
+        tracking.log_missing_epochs(run.tracker, run.progress.history)
     run.net = run.model
     if use_sync_bn(c, d.world, run.batch, d.device):
         run.net = run.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
