@@ -8,6 +8,7 @@
 Benchmarks: train_step (1), preprocess (2), loading (3), harness (4), ddp (5), tables (6). Every figure is a ratio measured in
 the same run (see bench/README.md). Sections are kept in <out>.json, so `--only` re-runs part of the file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,14 +32,21 @@ BENCHES = {  # name -> module (each has run(quick) -> Section)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="reduced sizes and step counts (a smoke run)")
     ap.add_argument("--only", default="", metavar="NAME[,NAME]", help=f"run only these: {', '.join(BENCHES)}")
-    ap.add_argument("--out", default="", help="markdown file (default: results/benchmarks.md, "
-                                              "or results/benchmarks-quick.md with --quick)")
-    ap.add_argument("--gpu-smoke", action="store_true",
-                    help="one paper-scale step of every depth × input in bf16 and fp32, NCCL, loader (needs a GPU)")
+    ap.add_argument(
+        "--out",
+        default="",
+        help="markdown file (default: results/benchmarks.md, or results/benchmarks-quick.md with --quick)",
+    )
+    ap.add_argument(
+        "--gpu-smoke",
+        action="store_true",
+        help="one paper-scale step of every depth × input in bf16 and fp32, NCCL, loader (needs a GPU)",
+    )
     args = ap.parse_args(argv)
     if args.gpu_smoke:
         from bench import gpu_smoke
@@ -94,8 +102,9 @@ def _machine_kind(meta: dict) -> str:
     """The machine a section was measured on, in the words that tell kinds apart (CPU, ISA, cores, GPU)."""
     m = meta.get("machine", {})
     gpu = m.get("gpu", "none")
-    return (f"{m.get('cpu', '?')} ({m.get('isa', '?')}), {m.get('cores', '?')} cores"
-            + (f", GPU {gpu}" if gpu and gpu != "none" else ""))
+    return f"{m.get('cpu', '?')} ({m.get('isa', '?')}), {m.get('cores', '?')} cores" + (
+        f", GPU {gpu}" if gpu and gpu != "none" else ""
+    )
 
 
 def render(sections: dict, meta: dict, run_s: float, ran: list[str], quick: bool) -> str:
@@ -109,7 +118,8 @@ def render(sections: dict, meta: dict, run_s: float, ran: list[str], quick: bool
         "",
         f"- Machine of the last run: {m.get('cpu')}, {m.get('cores')} cores ({m.get('isa', '')}), {m.get('memory', '?')} memory, "
         f"GPU: {m.get('gpu')}; {m.get('os')}",
-        "- Versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if k != "jemalloc")
+        "- Versions: "
+        + ", ".join(f"{k} {x}" for k, x in v.items() if k != "jemalloc")
         + f"; jemalloc: {v['jemalloc']}",
         f"- Load average when the last run started: {m.get('load_avg')} (the cores are shared with other jobs: "
         f"every figure is a ratio to a baseline measured in the same run)",
@@ -118,16 +128,27 @@ def render(sections: dict, meta: dict, run_s: float, ran: list[str], quick: bool
     ]
     kinds = {_machine_kind(sections[n].get("meta", meta)) for n in sections}
     if len(kinds) > 1:
-        lines[-1:-1] = [f"- The sections below were measured on {len(kinds)} kinds of machine (each section says "
-                        f"which): compare figures within a section, not across sections"]
+        lines[-1:-1] = [
+            f"- The sections below were measured on {len(kinds)} kinds of machine (each section says "
+            f"which): compare figures within a section, not across sections"
+        ]
     for name in [n for n in BENCHES if n in sections]:
         sec = Section.from_dict({k: x for k, x in sections[name].items() if k != "meta"})
-        lines += [f"## {sec.title}", "",
-                  f"_Measured {sec.date} on {_machine_kind(sections[name].get('meta', meta))} in {sec.seconds:.0f} s"
-                  + (" (quick)" if sec.quick else "") + "._", "",
-                  "| row | figure | baseline | ratio | target | met? | note |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {_cell(r.name)} | {_cell(r.figure)} | {_cell(r.baseline)} | {_cell(r.ratio)} | "
-                  f"{_cell(r.target)} | {r.met_text} | {_cell(r.note)} |" for r in sec.rows]
+        lines += [
+            f"## {sec.title}",
+            "",
+            f"_Measured {sec.date} on {_machine_kind(sections[name].get('meta', meta))} in {sec.seconds:.0f} s"
+            + (" (quick)" if sec.quick else "")
+            + "._",
+            "",
+            "| row | figure | baseline | ratio | target | met? | note |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {_cell(r.name)} | {_cell(r.figure)} | {_cell(r.baseline)} | {_cell(r.ratio)} | "
+            f"{_cell(r.target)} | {r.met_text} | {_cell(r.note)} |"
+            for r in sec.rows
+        ]
         lines.append("")
         if sec.details:
             lines += [sec.details, ""]

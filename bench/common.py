@@ -8,6 +8,7 @@ Why ratios: this machine's 2 cores are shared with other jobs, so absolute timin
 figure is compared with a baseline measured in the same run (ideally the same process, interleaved in time), and each
 timing is the median of a few repeats.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 RESULT_MARK = "BENCH_RESULT "
 
 # Debian's libjemalloc2 (and the usual other places); FCN_JEMALLOC overrides.
-JEMALLOC_CANDIDATES = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
-                       "/usr/lib64/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2")
+JEMALLOC_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib64/libjemalloc.so.2",
+    "/usr/local/lib/libjemalloc.so.2",
+    "/usr/lib/libjemalloc.so.2",
+)
 
 
 def jemalloc_path() -> str | None:
@@ -41,7 +47,7 @@ def jemalloc_path() -> str | None:
 ALLOCATORS = {
     "glibc": "glibc malloc (the default)",
     "glibc-keep": "glibc malloc + mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1, M_ARENA_MAX=1) called inside the "
-                  "process (fcn.malloc.keep_freed_memory, what fcn.train does on CPU)",
+    "process (fcn.malloc.keep_freed_memory, what fcn.train does on CPU)",
     "jemalloc": "jemalloc via LD_PRELOAD, its default MALLOC_CONF",
     "jemalloc-keep": "jemalloc via LD_PRELOAD + MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 (never purge)",
 }
@@ -77,9 +83,11 @@ def apply_allocator(allocator: str) -> None:
 
 # ---------------------------------------------------------------- result rows
 
+
 @dataclass
 class Row:
     """One line of a benchmark table: a figure, what it is compared with, the ratio, the target and a note."""
+
     name: str
     figure: str
     baseline: str = "—"
@@ -96,6 +104,7 @@ class Row:
 @dataclass
 class Section:
     """One benchmark's result: rows, free-form details (markdown), and when / how long it ran."""
+
     name: str
     title: str
     rows: list[Row] = field(default_factory=list)
@@ -108,7 +117,7 @@ class Section:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Section":
+    def from_dict(cls, d: dict) -> Section:
         d = dict(d)
         d["rows"] = [Row(**r) for r in d.get("rows", [])]
         return cls(**d)
@@ -119,6 +128,7 @@ def not_run(name: str, why: str, target: str = "—") -> Row:
 
 
 # ---------------------------------------------------------------- timing
+
 
 def median(xs) -> float:
     return float(statistics.median(xs))
@@ -175,6 +185,7 @@ def fmt_s(s: float) -> str:
 
 # ---------------------------------------------------------------- workers in fresh processes
 
+
 def run_worker(module: str, spec: dict, *, env: dict | None = None, timeout: float = 900) -> dict:
     """Run `python -m bench.<module> --worker <spec>` and return the dict it reports; errors carry its stderr tail."""
     e = dict(os.environ, PYTHONUNBUFFERED="1", MLFLOW_DISABLE_TELEMETRY="true", RAY_AUTH_MODE="disabled")
@@ -186,7 +197,7 @@ def run_worker(module: str, spec: dict, *, env: dict | None = None, timeout: flo
         raise RuntimeError(f"bench.{module} worker {spec} timed out after {timeout:.0f} s") from ex
     for line in reversed(p.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
+            return json.loads(line[len(RESULT_MARK) :])
     tail = (p.stderr or p.stdout)[-2000:]
     raise RuntimeError(f"bench.{module} worker {spec} failed (exit {p.returncode}):\n{tail}")
 
@@ -194,13 +205,16 @@ def run_worker(module: str, spec: dict, *, env: dict | None = None, timeout: flo
 def worker_main(worker) -> None:
     """Entry point of a module's worker: `python -m bench.<module> --worker '<json>'`."""
     if len(sys.argv) != 3 or sys.argv[1] != "--worker":
-        sys.exit(f"usage: python -m {sys.modules['__main__'].__spec__.name} --worker '<json spec>' "
-                 f"(run all benchmarks with `python -m bench`)")
+        sys.exit(
+            f"usage: python -m {sys.modules['__main__'].__spec__.name} --worker '<json spec>' "
+            f"(run all benchmarks with `python -m bench`)"
+        )
     result = worker(json.loads(sys.argv[2]))
     print(RESULT_MARK + json.dumps(result), flush=True)
 
 
 # ---------------------------------------------------------------- machine and versions
+
 
 def machine() -> dict:
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count() or 1}
@@ -215,8 +229,9 @@ def machine() -> dict:
     except OSError:
         pass
     try:
-        mem_kb = int(next(ln for ln in Path("/proc/meminfo").read_text().splitlines()
-                          if ln.startswith("MemTotal")).split()[1])
+        mem_kb = int(
+            next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")).split()[1]
+        )
         info["memory"] = f"{mem_kb / 2**20:.1f} GiB"
     except (OSError, StopIteration, ValueError):
         pass

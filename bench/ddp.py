@@ -7,6 +7,7 @@ keeps batch 16 (one GPU vs two). Both sides use the glibc + mallopt allocator (b
 this project proposes for fcn.train. After the timed steps the replicas' parameters are compared: DDP must keep them
 identical. The step is fcn.train.train_step itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import NO_GPU, Row, Section, allocator_env, apply_allocator, fmt_rate, median, run_worker, \
-    worker_main
+from bench.common import NO_GPU, Row, Section, allocator_env, apply_allocator, fmt_rate, median, run_worker, worker_main
 
 CPU_GLOBAL_BATCH = 8
 GPU_BATCH = 16
@@ -47,8 +47,9 @@ def _rank(rank: int, spec: dict, port: int, out: str) -> None:
     else:
         torch.set_num_threads(spec["threads"])
     if world > 1:
-        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=world)
+        dist.init_process_group(
+            "nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+        )
     torch.manual_seed(0)  # identical initial weights on every rank, as fcn.train does
     model = FCN(4, spec["width"]).to(dev).to(memory_format=torch.channels_last)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank] if cuda else None) if world > 1 else model
@@ -80,8 +81,9 @@ def _rank(rank: int, spec: dict, port: int, out: str) -> None:
         same = all(torch.equal(s, sums[0]) for s in sums)
         dist.destroy_process_group()
     if rank == 0:
-        Path(out).write_text(json.dumps(dict(step_s=times, samples_per_s=world * b / median(times),
-                                             replicas_identical=same)))
+        Path(out).write_text(
+            json.dumps(dict(step_s=times, samples_per_s=world * b / median(times), replicas_identical=same))
+        )
 
 
 def worker(spec: dict) -> dict:
@@ -102,26 +104,42 @@ def run(quick: bool = False) -> Section:
     warmup, steps = (1, 2) if quick else (1, 3)
     alloc = "glibc-keep"
     common = dict(device="cpu", width=0.25 if quick else 1.0, warmup=warmup, steps=steps, allocator=alloc)
-    one = run_worker("ddp", dict(common, nproc=1, threads=cores, batch=CPU_GLOBAL_BATCH), env=allocator_env(alloc),
-                     timeout=900)
-    two = run_worker("ddp", dict(common, nproc=2, threads=max(1, cores // 2), batch=CPU_GLOBAL_BATCH // 2),
-                     env=allocator_env(alloc), timeout=900)
+    one = run_worker(
+        "ddp", dict(common, nproc=1, threads=cores, batch=CPU_GLOBAL_BATCH), env=allocator_env(alloc), timeout=900
+    )
+    two = run_worker(
+        "ddp",
+        dict(common, nproc=2, threads=max(1, cores // 2), batch=CPU_GLOBAL_BATCH // 2),
+        env=allocator_env(alloc),
+        timeout=900,
+    )
     ratio = two["samples_per_s"] / one["samples_per_s"]
-    why = ("≈ 1×: DDP costs nothing on the same cores" if 0.85 <= ratio <= 1.15 else
-           "one thread per process beats two threads in one process here: a multi-threaded op waits for its slowest "
-           "thread at every step, and these cores are shared with other jobs" if ratio > 1.15 else
-           "DDP (all-reduce, two model copies) costs more than it gains on the same cores")
-    sec.rows.append(Row(
-        f"CPU, gloo: 2 processes × {max(1, cores // 2)} thread(s) × batch {CPU_GLOBAL_BATCH // 2}",
-        fmt_rate(two["samples_per_s"], "samples/s"),
-        f"1 process × {cores} threads × batch {CPU_GLOBAL_BATCH}: {fmt_rate(one['samples_per_s'], 'samples/s')}",
-        f"{ratio:.2f}×", "—", None,
-        f"replicas identical after the steps: {'yes' if two['replicas_identical'] else '**NO**'}; {why}"
-        + ("; quick: width 0.25" if quick else "")))
+    why = (
+        "≈ 1×: DDP costs nothing on the same cores"
+        if 0.85 <= ratio <= 1.15
+        else "one thread per process beats two threads in one process here: a multi-threaded op waits for its slowest "
+        "thread at every step, and these cores are shared with other jobs"
+        if ratio > 1.15
+        else "DDP (all-reduce, two model copies) costs more than it gains on the same cores"
+    )
+    sec.rows.append(
+        Row(
+            f"CPU, gloo: 2 processes × {max(1, cores // 2)} thread(s) × batch {CPU_GLOBAL_BATCH // 2}",
+            fmt_rate(two["samples_per_s"], "samples/s"),
+            f"1 process × {cores} threads × batch {CPU_GLOBAL_BATCH}: {fmt_rate(one['samples_per_s'], 'samples/s')}",
+            f"{ratio:.2f}×",
+            "—",
+            None,
+            f"replicas identical after the steps: {'yes' if two['replicas_identical'] else '**NO**'}; {why}"
+            + ("; quick: width 0.25" if quick else ""),
+        )
+    )
     sec.rows.append(_gpu_row(quick))
-    sec.details = (f"Step times (s): 1 process {', '.join(f'{t:.2f}' for t in one['step_s'])}; 2 processes "
-                   f"{', '.join(f'{t:.2f}' for t in two['step_s'])}. {warmup} warm-up + {steps} timed steps; a "
-                   f"barrier before each step so ranks start together.")
+    sec.details = (
+        f"Step times (s): 1 process {', '.join(f'{t:.2f}' for t in one['step_s'])}; 2 processes "
+        f"{', '.join(f'{t:.2f}' for t in two['step_s'])}. {warmup} warm-up + {steps} timed steps; a "
+        f"barrier before each step so ranks start together."
+    )
     return sec
 
 
@@ -137,14 +155,20 @@ def _gpu_row(quick: bool) -> Row:
         return Row(name, f"not run: {NO_GPU}")
     if n < 2:
         return Row(name, f"not run: {n} GPU visible, 2 needed")
-    spec = dict(device="cuda", width=1.0, warmup=5, steps=10 if quick else 30, allocator="glibc", threads=1,
-                batch=GPU_BATCH)
+    spec = dict(
+        device="cuda", width=1.0, warmup=5, steps=10 if quick else 30, allocator="glibc", threads=1, batch=GPU_BATCH
+    )
     one = run_worker("ddp", dict(spec, nproc=1), timeout=900)
     two = run_worker("ddp", dict(spec, nproc=2), timeout=900)
-    return Row(name, fmt_rate(two["samples_per_s"], "samples/s"),
-               f"1 GPU × batch 16: {fmt_rate(one['samples_per_s'], 'samples/s')}",
-               f"{two['samples_per_s'] / one['samples_per_s']:.2f}×", "≈ 2× (two GPUs)", None,
-               f"replicas identical: {'yes' if two['replicas_identical'] else '**NO**'}")
+    return Row(
+        name,
+        fmt_rate(two["samples_per_s"], "samples/s"),
+        f"1 GPU × batch 16: {fmt_rate(one['samples_per_s'], 'samples/s')}",
+        f"{two['samples_per_s'] / one['samples_per_s']:.2f}×",
+        "≈ 2× (two GPUs)",
+        None,
+        f"replicas identical: {'yes' if two['replicas_identical'] else '**NO**'}",
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ The feature store is written directly with random features (fcn.store.write_stor
 derives), so the measurement needs no audio and does not include building it (harness.grid builds stores once,
 before cells start).
 """
+
 from __future__ import annotations
 
 import json
@@ -50,10 +51,18 @@ def write_random_store(config) -> Path:
     p, n = config.frontend, config.synth_clips
     rng = np.random.default_rng(0)
     feats = {k: rng.standard_normal((n, p.rows(k), p.n_frames), dtype=np.float32).astype(np.float16) for k in INPUTS}
-    return write_store(store_path(config), dataset="mtat", tags=list(MTAT_TOP50), params=p, inputs=list(INPUTS),
-                       clip_ids=[f"{i:05d}" for i in range(n)], paths=[""] * n,
-                       splits=[("train", "train", "train", "valid", "test")[i % 5] for i in range(n)],
-                       labels=(rng.random((n, 50)) < 0.15).astype(np.uint8), feature_chunks=[feats])
+    return write_store(
+        store_path(config),
+        dataset="mtat",
+        tags=list(MTAT_TOP50),
+        params=p,
+        inputs=list(INPUTS),
+        clip_ids=[f"{i:05d}" for i in range(n)],
+        paths=[""] * n,
+        splits=[("train", "train", "train", "valid", "test")[i % 5] for i in range(n)],
+        labels=(rng.random((n, 50)) < 0.15).astype(np.uint8),
+        feature_chunks=[feats],
+    )
 
 
 def cells(base, n: int) -> list:
@@ -64,11 +73,15 @@ def cells(base, n: int) -> list:
 
 # A worker process's one-off imports, in the order a cell meets them (each timed in a fresh process, after the ones
 # before it): the statement, and what it is.
-IMPORTS = (("import torch", "torch"),
-           ("import torch._dynamo", "torch._dynamo (torch.optim's first step imports it)"),
-           ("from mlflow.tracking import MlflowClient; import mlflow.store.tracking.sqlalchemy_store",
-            "MLflow's client and SQLite store"),
-           ("import fcn.train, fcn.tracking, fcn.store, harness.job", "fcn-sweep's own modules"))
+IMPORTS = (
+    ("import torch", "torch"),
+    ("import torch._dynamo", "torch._dynamo (torch.optim's first step imports it)"),
+    (
+        "from mlflow.tracking import MlflowClient; import mlflow.store.tracking.sqlalchemy_store",
+        "MLflow's client and SQLite store",
+    ),
+    ("import fcn.train, fcn.tracking, fcn.store, harness.job", "fcn-sweep's own modules"),
+)
 
 
 def import_costs() -> dict:
@@ -90,11 +103,14 @@ def start_costs(repeats: int = 3) -> dict:
     env = dict(os.environ, SLURM_JOB_ID="1", SLURM_JOB_NODELIST="localhost")
 
     def wall(cmd):
-        return median(time_calls(lambda: subprocess.run(cmd, check=True, capture_output=True, env=env), repeats,
-                                 warmup=0))
+        return median(
+            time_calls(lambda: subprocess.run(cmd, check=True, capture_output=True, env=env), repeats, warmup=0)
+        )
 
-    return {"dist_job": wall([sys.executable, "-m", "fcn.dist", "job"]),
-            "torch": wall([sys.executable, "-c", "import torch"])}
+    return {
+        "dist_job": wall([sys.executable, "-m", "fcn.dist", "job"]),
+        "torch": wall([sys.executable, "-c", "import torch"]),
+    }
 
 
 def worker(spec: dict) -> dict:
@@ -132,8 +148,13 @@ def worker(spec: dict) -> dict:
         raise RuntimeError(f"{len(failed)} cell(s) failed: {failed[0].error}")
     train_s = [json.loads((run_dir(c) / "metrics.json").read_text())["train_time_s"] for c in todo]
     walls = {o.key: o.wall_s for o in outcomes}  # the back end times each cell's job (run_cell)
-    out = dict(wall_s=wall, train_s=train_s, cells=len(todo), parallel=spec["parallel"],
-               cell_wall_s=[walls.get(c.key) for c in todo])
+    out = dict(
+        wall_s=wall,
+        train_s=train_s,
+        cells=len(todo),
+        parallel=spec["parallel"],
+        cell_wall_s=[walls.get(c.key) for c in todo],
+    )
     if prof:
         out["breakdown"] = _breakdown(prof)
     return out
@@ -159,6 +180,7 @@ def _breakdown(prof, top: int = 10) -> dict:
 
 # ---------------------------------------------------------------- the benchmark
 
+
 def run(quick: bool = False) -> Section:
     sec = Section("harness", "4. Harness overhead: a demo grid's wall time beyond its cells' training")
     n = 2 if quick else len(CELLS)
@@ -174,8 +196,14 @@ def run(quick: bool = False) -> Section:
         data = tmp / "data"
         write_random_store(base_config(data, tmp / "x"))
         for i, (backend, parallel, cells_n, profile) in enumerate(plans):
-            spec = dict(backend=backend, parallel=parallel, cells=cells_n, profile=profile, data_dir=str(data),
-                        out_dir=str(tmp / f"runs-{i}"))
+            spec = dict(
+                backend=backend,
+                parallel=parallel,
+                cells=cells_n,
+                profile=profile,
+                data_dir=str(data),
+                out_dir=str(tmp / f"runs-{i}"),
+            )
             try:
                 res[(backend, parallel, cells_n, profile)] = run_worker("harness_overhead", spec, timeout=900)
             except RuntimeError as e:
@@ -195,12 +223,19 @@ def run(quick: bool = False) -> Section:
         later = median(per[1:])
         outside = seq["wall_s"] - sum(seq["cell_wall_s"])  # the back end's own time between cells
         one_more = later + outside / n
-        sec.rows.append(Row(
-            "local back end, in-process: overhead of one more cell (cells after the first)", f"{one_more:.2f} s/cell",
-            f"first cell {per[0]:.1f} s (one-off imports)", f"median of {n - 1} cells", tgt, one_more <= TARGET_S,
-            f"= median of each cell's train() wall time minus its epoch loops ({later:.2f} s: model, store, MLflow "
-            f"run, checkpoints, test split) + the back end's own time between cells ({outside / n:.2f} s/cell); "
-            f"per cell: " + ", ".join(f"{x:.2f}" for x in per) + " s"))
+        sec.rows.append(
+            Row(
+                "local back end, in-process: overhead of one more cell (cells after the first)",
+                f"{one_more:.2f} s/cell",
+                f"first cell {per[0]:.1f} s (one-off imports)",
+                f"median of {n - 1} cells",
+                tgt,
+                one_more <= TARGET_S,
+                f"= median of each cell's train() wall time minus its epoch loops ({later:.2f} s: model, store, MLflow "
+                f"run, checkpoints, test split) + the back end's own time between cells ({outside / n:.2f} s/cell); "
+                f"per cell: " + ", ".join(f"{x:.2f}" for x in per) + " s",
+            )
+        )
     for (backend, parallel, cells_n, profile), r in res.items():
         if profile:
             continue
@@ -209,12 +244,19 @@ def run(quick: bool = False) -> Section:
             sec.rows.append(Row(label, f"failed: {r['error']}", target=tgt, met=False))
             continue
         train = sum(r["train_s"])
-        sec.rows.append(Row(
-            label, f"{overhead(r) / cells_n:.2f} s/cell", f"Σ train_time_s {train:.1f} s",
-            f"{parallel} × wall {r['wall_s']:.1f} s = {parallel * r['wall_s'] / max(train, 1e-9):.2f}× Σ train", tgt,
-            overhead(r) / cells_n <= TARGET_S,
-            "in-process (no worker pool)" if parallel == 1 and backend == "local" else
-            f"{parallel} worker processes on {cores} cores, each paying its imports; idle workers count"))
+        sec.rows.append(
+            Row(
+                label,
+                f"{overhead(r) / cells_n:.2f} s/cell",
+                f"Σ train_time_s {train:.1f} s",
+                f"{parallel} × wall {r['wall_s']:.1f} s = {parallel * r['wall_s'] / max(train, 1e-9):.2f}× Σ train",
+                tgt,
+                overhead(r) / cells_n <= TARGET_S,
+                "in-process (no worker pool)"
+                if parallel == 1 and backend == "local"
+                else f"{parallel} worker processes on {cores} cores, each paying its imports; idle workers count",
+            )
+        )
     sec.rows += _import_rows(n > 1 and "wall_s" in seq and seq["cell_wall_s"][0] - seq["train_s"][0])
     sec.details = _details(res)
     return sec
@@ -226,45 +268,74 @@ def _import_rows(first_cell) -> list[Row]:
     try:
         imp = run_worker("harness_overhead", {"imports": True}, timeout=300)
         total = sum(imp.values())
-        rows.append(Row(
-            "a worker's one-off imports (fresh process): once per local or Ray worker, once per Slurm cell job",
-            f"{total:.1f} s", "—", "—", "measured; cut where ours", None,
-            "; ".join(f"{k} {v:.2f} s" for k, v in imp.items()) + ". The local pool and Ray (reuse_actors) pay "
-            "it once per worker, not per cell" + (f"; the in-process run's first cell above paid {first_cell:.1f} s "
-                                                  "of it (its grid had imported MLflow already, for the parent run)"
-                                                  if first_cell else "")
-            + ". Not ours to cut: torch.optim's step imports torch._dynamo unconditionally, and `import mlflow` "
-            "loads mlflow.artifacts and mlflow.genai eagerly. Ours: the sbatch scripts' pre-training step (next row)"))
+        rows.append(
+            Row(
+                "a worker's one-off imports (fresh process): once per local or Ray worker, once per Slurm cell job",
+                f"{total:.1f} s",
+                "—",
+                "—",
+                "measured; cut where ours",
+                None,
+                "; ".join(f"{k} {v:.2f} s" for k, v in imp.items()) + ". The local pool and Ray (reuse_actors) pay "
+                "it once per worker, not per cell"
+                + (
+                    f"; the in-process run's first cell above paid {first_cell:.1f} s "
+                    "of it (its grid had imported MLflow already, for the parent run)"
+                    if first_cell
+                    else ""
+                )
+                + ". Not ours to cut: torch.optim's step imports torch._dynamo unconditionally, and `import mlflow` "
+                "loads mlflow.artifacts and mlflow.genai eagerly. Ours: the sbatch scripts' pre-training step (next row)",
+            )
+        )
     except RuntimeError as e:
         rows.append(Row("a worker's one-off imports", f"failed: {str(e).splitlines()[0]}", met=False))
     st = start_costs()
-    rows.append(Row(
-        "`python -m fcn.dist job` (each sbatch script, before its tasks start)", f"{st['dist_job']:.2f} s",
-        f"a Python importing torch: {st['torch']:.2f} s", f"{st['torch'] / st['dist_job']:.0f}× less", "—", None,
-        "fcn.dist imports torch inside the functions that train; the Slurm rules it answers need none"))
+    rows.append(
+        Row(
+            "`python -m fcn.dist job` (each sbatch script, before its tasks start)",
+            f"{st['dist_job']:.2f} s",
+            f"a Python importing torch: {st['torch']:.2f} s",
+            f"{st['torch'] / st['dist_job']:.0f}× less",
+            "—",
+            None,
+            "fcn.dist imports torch inside the functions that train; the Slurm rules it answers need none",
+        )
+    )
     return rows
 
 
 def _details(res: dict) -> str:
-    lines = [f"Cells: {', '.join(f'mtat-{i}-fcn{d}' for i, d in CELLS)} (the first ones in quick runs), config "
-             f"{TINY}; a fresh out_dir (SQLite MLflow store) per run. Overhead per cell = (parallel × wall − Σ "
-             f"train_time_s) ÷ cells (all-in rows).", ""]
+    lines = [
+        f"Cells: {', '.join(f'mtat-{i}-fcn{d}' for i, d in CELLS)} (the first ones in quick runs), config "
+        f"{TINY}; a fresh out_dir (SQLite MLflow store) per run. Overhead per cell = (parallel × wall − Σ "
+        f"train_time_s) ÷ cells (all-in rows).",
+        "",
+    ]
     prof = next((r for k, r in res.items() if k[3] and "breakdown" in r), None)
     if prof:
         bd = prof["breakdown"]
         per = 1.0 / prof["cells"]
         total, epoch = bd["train_total"], sum(prof["train_s"])
-        lines += [f"Where a cell's time goes (cProfile of an in-process run of {prof['cells']} cells; seconds per "
-                  f"cell; profiling inflates Python-heavy parts). fcn.train.train() takes {total * per:.2f} s, of "
-                  f"which its epoch loops (train_time_s) {epoch * per:.2f} s; local.run adds "
-                  f"{(prof['wall_s'] - total) * per:.2f}"
-                  f" s. The calls fcn/train.py makes directly, by cumulative time (the epoch loop's own calls, such "
-                  f"as the data loader and optimizer, included):", "", "| callee | s/cell |", "|---|---:|"]
+        lines += [
+            f"Where a cell's time goes (cProfile of an in-process run of {prof['cells']} cells; seconds per "
+            f"cell; profiling inflates Python-heavy parts). fcn.train.train() takes {total * per:.2f} s, of "
+            f"which its epoch loops (train_time_s) {epoch * per:.2f} s; local.run adds "
+            f"{(prof['wall_s'] - total) * per:.2f}"
+            f" s. The calls fcn/train.py makes directly, by cumulative time (the epoch loop's own calls, such "
+            f"as the data loader and optimizer, included):",
+            "",
+            "| callee | s/cell |",
+            "|---|---:|",
+        ]
         lines += [f"| `{k}` | {v * per:.2f} |" for k, v in bd["callees"]]
-        lines += ["", "One-off cost inside these: a process's first `torch.optim.Adam(...)` imports torch._dynamo "
-                  "(torch.optim's step wrappers need it): paid once per worker process here, but by every cell of a "
-                  "one-job-per-cell Slurm grid, and the main part of the all-in rows' overhead beside the other "
-                  "imports. The validation and test AUCs (fcn.metrics, vectorised) no longer show among the callees."]
+        lines += [
+            "",
+            "One-off cost inside these: a process's first `torch.optim.Adam(...)` imports torch._dynamo "
+            "(torch.optim's step wrappers need it): paid once per worker process here, but by every cell of a "
+            "one-job-per-cell Slurm grid, and the main part of the all-in rows' overhead beside the other "
+            "imports. The validation and test AUCs (fcn.metrics, vectorised) no longer show among the callees.",
+        ]
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ float32 .npy file per clip read with np.load.
 
 Target: 3 × what one H100 consumes when it trains FCN-4 at 45 % of its dense bf16 peak, computed below.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,6 +42,7 @@ def consumption() -> tuple[float, float]:
 
 # ---------------------------------------------------------------- data sets on disk
 
+
 def make_data(folder: Path, n: int) -> tuple[Path, Path]:
     """A store of n random mel features in fcn's layout (via fcn.store.write_store) and the same clips as peers'
     per-clip float32 .npy files."""
@@ -54,15 +56,23 @@ def make_data(folder: Path, n: int) -> tuple[Path, Path]:
 
     def chunks():
         for i in range(0, n, 64):
-            x = (rng.standard_normal((min(64, n - i), 96, 1366), dtype=np.float32) * 10 - 30)
+            x = rng.standard_normal((min(64, n - i), 96, 1366), dtype=np.float32) * 10 - 30
             for j, clip in enumerate(x):
                 np.save(npy / f"{i + j:06d}.npy", clip)
             yield {"mel": x.astype(np.float16)}
 
-    store = write_store(folder / "store.h5", dataset="mtat", tags=list(MTAT_TOP50), params=FrontEndParams(),
-                        inputs=["mel"], clip_ids=[f"{i:06d}" for i in range(n)], paths=[""] * n,
-                        splits=["train"] * n, labels=(rng.random((n, 50)) < 0.1).astype(np.uint8),
-                        feature_chunks=chunks())
+    store = write_store(
+        folder / "store.h5",
+        dataset="mtat",
+        tags=list(MTAT_TOP50),
+        params=FrontEndParams(),
+        inputs=["mel"],
+        clip_ids=[f"{i:06d}" for i in range(n)],
+        paths=[""] * n,
+        splits=["train"] * n,
+        labels=(rng.random((n, 50)) < 0.1).astype(np.uint8),
+        feature_chunks=chunks(),
+    )
     return store, npy
 
 
@@ -75,6 +85,7 @@ def warm(paths) -> None:
 
 
 # ---------------------------------------------------------------- the readers compared
+
 
 def _feature_dataset():
     from fcn.store import FeatureDataset
@@ -123,8 +134,13 @@ def readers(store: Path, npy: Path, n: int) -> dict[str, torch.utils.data.Datase
     held = FD(store, "mel", "train")
     if not held.hold_in_memory(1 << 62):
         raise RuntimeError("the split was not held in memory")
-    out = {TODAY: Batches(held), ROWS: Batches(FD(store, "mel", "train")), PER_CLIP: FD(store, "mel", "train"),
-           BEFORE: type("NumpyFD", (NumpyConvert, FD), {})(store, "mel", "train"), PEERS: NpyDataset(npy, n)}
+    out = {
+        TODAY: Batches(held),
+        ROWS: Batches(FD(store, "mel", "train")),
+        PER_CLIP: FD(store, "mel", "train"),
+        BEFORE: type("NumpyFD", (NumpyConvert, FD), {})(store, "mel", "train"),
+        PEERS: NpyDataset(npy, n),
+    }
     return out
 
 
@@ -145,10 +161,22 @@ def loader(ds, workers: int, g: torch.Generator):
 
     ctx = "fork" if workers else None
     if isinstance(ds, Batches):
-        return DataLoader(ds, batch_size=None, sampler=BatchSampler(RandomSampler(ds, generator=g), BATCH, True),
-                          num_workers=workers, multiprocessing_context=ctx)
-    return DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True, generator=g,
-                      multiprocessing_context=ctx)
+        return DataLoader(
+            ds,
+            batch_size=None,
+            sampler=BatchSampler(RandomSampler(ds, generator=g), BATCH, True),
+            num_workers=workers,
+            multiprocessing_context=ctx,
+        )
+    return DataLoader(
+        ds,
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        generator=g,
+        multiprocessing_context=ctx,
+    )
 
 
 def clips_per_s(ds, workers: int, epochs: int, convert: bool = True) -> float:
@@ -192,7 +220,7 @@ def raw_gather_rate(ds, n: int, repeat: int = 3) -> float:
     rng = np.random.default_rng(0)
     rates = []
     for _ in range(repeat):
-        idx = rng.permutation(n)[:n - n % BATCH].reshape(-1, BATCH)
+        idx = rng.permutation(n)[: n - n % BATCH].reshape(-1, BATCH)
         t0 = time.perf_counter()
         for i in idx:
             ds.features[i]
@@ -223,11 +251,16 @@ def worker(spec: dict) -> dict:
             rates[f"{name}|{workers}"] = clips_per_s(d, workers, spec["epochs"])
         for name, of in DELIVERIES.items():
             rates[f"{name}|{workers}"] = clips_per_s(ds[of], workers, spec["epochs"], convert=False)
-    return {"rates": rates, "raw": raw_h5_rate(folder / "store.h5", n), "gather": raw_gather_rate(ds[TODAY].ds, n),
-            "hold_mb_s": hold_rate(folder / "store.h5", n)}
+    return {
+        "rates": rates,
+        "raw": raw_h5_rate(folder / "store.h5", n),
+        "gather": raw_gather_rate(ds[TODAY].ds, n),
+        "hold_mb_s": hold_rate(folder / "store.h5", n),
+    }
 
 
 # ---------------------------------------------------------------- the benchmark
+
 
 def run(quick: bool = False) -> Section:
     from fcn.store import BLOCK_BYTES
@@ -242,8 +275,12 @@ def run(quick: bool = False) -> Section:
     try:
         store, npy = make_data(tmp, n)
         warm([store, *sorted(npy.iterdir())])
-        res = {a: run_worker("loading", dict(allocator=a, folder=str(tmp), n=n, epochs=epochs),
-                             env=allocator_env(a), timeout=900) for a in ("glibc", "glibc-keep")}
+        res = {
+            a: run_worker(
+                "loading", dict(allocator=a, folder=str(tmp), n=n, epochs=epochs), env=allocator_env(a), timeout=900
+            )
+            for a in ("glibc", "glibc-keep")
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     tgt = f"≥ {target:,.0f} clips/s"
@@ -251,8 +288,11 @@ def run(quick: bool = False) -> Section:
         rates = r["rates"]
         for workers in (0, 2) if alloc == "glibc" else (0,):  # the rest is in the details table
             peer, per_clip = rates[f"{PEERS}|{workers}"], rates[f"{PER_CLIP}|{workers}"]
-            shown = (BEFORE, PER_CLIP, ROWS, ROWS_DELIVERY, TODAY, DELIVERY, PEERS) if alloc == "glibc" else \
-                (PER_CLIP, TODAY, DELIVERY)
+            shown = (
+                (BEFORE, PER_CLIP, ROWS, ROWS_DELIVERY, TODAY, DELIVERY, PEERS)
+                if alloc == "glibc"
+                else (PER_CLIP, TODAY, DELIVERY)
+            )
             for name in shown:
                 x = rates[f"{name}|{workers}"]
                 label = f"{name}, workers {workers}, {alloc}"
@@ -264,34 +304,50 @@ def run(quick: bool = False) -> Section:
                     note += "; " + _limit(x, r["raw"], workers)
                 if name in (TODAY, DELIVERY):
                     note += "; " + _limit_memory(x, r["gather"], workers, x >= target)
-                sec.rows.append(Row(label, fmt_rate(x, "clips/s"),
-                                    f"peers' .npy {fmt_rate(peer, 'clips/s')}; per-clip {fmt_rate(per_clip, 'clips/s')}",
-                                    f"{x / peer:.2f}× peers, {x / per_clip:.2f}× per-clip", tgt, x >= target, note))
+                sec.rows.append(
+                    Row(
+                        label,
+                        fmt_rate(x, "clips/s"),
+                        f"peers' .npy {fmt_rate(peer, 'clips/s')}; per-clip {fmt_rate(per_clip, 'clips/s')}",
+                        f"{x / peer:.2f}× peers, {x / per_clip:.2f}× per-clip",
+                        tgt,
+                        x >= target,
+                        note,
+                    )
+                )
     sec.details = _details(need, fwd, target, n, res)
     return sec
 
 
 def _limit(rate: float, raw: float, workers: int) -> str:
     """What holds a loader row under the target, from the ceiling measured in the same process."""
-    text = (f"limit: h5py's per-row read, {raw:,.0f} clips/s in this process with nothing else (the ceiling of one "
-            f"reading process), of which this row reaches {100 * rate / raw:.0f} %; the rest is the DataLoader's "
-            f"per-batch Python and the float16 → float32 pass")
+    text = (
+        f"limit: h5py's per-row read, {raw:,.0f} clips/s in this process with nothing else (the ceiling of one "
+        f"reading process), of which this row reaches {100 * rate / raw:.0f} %; the rest is the DataLoader's "
+        f"per-batch Python and the float16 → float32 pass"
+    )
     if workers:
-        text += (f". With {workers} workers on {os.cpu_count()} cores the workers and the consumer share the cores, "
-                 f"and each batch crosses a pipe: on a GPU node each worker brings a core of its own (the paper "
-                 f"preset's --num-workers 4)")
+        text += (
+            f". With {workers} workers on {os.cpu_count()} cores the workers and the consumer share the cores, "
+            f"and each batch crosses a pipe: on a GPU node each worker brings a core of its own (the paper "
+            f"preset's --num-workers 4)"
+        )
     return text
 
 
 def _limit_memory(rate: float, gather: float, workers: int, met: bool) -> str:
     """What bounds an in-memory loader row: numpy's gather, measured alone in the same process."""
-    text = (f"{'bound' if met else 'limit'}: numpy's gather of a batch from the held split (one copy), "
-            f"{gather:,.0f} clips/s in this process with nothing else, of which this row reaches "
-            f"{100 * rate / gather:.0f} %; the rest is the DataLoader's per-batch Python"
-            + ("" if workers else " (and, when standardised, the float16 → float32 pass)"))
+    text = (
+        f"{'bound' if met else 'limit'}: numpy's gather of a batch from the held split (one copy), "
+        f"{gather:,.0f} clips/s in this process with nothing else, of which this row reaches "
+        f"{100 * rate / gather:.0f} %; the rest is the DataLoader's per-batch Python"
+        + ("" if workers else " (and, when standardised, the float16 → float32 pass)")
+    )
     if workers:
-        text += (". Workers add a copy of each batch into shared memory and a pipe round trip: fcn.loader "
-                 "serves a split held in memory with none")
+        text += (
+            ". Workers add a copy of each batch into shared memory and a pipe round trip: fcn.loader "
+            "serves a split held in memory with none"
+        )
     return text
 
 
@@ -308,30 +364,38 @@ def _check_same(ds: dict) -> None:
 
 
 def _details(need: float, fwd: float, target: float, n: int, res: dict) -> str:
-    lines = [f"Target: one H100 (dense bf16 {H100_BF16_DENSE / 1e12:.1f} TFLOP/s) training FCN-4 at "
-             f"{100 * GPU_MFU:.0f} % MFU consumes {GPU_MFU:.2f} × {H100_BF16_DENSE / 1e12:.1f} TFLOP/s ÷ (3 × "
-             f"{fwd / 1e9:.2f} GFLOP) = **{need:,.0f} clips/s**; with {HEADROOM:.0f}× headroom the loader target "
-             f"is {target:,.0f} clips/s. (The brief quoted {BRIEF_FIGURE:,} clips/s per GPU; the computation "
-             f"gives {need / BRIEF_FIGURE:.1f}× that: {BRIEF_FIGURE:,} clips/s is "
-             f"{100 * GPU_MFU * BRIEF_FIGURE / need:.0f} % MFU on an H100.)", "",
-             f"{n} clips of 96×1366 (store {n * 96 * 1366 * 2 / 1e6:.0f} MB float16; .npy "
-             f"{n * 96 * 1366 * 4 / 1e6:.0f} MB float32), read once before timing. Shuffled epochs of batch "
-             f"{BATCH}, median of the epochs after an untimed one, first batch of each epoch not timed; the "
-             f"consumer standardises "
-             f"float16 batches to float32 on the CPU (except the delivery-only row), with one torch thread. Each "
-             f"allocator in its own process (bench/common.py ALLOCATORS). Ceiling: h5py random single-row float16 reads into a reused "
-             f"buffer, nothing else: " + ", ".join(f"{r['raw']:,.0f} clips/s ({a})" for a, r in res.items()) +
-             ". In-memory ceiling: numpy gathers of shuffled batches from the held split, nothing else: "
-             + ", ".join(f"{r['gather']:,.0f} clips/s ({a})" for a, r in res.items()) + ". Reading the split "
-             "into memory (fcn.store.FeatureDataset.hold_in_memory, blocks of "
-             f"{BLOCK_MB} MB, warm page cache): " + ", ".join(f"{r['hold_mb_s']:,.0f} MB/s ({a})"
-                                                             for a, r in res.items()) + ".",
-             "", "| reader | " + " | ".join(f"{a}, workers {w}" for a in res for w in (0, 2)) + " |",
-             "|---|" + "---:|" * (2 * len(res))]
+    lines = [
+        f"Target: one H100 (dense bf16 {H100_BF16_DENSE / 1e12:.1f} TFLOP/s) training FCN-4 at "
+        f"{100 * GPU_MFU:.0f} % MFU consumes {GPU_MFU:.2f} × {H100_BF16_DENSE / 1e12:.1f} TFLOP/s ÷ (3 × "
+        f"{fwd / 1e9:.2f} GFLOP) = **{need:,.0f} clips/s**; with {HEADROOM:.0f}× headroom the loader target "
+        f"is {target:,.0f} clips/s. (The brief quoted {BRIEF_FIGURE:,} clips/s per GPU; the computation "
+        f"gives {need / BRIEF_FIGURE:.1f}× that: {BRIEF_FIGURE:,} clips/s is "
+        f"{100 * GPU_MFU * BRIEF_FIGURE / need:.0f} % MFU on an H100.)",
+        "",
+        f"{n} clips of 96×1366 (store {n * 96 * 1366 * 2 / 1e6:.0f} MB float16; .npy "
+        f"{n * 96 * 1366 * 4 / 1e6:.0f} MB float32), read once before timing. Shuffled epochs of batch "
+        f"{BATCH}, median of the epochs after an untimed one, first batch of each epoch not timed; the "
+        f"consumer standardises "
+        f"float16 batches to float32 on the CPU (except the delivery-only row), with one torch thread. Each "
+        f"allocator in its own process (bench/common.py ALLOCATORS). Ceiling: h5py random single-row float16 reads into a reused "
+        f"buffer, nothing else: "
+        + ", ".join(f"{r['raw']:,.0f} clips/s ({a})" for a, r in res.items())
+        + ". In-memory ceiling: numpy gathers of shuffled batches from the held split, nothing else: "
+        + ", ".join(f"{r['gather']:,.0f} clips/s ({a})" for a, r in res.items())
+        + ". Reading the split "
+        "into memory (fcn.store.FeatureDataset.hold_in_memory, blocks of "
+        f"{BLOCK_MB} MB, warm page cache): "
+        + ", ".join(f"{r['hold_mb_s']:,.0f} MB/s ({a})" for a, r in res.items())
+        + ".",
+        "",
+        "| reader | " + " | ".join(f"{a}, workers {w}" for a in res for w in (0, 2)) + " |",
+        "|---|" + "---:|" * (2 * len(res)),
+    ]
     names = dict.fromkeys(k.split("|")[0] for r in res.values() for k in r["rates"])
     for name in names:
-        lines.append(f"| {name} | " + " | ".join(f"{res[a]['rates'][f'{name}|{w}']:,.0f}" for a in res
-                                                  for w in (0, 2)) + " |")
+        lines.append(
+            f"| {name} | " + " | ".join(f"{res[a]['rates'][f'{name}|{w}']:,.0f}" for a in res for w in (0, 2)) + " |"
+        )
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ CPU candidates: a float32 2048² matmul (MKL) and a float32 convolution of FCN-4
 the conv's output (25 MB) small enough that neither allocator page-faults it on every call, so the peak does not
 depend on the allocator being compared. GPU: a bf16 8192² matmul (tensor cores).
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,7 +31,7 @@ def conv2_flops(batch: int) -> float:
 def matmul_fn(n: int, dtype: torch.dtype, device: str):
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    return (lambda: a @ b), 2.0 * n ** 3
+    return (lambda: a @ b), 2.0 * n**3
 
 
 @functools.lru_cache(maxsize=8)
@@ -44,6 +45,7 @@ def conv_fn(batch: int, dtype: torch.dtype, device: str):
     def run():
         with torch.no_grad():
             conv(x)
+
     return run, conv2_flops(batch)
 
 
@@ -54,14 +56,18 @@ def gflops(fn_flops, repeat: int, sync=None) -> float:
 
 def cpu_kernels(dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """GFLOP/s of each CPU candidate (median of a few calls)."""
-    return {"matmul 2048²": gflops(matmul_fn(2048, dtype, "cpu"), 5),
-            "conv2 (oneDNN, channels_last)": gflops(conv_fn(1, dtype, "cpu"), 7)}
+    return {
+        "matmul 2048²": gflops(matmul_fn(2048, dtype, "cpu"), 5),
+        "conv2 (oneDNN, channels_last)": gflops(conv_fn(1, dtype, "cpu"), 7),
+    }
 
 
 def gpu_kernels() -> dict[str, float]:
     sync = torch.cuda.synchronize
-    return {"bf16 matmul 8192²": gflops(matmul_fn(8192, torch.bfloat16, "cuda"), 20, sync),
-            "bf16 conv2 (batch 16)": gflops(conv_fn(16, torch.bfloat16, "cuda"), 20, sync)}
+    return {
+        "bf16 matmul 8192²": gflops(matmul_fn(8192, torch.bfloat16, "cuda"), 20, sync),
+        "bf16 conv2 (batch 16)": gflops(conv_fn(16, torch.bfloat16, "cuda"), 20, sync),
+    }
 
 
 def quick_conv_gflops(dtype: torch.dtype = torch.float32, repeat: int = 3) -> float:

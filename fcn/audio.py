@@ -16,6 +16,7 @@ torchaudio defaults) [D]: a pure tensor op, no codec needed, and the same resamp
 decoder. (Resampling inside the decoder, pedalboard's `resampled_to` or FFmpeg's swresample, was measured slower and
 is another filter: bench/preprocess.py.)
 """
+
 from __future__ import annotations
 
 import functools
@@ -92,6 +93,7 @@ def _check_decoder(decoder: str) -> None:
 
 # ---------------------------------------------------------------- the decoders: (frames, channels) float32, rate
 
+
 def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
@@ -117,11 +119,11 @@ def _lame_gapless(path: str) -> tuple[int, int] | None:
         return None
     mpeg1, mono, crc = (b[i + 1] >> 3) & 3 == 3, b[i + 3] >> 6 == 3, not b[i + 1] & 1
     j = i + 4 + (2 if crc else 0) + ((17 if mono else 32) if mpeg1 else (9 if mono else 17))
-    if b[j:j + 4] not in (b"Xing", b"Info"):
+    if b[j : j + 4] not in (b"Xing", b"Info"):
         return None
-    flags = int.from_bytes(b[j + 4:j + 8], "big")
+    flags = int.from_bytes(b[j + 4 : j + 8], "big")
     k = j + 8 + 4 * bool(flags & 1) + 4 * bool(flags & 2) + 100 * bool(flags & 4) + 4 * bool(flags & 8)
-    if len(b) < k + 24 or b[k:k + 4] not in (b"LAME", b"Lavc", b"Lavf", b"GOGO", b"L3.9"):
+    if len(b) < k + 24 or b[k : k + 4] not in (b"LAME", b"Lavc", b"Lavf", b"GOGO", b"L3.9"):
         return None  # a Xing tag without the LAME extension declares no delay
     delay = b[k + 21] << 4 | b[k + 22] >> 4
     padding = (b[k + 22] & 0x0F) << 8 | b[k + 23]
@@ -141,7 +143,7 @@ def _read_pedalboard(path: str) -> tuple[np.ndarray, int]:
     gap = _lame_gapless(path) if data.shape[1] else None
     if gap:
         head, tail = gap
-        data = data[:, head:data.shape[1] - tail]
+        data = data[:, head : data.shape[1] - tail]
     return np.ascontiguousarray(data.T, dtype=np.float32), sr
 
 
@@ -167,6 +169,7 @@ _READERS = {"soundfile": _read_soundfile, "pedalboard": _read_pedalboard, "ffmpe
 
 
 # ---------------------------------------------------------------- header metadata
+
 
 def info(path, decoder: str = DEFAULT_DECODER) -> AudioInfo:
     """Header metadata only (no decoding): sample rate, channels, frames, container format, as `decoder` reads it."""
@@ -218,7 +221,9 @@ def _resampler(orig: int, new: int):
     import torch
     import torchaudio.transforms as T
 
-    return T.Resample(orig, new, dtype=torch.float32)  # the kernel in float32, as AF.resample makes it for a float32 wave
+    return T.Resample(
+        orig, new, dtype=torch.float32
+    )  # the kernel in float32, as AF.resample makes it for a float32 wave
 
 
 def decode(path, decoder: str = DEFAULT_DECODER) -> tuple[np.ndarray, int]:
@@ -262,4 +267,4 @@ def fix_length(x: np.ndarray, n: int = CLIP_SAMPLES) -> np.ndarray:
         out[:m] = x
         return out
     start = (m - n) // 2
-    return x[start:start + n]
+    return x[start : start + n]

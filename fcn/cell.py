@@ -11,6 +11,7 @@ A cell is one (dataset, input, depth, seed, training fraction) of the paper's gr
 
 No torch, no mlflow: the harness imports this on a login node.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -42,8 +43,10 @@ LOCK = ".lock"
 LAST = "last.pt"
 BEST = "best.pt"
 
-_KEY_RE = re.compile(r"^(?P<dataset>[a-z0-9]+)-(?P<input>[a-z0-9]+)-fcn(?P<depth>\d+)-s(?P<seed>\d+)"
-                     r"(?:-f(?P<fraction>[0-9.e-]+))?$")
+_KEY_RE = re.compile(
+    r"^(?P<dataset>[a-z0-9]+)-(?P<input>[a-z0-9]+)-fcn(?P<depth>\d+)-s(?P<seed>\d+)"
+    r"(?:-f(?P<fraction>[0-9.e-]+))?$"
+)
 
 
 def make_key(dataset: str, input: str, depth: int, seed: int, fraction: float = 1.0) -> str:
@@ -56,8 +59,13 @@ def parse_key(key: str) -> dict | None:
     m = _KEY_RE.match(key)
     if not m:
         return None
-    return dict(dataset=m["dataset"], input=m["input"], depth=int(m["depth"]), seed=int(m["seed"]),
-                train_fraction=float(m["fraction"]) if m["fraction"] else 1.0)
+    return dict(
+        dataset=m["dataset"],
+        input=m["input"],
+        depth=int(m["depth"]),
+        seed=int(m["seed"]),
+        train_fraction=float(m["fraction"]) if m["fraction"] else 1.0,
+    )
 
 
 def run_dir(config, trial: str = "") -> Path:
@@ -89,6 +97,7 @@ def quiet_mlflow() -> None:
 
 # --- finished -------------------------------------------------------------------------------------------------------
 
+
 def finished_metrics(rdir: Path) -> dict | None:
     """The metrics of a cell finished on disk (metrics.json is written last, atomically), else None."""
     path = Path(rdir) / METRICS
@@ -108,6 +117,7 @@ def is_finished(rdir: Path, runs=()) -> bool:
 
 
 # --- the cell lock --------------------------------------------------------------------------------------------------
+
 
 def lock_wait_s() -> float:
     """How long a trainer waits for a cell lock held by another process: env FCN_CELL_LOCK_WAIT_S if set, else 900 s
@@ -138,12 +148,18 @@ def acquire_lock(rdir: Path, wait_s: float | None = None):
         except OSError:
             if time.monotonic() >= deadline:
                 f.close()
-                raise UserError(f"{rdir.name} is being trained by another process right now (lock {rdir / LOCK})"
-                                + (f" and was still after waiting {wait_s:.0f} s" if wait_s else "")
-                                + "; wait for it, or stop it first") from None
+                raise UserError(
+                    f"{rdir.name} is being trained by another process right now (lock {rdir / LOCK})"
+                    + (f" and was still after waiting {wait_s:.0f} s" if wait_s else "")
+                    + "; wait for it, or stop it first"
+                ) from None
             if not said:
-                print(f"{rdir.name}: another process holds the cell lock {rdir / LOCK} (an older copy of this "
-                      f"job?); waiting up to {wait_s:.0f} s for it to end", file=sys.stderr, flush=True)
+                print(
+                    f"{rdir.name}: another process holds the cell lock {rdir / LOCK} (an older copy of this "
+                    f"job?); waiting up to {wait_s:.0f} s for it to end",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 said = True
             time.sleep(1.0)
     if said:

@@ -12,6 +12,7 @@
   and shipped, with what fcn.predict needs to use it) hold is written down here, built here (`last`, `best`) and read
   here (`load_last`, `load_best`, `read_best`); training only fills it. `CHECKPOINT_VERSION` is stamped on every file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,9 +38,11 @@ CHECKPOINT_VERSION = 1
 
 # --- the schema -------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Progress:
     """Where a run stands after its last whole epoch: saved in last.pt, so a resume continues the same run."""
+
     epoch: int = 0  # epochs done
     best: float = -1.0  # best validation ROC-AUC so far; -1 until an epoch has one (a NaN never beats it)
     best_epoch: int = -1
@@ -50,7 +53,7 @@ class Progress:
     world: int = 1  # processes of the launch that wrote it
 
     @classmethod
-    def from_dict(cls, saved: dict, defaults: "Progress") -> "Progress":
+    def from_dict(cls, saved: dict, defaults: Progress) -> Progress:
         """A checkpoint's progress; a key an older checkpoint lacks keeps its value in `defaults`."""
         known = {f.name for f in fields(cls)}
         return cls(**{**asdict(defaults), **{k: v for k, v in saved.items() if k in known}})
@@ -58,6 +61,7 @@ class Progress:
 
 class Last(TypedDict):
     """ckpt/last.pt, written after every epoch: everything a resume needs."""
+
     model: dict  # the bare model's state_dict (never DDP's)
     optimizer: dict  # Adam's state_dict
     rng: list  # one RNG state per rank (`rng_state`), gathered by rank 0
@@ -68,6 +72,7 @@ class Last(TypedDict):
 
 class Best(TypedDict):
     """ckpt/best.pt, written when validation ROC-AUC improves: the model that is tested, logged and tagged with."""
+
     model: dict
     config: dict
     epoch: int
@@ -84,15 +89,30 @@ BEST_KEYS = ("model", "config", "tags", "frontend", "norm")  # what fcn.predict 
 
 
 def last(model, opt, rngs: list, progress: Progress, config, run_id: str | None) -> Last:
-    return Last(model=model.state_dict(), optimizer=opt.state_dict(), rng=rngs, progress=asdict(progress),
-                config=config.to_dict(), run_id=run_id)
+    return Last(
+        model=model.state_dict(),
+        optimizer=opt.state_dict(),
+        rng=rngs,
+        progress=asdict(progress),
+        config=config.to_dict(),
+        run_id=run_id,
+    )
 
 
-def best(model, config, *, epoch: int, meta: dict, norm: tuple, valid_roc_auc: float, run_id: str | None,
-         fallback: str = "") -> Best:
+def best(
+    model, config, *, epoch: int, meta: dict, norm: tuple, valid_roc_auc: float, run_id: str | None, fallback: str = ""
+) -> Best:
     """`meta`: the feature store's (fcn.store.check_store): its tags and front end."""
-    b = Best(model=model.state_dict(), config=config.to_dict(), epoch=epoch, tags=meta["tags"],
-             frontend=meta["frontend"].to_dict(), norm=norm, valid_roc_auc=valid_roc_auc, run_id=run_id)
+    b = Best(
+        model=model.state_dict(),
+        config=config.to_dict(),
+        epoch=epoch,
+        tags=meta["tags"],
+        frontend=meta["frontend"].to_dict(),
+        norm=norm,
+        valid_roc_auc=valid_roc_auc,
+        run_id=run_id,
+    )
     if fallback:
         b["fallback"] = fallback
     return b
@@ -129,11 +149,16 @@ def config_changes(saved: dict, config) -> list[str]:
 
 # --- RNG states -------------------------------------------------------------------------------------------------------
 
+
 def rng_state(device: torch.device) -> dict:
     """This rank's RNG states. CUDA: only its own device's generator (one per rank, gathered by rank 0), so a
     checkpoint resumes with any number of visible GPUs; all devices' states would not fit a machine with fewer."""
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
 
 
 def set_rng_state(s: dict, device: torch.device) -> None:
@@ -160,6 +185,7 @@ def previous(path: str | Path) -> Path:
 
 
 # --- plain values only: what weights_only=True can read --------------------------------------------------------
+
 
 def _plain(obj):
     """`obj` with numpy values turned into tensors / Python numbers (the types a weights_only load accepts)."""
@@ -207,6 +233,7 @@ def _decode(state: dict) -> dict:
 
 # --- write --------------------------------------------------------------------------------------------------------
 
+
 def save(state: dict, path: str | Path) -> None:
     """Write `state` atomically, keeping the file it replaces as the previous generation.
 
@@ -218,8 +245,12 @@ def save(state: dict, path: str | Path) -> None:
     buf = io.BytesIO()
     torch.save(_encode(state), buf)
     payload = buf.getbuffer()
-    wrapped = {"format": MAGIC, "version": CHECKPOINT_VERSION, "sha256": hashlib.sha256(payload).hexdigest(),
-               "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
+    wrapped = {
+        "format": MAGIC,
+        "version": CHECKPOINT_VERSION,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+    }
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
@@ -229,8 +260,10 @@ def save(state: dict, path: str | Path) -> None:
     except (OSError, RuntimeError) as e:  # torch wraps a failed write of its zip writer in a RuntimeError
         tmp.unlink(missing_ok=True)
         reason = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e).splitlines()[0][:200]
-        raise UserError(f"cannot write checkpoint {path} ({reason}); the previous checkpoint is intact: free the "
-                        f"space (or fix the folder) and rerun the same command to resume") from None
+        raise UserError(
+            f"cannot write checkpoint {path} ({reason}); the previous checkpoint is intact: free the "
+            f"space (or fix the folder) and rerun the same command to resume"
+        ) from None
     if path.exists():
         os.replace(path, previous(path))  # a crash right here leaves .prev and .tmp: load falls back to .prev
     os.replace(tmp, path)
@@ -252,6 +285,7 @@ def _fsync_dir(d: Path) -> None:
 
 # --- read ---------------------------------------------------------------------------------------------------------
 
+
 def _torch_load(src, name: str):
     import pickle
 
@@ -262,13 +296,16 @@ def _torch_load(src, name: str):
         hint = next((ln.strip() for ln in first if "global" in ln.lower()), "")
         if not hint:  # not a pickle of objects at all: garbage, text, another format
             raise CheckpointError(f"{name} is not a readable checkpoint (not a torch file)") from None
-        raise CheckpointError(f"{name} holds Python objects other than tensors and plain values ({hint[:160]}); "
-                              f"refused without running any of it: loading it could run code") from None
+        raise CheckpointError(
+            f"{name} holds Python objects other than tensors and plain values ({hint[:160]}); "
+            f"refused without running any of it: loading it could run code"
+        ) from None
     except (RuntimeError, EOFError, ValueError, OSError, IndexError, KeyError, AttributeError) as e:
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
         msg = msg.split(". This is an internal")[0].replace("PytorchStreamReader failed reading zip archive: ", "")
-        raise CheckpointError(f"{name} is not a readable checkpoint (truncated or not a torch file: {msg[:120]})") \
-            from None
+        raise CheckpointError(
+            f"{name} is not a readable checkpoint (truncated or not a torch file: {msg[:120]})"
+        ) from None
 
 
 def read(path: str | Path, required: tuple[str, ...] = ()) -> dict:
@@ -278,8 +315,10 @@ def read(path: str | Path, required: tuple[str, ...] = ()) -> dict:
     if isinstance(outer, dict) and outer.get("format") == MAGIC:
         version = outer.get("version", 1)
         if not isinstance(version, int) or version > CHECKPOINT_VERSION:
-            raise CheckpointError(f"{path} is a checkpoint of version {version!r}, newer than this fcn reads "
-                                  f"({CHECKPOINT_VERSION}): update fcn-sweep to resume or use it")
+            raise CheckpointError(
+                f"{path} is a checkpoint of version {version!r}, newer than this fcn reads "
+                f"({CHECKPOINT_VERSION}): update fcn-sweep to resume or use it"
+            )
         payload = outer.get("payload")
         if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
             raise CheckpointError(f"{path} is damaged (no payload)")

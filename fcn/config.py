@@ -3,6 +3,7 @@
 Defaults are the demo scale on the built-in synthetic data (so `python -m fcn.train` finishes in minutes on a laptop
 CPU); `--preset paper` sets the paper's scale. Paper facts cite PAPER.md; [D]/[U] mark derived/unknown choices.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,19 +53,33 @@ class RunConfig:
     depth: int = _f(4, "FCN depth, 3..7 (PAPER.md's architecture table)", choices=DEPTHS)
     seed: int = _f(0, "seed of weights, data order and dropout")
     # --- data ---
-    data_root: str = _f("", "root of the real data set (MTAT: folder with annotations_final.csv and 0..f/; MSD: "
-                            "folder with lastfm_tags.db); empty = the built-in synthetic set in the same layout",
-                            resume=True)
-    splits_dir: str = _f("", "folder of split lists (MTAT clean split: Lee/Won lists; MSD: Choi's lists); "
-                             "empty = <data_root>/splits if it holds them, else the lists shipped in fcn/data/splits",
-                             resume=True)
+    data_root: str = _f(
+        "",
+        "root of the real data set (MTAT: folder with annotations_final.csv and 0..f/; MSD: "
+        "folder with lastfm_tags.db); empty = the built-in synthetic set in the same layout",
+        resume=True,
+    )
+    splits_dir: str = _f(
+        "",
+        "folder of split lists (MTAT clean split: Lee/Won lists; MSD: Choi's lists); "
+        "empty = <data_root>/splits if it holds them, else the lists shipped in fcn/data/splits",
+        resume=True,
+    )
     tags_db: str = _f("", "MSD: the Last.fm tag database (SQLite); empty = <data_root>/lastfm_tags.db", resume=True)
-    audio_root: str = _f("", "MSD: folder of the 7digital previews, d1/d2/<7digital id>.clip.mp3; empty = "
-                             "<data_root>/audio", resume=True)
-    id_map: str = _f("", "MSD: CSV 'msd_id,path' of previews stored elsewhere (relative paths: from the CSV's "
-                         "folder); the ids it lists override the d1/d2 layout", resume=True)
-    split: str = _f("folder", "MTAT split: folder (0-b / c / d-f) or clean (Lee/Won lists); MSD always uses "
-                              "Choi's split", choices=("folder", "clean"))
+    audio_root: str = _f(
+        "", "MSD: folder of the 7digital previews, d1/d2/<7digital id>.clip.mp3; empty = <data_root>/audio", resume=True
+    )
+    id_map: str = _f(
+        "",
+        "MSD: CSV 'msd_id,path' of previews stored elsewhere (relative paths: from the CSV's "
+        "folder); the ids it lists override the d1/d2 layout",
+        resume=True,
+    )
+    split: str = _f(
+        "folder",
+        "MTAT split: folder (0-b / c / d-f) or clean (Lee/Won lists); MSD always uses Choi's split",
+        choices=("folder", "clean"),
+    )
     store: str = _f("", "HDF5 feature store; empty = <data_dir>/<name>.h5, built on first use", resume=True)
     data_dir: str = _f("data", "where built-in data sets and derived feature stores are kept", resume=True)
     synth_clips: int = _f(1200, "size of the built-in synthetic data set (clips)")
@@ -72,14 +87,22 @@ class RunConfig:
     # --- model and front end ---
     width: float = _f(DEMO_WIDTH, "channel multiplier; 1.0 is the paper's model [demo 0.125]")
     clip_seconds: float = _f(DEMO_CLIP_SECONDS, "clip length fed to the front end; the paper's is 29.12 [demo 4.0]")
-    frontend_variant: str = _f("plain-db", "log-mel variant: authors (their released code: 10·log10(mel²) with a "
-                                           "per-clip floor 80 dB below the peak) or plain-db (10·log10(mel), no "
-                                           "floor); fcn/frontends.py [paper preset: authors]", choices=VARIANTS)
+    frontend_variant: str = _f(
+        "plain-db",
+        "log-mel variant: authors (their released code: 10·log10(mel²) with a "
+        "per-clip floor 80 dB below the peak) or plain-db (10·log10(mel), no "
+        "floor); fcn/frontends.py [paper preset: authors]",
+        choices=VARIANTS,
+    )
     dropout: float = _f(DEMO_DROPOUT, "dropout after every max-pool; the paper's is 0.5 [demo 0.1]")
     # --- optimisation ---
     batch_size: int = _f(16, "per-process batch size [U: 16 as in Won et al. 2020]")
-    sync_bn: str = _f("auto", "SyncBatchNorm across processes: auto (on CUDA when several processes train with "
-                              "fewer than 8 clips each [D]), on, or off", choices=("auto", "on", "off"))
+    sync_bn: str = _f(
+        "auto",
+        "SyncBatchNorm across processes: auto (on CUDA when several processes train with "
+        "fewer than 8 clips each [D]), on, or off",
+        choices=("auto", "on", "off"),
+    )
     lr: float = _f(PAPER_LR, "Adam learning rate [U: Adam defaults, as in the sibling CRNN paper]")
     epochs: int = _f(8, "maximum epochs [paper preset 100, U]")
     patience: int = _f(3, "early stopping: epochs without a better validation ROC-AUC [paper preset 10, U]")
@@ -87,25 +110,38 @@ class RunConfig:
     device: str = _f("auto", "auto (cuda if available), cpu, or cuda", choices=("auto", "cpu", "cuda"), resume=True)
     # [D] bf16 autocast on CUDA, and on CPUs with bf16 arithmetic, is our speed choice; the paper trained in fp32
     # (--amp off)
-    amp: str = _f("auto", "autocast: auto (bf16 on CUDA and on a CPU with bf16 arithmetic, AVX-512 BF16 or AMX, "
-                          "where bench/train_step.py measured it faster at equal AUC: fcn/precision.py; else fp32) "
-                          "[D: our speed choice], bf16, or off (fp32, the paper's precision)",
-                  choices=("auto", "bf16", "off"))
-    memory_format: str = _f("auto", "activations' layout: auto (channels_last on CUDA and at demo width; contiguous "
-                                     "at full width on a CPU without AVX-512, bench/train_step.py), channels_last, or "
-                                     "contiguous", choices=("auto", "channels_last", "contiguous"), resume=True)
+    amp: str = _f(
+        "auto",
+        "autocast: auto (bf16 on CUDA and on a CPU with bf16 arithmetic, AVX-512 BF16 or AMX, "
+        "where bench/train_step.py measured it faster at equal AUC: fcn/precision.py; else fp32) "
+        "[D: our speed choice], bf16, or off (fp32, the paper's precision)",
+        choices=("auto", "bf16", "off"),
+    )
+    memory_format: str = _f(
+        "auto",
+        "activations' layout: auto (channels_last on CUDA and at demo width; contiguous "
+        "at full width on a CPU without AVX-512, bench/train_step.py), channels_last, or "
+        "contiguous",
+        choices=("auto", "channels_last", "contiguous"),
+        resume=True,
+    )
     num_workers: int = _f(0, "DataLoader worker processes per training process", resume=True)
     threads: int = _f(0, "torch CPU threads per process; 0 = all cores divided among local processes", resume=True)
     # --- where results go ---
-    out_dir: str = _f("runs", "run directories (checkpoints, metrics.json) and the default SQLite MLflow store",
-                      resume=True)
+    out_dir: str = _f(
+        "runs", "run directories (checkpoints, metrics.json) and the default SQLite MLflow store", resume=True
+    )
     experiment: str = _f(cell.CELL_EXPERIMENT, "MLflow experiment name", resume=True)
-    tracking_uri: str = _f("", "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///<out_dir>/mlflow.db",
-                           resume=True)
+    tracking_uri: str = _f(
+        "", "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///<out_dir>/mlflow.db", resume=True
+    )
     parent_run_id: str = _f("", "MLflow parent run (set by the harness for sweeps)", resume=True)
-    recipe: str = _f("", "where lr, dropout and batch size came from: empty = the preset and flags; set by "
-                         "`harness.grid --configs-from` to a search's recipe file (logged, shown in the tables)",
-                         resume=True)
+    recipe: str = _f(
+        "",
+        "where lr, dropout and batch size came from: empty = the preset and flags; set by "
+        "`harness.grid --configs-from` to a search's recipe file (logged, shown in the tables)",
+        resume=True,
+    )
 
     def __post_init__(self):
         for f in fields(self):
@@ -146,13 +182,13 @@ class RunConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
+    def from_dict(cls, d: dict) -> RunConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise UserError(f"unknown config key(s): {', '.join(sorted(unknown))}")
         return cls(**d)
 
-    def replace(self, **kw) -> "RunConfig":
+    def replace(self, **kw) -> RunConfig:
         unknown = set(kw) - {f.name for f in fields(self)}
         if unknown:
             raise UserError(f"unknown config key(s): {', '.join(sorted(unknown))}")
@@ -164,11 +200,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
     # [D] the embedded 30-cell grid: half the clips, 3 s, 6 epochs, so all cells fit in ~10 minutes on 2 cores
     "grid-demo": dict(synth_clips=600, clip_seconds=3.0, epochs=6, patience=3),
-    "paper": dict(width=PAPER_WIDTH, clip_seconds=PAPER_CLIP_SECONDS, dropout=PAPER_DROPOUT,
-                  batch_size=PAPER_BATCH, lr=PAPER_LR,
-                  epochs=PAPER_EPOCHS, patience=PAPER_PATIENCE, num_workers=4,
-                  # the authors' released preprocessing, taken as the input behind the published numbers [D]
-                  frontend_variant="authors"),
+    "paper": dict(
+        width=PAPER_WIDTH,
+        clip_seconds=PAPER_CLIP_SECONDS,
+        dropout=PAPER_DROPOUT,
+        batch_size=PAPER_BATCH,
+        lr=PAPER_LR,
+        epochs=PAPER_EPOCHS,
+        patience=PAPER_PATIENCE,
+        num_workers=4,
+        # the authors' released preprocessing, taken as the input behind the published numbers [D]
+        frontend_variant="authors",
+    ),
 }
 
 
@@ -183,18 +226,29 @@ def _parse_bool(s: str) -> bool:
 
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One --flag per RunConfig field (type-checked by argparse; unknown flags are errors) plus --preset."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                        help="demo: small model on 4 s clips (CPU minutes); grid-demo: lighter, for 30 cells at once; "
-                             "paper: the paper's scale (GPU)")
-    parser.add_argument("--config", default="", metavar="JSON",
-                        help="a whole run config as a JSON file (as saved in metrics.json); flags override it")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="demo",
+        help="demo: small model on 4 s clips (CPU minutes); grid-demo: lighter, for 30 cells at once; "
+        "paper: the paper's scale (GPU)",
+    )
+    parser.add_argument(
+        "--config",
+        default="",
+        metavar="JSON",
+        help="a whole run config as a JSON file (as saved in metrics.json); flags override it",
+    )
     for f in fields(RunConfig):
         if f.name in skip:
             continue
         typ = {"int": int, "float": float, "str": str, "bool": _parse_bool}[f.type]
         default = f.default if f.default is not MISSING else None
         parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=typ, default=None,
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=typ,
+            default=None,
             choices=f.metadata.get("choices") if f.type != "bool" else None,
             metavar=f.type.upper() if not f.metadata.get("choices") else None,
             help=f"{f.metadata['help']} (default: {default!r})",
@@ -209,7 +263,6 @@ def config_from_args(args: argparse.Namespace, **extra) -> RunConfig:
                 values.update(RunConfig.from_dict(json.load(f)).to_dict())
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read --config {args.config}: {e}")
-    values.update({f.name: getattr(args, f.name) for f in fields(RunConfig)
-                   if getattr(args, f.name, None) is not None})
+    values.update({f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None})
     values.update(extra)
     return RunConfig(**values)

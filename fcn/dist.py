@@ -4,6 +4,7 @@ torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. srun s
 SLURM_LOCALID but no rendezvous (FACTS.md), so the first node of the job is the master and the port is derived from the
 job id (the sbatch scripts ask `python -m fcn.dist job` for the same values). gloo on CPU, NCCL on CUDA.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -36,7 +37,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     local_world: int = 1
-    device: "torch.device" = field(default_factory=_cpu)
+    device: torch.device = field(default_factory=_cpu)
 
     @property
     def main(self) -> bool:
@@ -153,8 +154,11 @@ def gpus_allocated(env=None) -> bool:
         v = env["CUDA_VISIBLE_DEVICES"].strip()
         return bool(v) and v not in ("-1", "NoDevFiles")
     on_node = env.get("SLURM_GPUS_ON_NODE", "").strip()
-    return (on_node.isdigit() and int(on_node) > 0) or bool(env.get("SLURM_JOB_GPUS", "").strip()) \
+    return (
+        (on_node.isdigit() and int(on_node) > 0)
+        or bool(env.get("SLURM_JOB_GPUS", "").strip())
         or bool(env.get("SLURM_STEP_GPUS", "").strip())
+    )
 
 
 def driver_version() -> str:
@@ -180,7 +184,8 @@ def check_cuda_usable(env=None) -> None:
         f"GPUs are allocated to this process (CUDA_VISIBLE_DEVICES/Slurm: {gpus}) but torch cannot use CUDA: torch "
         f"{torch.__version__} is built for CUDA {torch.version.cuda or 'none (a CPU-only build)'}, with "
         f"{driver_version()}: a driver/build mismatch; install a torch build matching the driver (or a newer driver), "
-        f"or pass --device cpu to train on the CPU on purpose")
+        f"or pass --device cpu to train on the CPU on purpose"
+    )
 
 
 def cuda_index(local_rank: int, local_world: int, n_visible: int, env=None) -> int:
@@ -200,19 +205,23 @@ def cuda_index(local_rank: int, local_world: int, n_visible: int, env=None) -> i
     bound = on_node.isdigit() and n_visible * local_world <= int(on_node)
     if n_visible >= 1 and (bound or local_world == 1):
         return 0
-    raise UserError(f"{local_world} processes per node need {local_world} GPUs but {n_visible} are visible to this "
-                    f"one (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')!r}) and Slurm did not bind GPUs "
-                    f"per task: ask for one GPU per process (--gpus-per-node = --ntasks-per-node, or "
-                    f"--gpus-per-task=1)")
+    raise UserError(
+        f"{local_world} processes per node need {local_world} GPUs but {n_visible} are visible to this "
+        f"one (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')!r}) and Slurm did not bind GPUs "
+        f"per task: ask for one GPU per process (--gpus-per-node = --ntasks-per-node, or "
+        f"--gpus-per-task=1)"
+    )
 
 
 def check_one_process_per_gpu(gpus_on_node: str, tasks_per_node: int) -> None:
     """The rule of a Slurm job that trains with DDP: as many training processes (tasks) per node as GPUs per node,
     or one GPU idles (too few tasks) or two processes fight over one (too many). An error at start, never a hang."""
     if gpus_on_node.isdigit() and int(gpus_on_node) != tasks_per_node:
-        raise UserError(f"this job has {gpus_on_node} GPU(s) per node but {tasks_per_node} task(s) per node: one "
-                        f"training process per GPU, so pass --ntasks-per-node={gpus_on_node} with "
-                        f"--gpus-per-node={gpus_on_node}")
+        raise UserError(
+            f"this job has {gpus_on_node} GPU(s) per node but {tasks_per_node} task(s) per node: one "
+            f"training process per GPU, so pass --ntasks-per-node={gpus_on_node} with "
+            f"--gpus-per-node={gpus_on_node}"
+        )
 
 
 def _check_gpus(world: int, local_world: int, env=None) -> None:
@@ -228,7 +237,7 @@ def _check_gpus(world: int, local_world: int, env=None) -> None:
         check_one_process_per_gpu(env.get("SLURM_GPUS_ON_NODE", ""), local_world)
 
 
-def pick_device(device: str, world: int, local_rank: int, local_world: int) -> "torch.device":
+def pick_device(device: str, world: int, local_rank: int, local_world: int) -> torch.device:
     """The device of this process: one line of error for every way a GPU job would otherwise crash or run on CPU."""
     import torch
 
@@ -260,8 +269,13 @@ def setup(device: str = "auto") -> Dist:
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
                 raise UserError(f"{var} is not set for a {world}-process run: launch with torchrun or srun")
-        tdist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
-                                 timeout=TIMEOUT, device_id=dev if use_cuda else None)
+        tdist.init_process_group(
+            "nccl" if use_cuda else "gloo",
+            rank=rank,
+            world_size=world,
+            timeout=TIMEOUT,
+            device_id=dev if use_cuda else None,
+        )
     return Dist(rank, world, local_rank, local_world, dev)
 
 
@@ -306,8 +320,10 @@ def slurm_job(env=None) -> str:
     return f"{addr} {port} {slurm_nodes(env)} {tasks}"
 
 
-USAGE = ("usage: python -m fcn.dist job   (in an sbatch script: checks one task per GPU, then prints the job's "
-         "MASTER_ADDR MASTER_PORT NODES TASKS_PER_NODE)")
+USAGE = (
+    "usage: python -m fcn.dist job   (in an sbatch script: checks one task per GPU, then prints the job's "
+    "MASTER_ADDR MASTER_PORT NODES TASKS_PER_NODE)"
+)
 
 
 def main(argv=None) -> int:

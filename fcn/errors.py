@@ -3,6 +3,7 @@
 Anything else that escapes an entry point (a bug, a full disk, a library's own exception) is also one line: what
 failed, and the file its full traceback was written to. FCN_TRACEBACK=1 prints the traceback instead.
 """
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,8 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 TRACEBACK_ENV = "FCN_TRACEBACK"
 
@@ -58,7 +59,9 @@ def run_cli(main: Callable[[], object], prog: str | None = None) -> None:
             raise
         where = _traceback_file(prog, traceback.format_exc())
         tail = f"traceback in {where}" if where else "no traceback file could be written"
-        print(f"error: {prog} failed unexpectedly ({_one_line(e)}); {tail}; rerun with {TRACEBACK_ENV}=1 to print it",
-              file=sys.stderr)
+        print(
+            f"error: {prog} failed unexpectedly ({_one_line(e)}); {tail}; rerun with {TRACEBACK_ENV}=1 to print it",
+            file=sys.stderr,
+        )
         sys.exit(1)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -11,6 +11,7 @@ The log-mel comes in named variants (VARIANTS), recorded in every store and chec
 - "plain-db": 10·log10(max(mel, 1e-10)), the dB of the power mel with no floor (what this project used first; the demo
   presets' choice [D]: their committed results were made with it).
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,7 +62,7 @@ class FrontEndParams:
     pad_mode: str = "constant"
 
     @classmethod
-    def for_seconds(cls, seconds: float, **kw) -> "FrontEndParams":
+    def for_seconds(cls, seconds: float, **kw) -> FrontEndParams:
         """Paper parameters for a clip of `seconds` (rounded to a whole hop so frames are 1 + n/hop)."""
         sr = kw.get("sample_rate", cls.sample_rate)
         hop = kw.get("hop", cls.hop)
@@ -92,7 +93,7 @@ class FrontEndParams:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FrontEndParams":
+    def from_dict(cls, d: dict) -> FrontEndParams:
         """Parameters as saved; a dict from before the variants existed (no 'variant' key) is what that code
         computed: the plain-db mel and nested deltas, so old checkpoints keep tagging as they were trained."""
         names = {f.name for f in fields(cls)}
@@ -118,8 +119,12 @@ def savgol_rows(width: int, order: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     pinv = np.linalg.pinv(np.vander(t, order + 1, increasing=True))  # (order+1, width): polynomial coefficients
 
     def at(s: float) -> np.ndarray:  # the order-th derivative at position s, as weights on the window
-        d = np.array([math.factorial(j) / math.factorial(j - order) * s ** (j - order) if j >= order else 0.0
-                      for j in range(order + 1)])
+        d = np.array(
+            [
+                math.factorial(j) / math.factorial(j - order) * s ** (j - order) if j >= order else 0.0
+                for j in range(order + 1)
+            ]
+        )
         return d @ pinv
 
     return at(half), np.stack([at(s) for s in range(half)]), np.stack([at(s) for s in range(half + 1, width)])
@@ -147,7 +152,7 @@ class SavgolDelta(nn.Module):
         taps = self.mid.view(-1)
         mid = flat[:, :n] * taps[0]
         for k in range(1, w):
-            mid.add_(flat[:, k:k + n], alpha=float(taps[k]))
+            mid.add_(flat[:, k : k + n], alpha=float(taps[k]))
         head = flat[:, :w] @ self.first.T
         tail = flat[:, -w:] @ self.last.T
         return torch.cat([head, mid, tail], dim=-1).reshape(x.shape)
@@ -164,8 +169,14 @@ class FrontEnd(nn.Module):
         p = params
         if kind == "mel":
             self.spec = T.MelSpectrogram(
-                sample_rate=p.sample_rate, n_fft=p.n_fft, hop_length=p.hop, n_mels=p.n_mels, power=2.0,
-                mel_scale=p.mel_scale, norm=p.mel_norm, pad_mode=p.pad_mode,
+                sample_rate=p.sample_rate,
+                n_fft=p.n_fft,
+                hop_length=p.hop,
+                n_mels=p.n_mels,
+                power=2.0,
+                mel_scale=p.mel_scale,
+                norm=p.mel_norm,
+                pad_mode=p.pad_mode,
             )
         elif kind == "stft":
             self.spec = T.Spectrogram(n_fft=p.stft_n_fft, hop_length=p.hop, power=1.0, pad_mode=p.pad_mode)
@@ -175,8 +186,14 @@ class FrontEnd(nn.Module):
             # Not T.MFCC: its 80 dB floor is taken over the whole batch, so a clip's MFCC depended on its neighbours
             # (bench/preprocess.py found differences of hundreds of units). Here the floor is per clip, as librosa's.
             self.spec = T.MelSpectrogram(
-                sample_rate=p.sample_rate, n_fft=p.n_fft, hop_length=p.hop, n_mels=p.n_mels, power=2.0,
-                mel_scale=p.mel_scale, norm=p.mel_norm, pad_mode=p.pad_mode,
+                sample_rate=p.sample_rate,
+                n_fft=p.n_fft,
+                hop_length=p.hop,
+                n_mels=p.n_mels,
+                power=2.0,
+                mel_scale=p.mel_scale,
+                norm=p.mel_norm,
+                pad_mode=p.pad_mode,
             )
             self.register_buffer("dct", AF.create_dct(p.n_mfcc, p.n_mels, "ortho"))
             if p.deltas == "librosa":
@@ -191,9 +208,17 @@ class FrontEnd(nn.Module):
         complex abs() it takes (a square root per bin, squared again for power 2) was a quarter of preprocessing's
         time (bench/preprocess.py). Values agree with it to float32 rounding."""
         sp = self.spec.spectrogram if self.kind != "stft" else self.spec
-        x = torch.stft(wave.float(), sp.n_fft, hop_length=sp.hop_length, win_length=sp.win_length,
-                       window=sp.window, center=sp.center, pad_mode=sp.pad_mode, onesided=True,
-                       return_complex=True)
+        x = torch.stft(
+            wave.float(),
+            sp.n_fft,
+            hop_length=sp.hop_length,
+            win_length=sp.win_length,
+            window=sp.window,
+            center=sp.center,
+            pad_mode=sp.pad_mode,
+            onesided=True,
+            return_complex=True,
+        )
         x = x.real.square() + x.imag.square()
         return x if self.kind == "stft" else self.spec.mel_scale(x)
 

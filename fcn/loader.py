@@ -5,6 +5,7 @@ Where the batches come from is decided per split: held in RAM when it fits (fcn.
 numpy indexing in the training process itself; otherwise read row by row from the HDF5 file, in config.num_workers
 worker processes. Either way the sampler, and so every batch's clips and their order, is the same.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,9 @@ def make_loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool, batch: int =
 
     # One sampler for every world size: the epoch's order depends only on (seed, epoch), so a resumed run sees
     # exactly the batches an uninterrupted one would.
-    sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=shuffle, seed=config.seed,
-                                 drop_last=False)
+    sampler = DistributedSampler(
+        ds, num_replicas=d.world, rank=d.rank, shuffle=shuffle, seed=config.seed, drop_last=False
+    )
     # Each of the node's training processes holds its own copy of the split, hence the budget's share.
     in_memory = ds.hold_in_memory(memory_budget(d.local_world))
     # A split held in memory is served without workers: gathering a batch is one memcpy-speed numpy copy, and a
@@ -33,9 +35,14 @@ def make_loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool, batch: int =
     cuda = d.device.type == "cuda"
     # On CUDA a held split's batches are gathered straight into pinned memory; DataLoader's pin_memory then passes
     # them through as they are (a pinned tensor is returned unchanged) and pins the per-row path's batches.
-    return DataLoader(Batches(ds, pin=cuda and in_memory), batch_size=None,
-                      sampler=BatchSampler(sampler, batch or config.batch_size, drop_last=False),
-                      num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0)
+    return DataLoader(
+        Batches(ds, pin=cuda and in_memory),
+        batch_size=None,
+        sampler=BatchSampler(sampler, batch or config.batch_size, drop_last=False),
+        num_workers=workers,
+        pin_memory=cuda,
+        persistent_workers=workers > 0,
+    )
 
 
 def device_inputs(x: torch.Tensor, loader, fmt: torch.memory_format, d: dist.Dist) -> torch.Tensor:

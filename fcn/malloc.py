@@ -8,6 +8,7 @@ threads) it halved the page faults per step again and cut the resident set by 0.
 resident set still stops growing after the first few steps. LD_PRELOAD'ing jemalloc (bench/README.md) is the user's
 choice, and is no faster once both have warmed up.
 """
+
 from __future__ import annotations
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # <malloc.h>
@@ -20,7 +21,8 @@ def keep_freed_memory() -> bool:
 
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return all(bool(libc.mallopt(opt, value)) for opt, value in
-                   ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1)))
+        return all(
+            bool(libc.mallopt(opt, value)) for opt, value in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1))
+        )
     except (OSError, AttributeError):
         return False  # not glibc: nothing to tune

@@ -8,6 +8,7 @@ The core takes clip weights, so the bootstrap in harness/bootstrap.py (weights =
 scores are sorted once, and ROC-AUC is the weighted Mann-Whitney statistic (ties count one half), PR-AUC the step sum
 of precision over distinct thresholds (scikit-learn's average precision).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,5 +61,8 @@ def summarise(roc: np.ndarray, pr: np.ndarray) -> dict:
     """Macro averages of per-tag AUCs (tags with one class in the split are left out)."""
     if np.all(np.isnan(roc)):
         return {"roc_auc": float("nan"), "pr_auc": float("nan"), "tags_evaluated": 0}
-    return {"roc_auc": float(np.nanmean(roc)), "pr_auc": float(np.nanmean(pr)),
-            "tags_evaluated": int(np.sum(~np.isnan(roc)))}
+    return {
+        "roc_auc": float(np.nanmean(roc)),
+        "pr_auc": float(np.nanmean(pr)),
+        "tags_evaluated": int(np.sum(~np.isnan(roc))),
+    }

@@ -7,11 +7,12 @@ Every block is 3×3 conv ("same" padding) → batch norm → ReLU → max-pool �
 The last block's pool is global: on the paper's 96×1366 input it equals the paper's last pool, and it keeps STFT
 (128 rows), MFCC (90 rows) and shorter demo clips well defined [D]. The output is 50 logits (sigmoid at inference).
 """
+
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 # Per depth: (channels, pool) for each 3×3 block, then the widths of the extra 1×1 blocks. PAPER.md's table:
 SPECS: dict[int, tuple[tuple[tuple[int, tuple[int, int]], ...], tuple[int, ...]]] = {
@@ -33,8 +34,7 @@ DROPOUT = 0.5  # after every max-pool [C]; demo runs use less (fcn.config: DEMO_
 class Block(nn.Module):
     """conv (k×k, same padding) → BN → ReLU → max-pool → dropout; pool=None means global max-pool."""
 
-    def __init__(self, c_in: int, c_out: int, pool: tuple[int, int] | None, kernel: int = 3,
-                 dropout: float = DROPOUT):
+    def __init__(self, c_in: int, c_out: int, pool: tuple[int, int] | None, kernel: int = 3, dropout: float = DROPOUT):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2)
         self.bn = nn.BatchNorm2d(c_out)

@@ -9,6 +9,7 @@ A job is `(items, params, inputs, dest, decoder)` with `items` a tuple of (clip_
 fcn.preprocess._process_shard) is called as `task((*job, preskip), send)` in the worker, `send(kind, ...)` being its
 line to the parent: ("clip", j) before decoding item j, ("compute",) after the last decode.
 """
+
 from __future__ import annotations
 
 import signal
@@ -144,8 +145,9 @@ class _Pool:
             self._died(k, w)
         elif w.clip is not None and time.monotonic() - w.since > self.decode_timeout:
             path = self.jobs[i][0][w.clip][1]
-            self.preskip[i][w.clip] = (f"decoding took over {self.decode_timeout:g} s: the decoder hangs on this "
-                                       "file (worker stopped)")
+            self.preskip[i][w.clip] = (
+                f"decoding took over {self.decode_timeout:g} s: the decoder hangs on this file (worker stopped)"
+            )
             print(f"warning: the decoder hangs on {path}: skipping it", file=sys.stderr)
             self._replace(k, w)
 
@@ -160,8 +162,10 @@ class _Pool:
         else:
             self.deaths[i] += 1
             if self.deaths[i] > 1:
-                raise UserError(f"a preprocessing worker died twice ({why}) computing the features of shard {i}, "
-                                "after decoding: out of memory? rerun with fewer --workers")
+                raise UserError(
+                    f"a preprocessing worker died twice ({why}) computing the features of shard {i}, "
+                    "after decoding: out of memory? rerun with fewer --workers"
+                )
         self._replace(k, w)
 
     def _replace(self, k: int, w: _Worker) -> None:

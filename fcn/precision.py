@@ -1,5 +1,6 @@
 """How a run computes: autocast precision and the activations' memory layout, decided once per run from its config
 and device (the measurements behind each rule are in bench/train_step.py and results/benchmarks.md)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -7,6 +7,7 @@
 Uses the run's own best checkpoint, front end (type and parameters) and input standardisation, so a file is seen
 exactly as the test clips were: mono, 12 kHz, centre-cropped or zero-padded to the clip length.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,9 @@ from fcn import cell, checkpoint
 from fcn.errors import UserError, run_cli
 
 
-def find_checkpoint(run: str, *, out_dir: str = "runs", experiment: str = cell.CELL_EXPERIMENT, tracking_uri: str = "") -> Path:
+def find_checkpoint(
+    run: str, *, out_dir: str = "runs", experiment: str = cell.CELL_EXPERIMENT, tracking_uri: str = ""
+) -> Path:
     """A .pt path, a cell key (its run dir), or an MLflow run id / cell key whose `model/best.pt` artifact is used."""
     p = Path(run)
     if p.suffix == ".pt" and p.exists():
@@ -43,12 +46,13 @@ def find_checkpoint(run: str, *, out_dir: str = "runs", experiment: str = cell.C
     try:
         c.get_run(run_id)
     except Exception:  # noqa: BLE001 - mlflow raises its own exception types for a bad id
-        raise UserError(f"no finished run {run!r}: not a checkpoint file, not a cell key under {out_dir}/"
-                        f"{experiment}/, and not an MLflow run id in {tracking.redact(uri)}")
+        raise UserError(
+            f"no finished run {run!r}: not a checkpoint file, not a cell key under {out_dir}/"
+            f"{experiment}/, and not an MLflow run id in {tracking.redact(uri)}"
+        )
     import mlflow.artifacts
 
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/best.pt",
-                                                    tracking_uri=uri))
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/best.pt", tracking_uri=uri))
 
 
 class Tagger:
@@ -88,18 +92,22 @@ class Tagger:
 def main(argv=None) -> None:
     from fcn.audio import AudioError
 
-    ap = argparse.ArgumentParser(prog="python -m fcn.predict", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m fcn.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("files", nargs="+", help="audio files (MP3, WAV, any rate or channel count)")
     ap.add_argument("--run", required=True, help="cell key, MLflow run id, or a best.pt path")
     ap.add_argument("--top", type=int, default=10, help="how many tags to print (default: 10)")
     ap.add_argument("--out-dir", default="runs")
-    ap.add_argument("--experiment", default=cell.CELL_EXPERIMENT, help=f"MLflow experiment (a grid's: {cell.GRID_EXPERIMENT})")
+    ap.add_argument(
+        "--experiment", default=cell.CELL_EXPERIMENT, help=f"MLflow experiment (a grid's: {cell.GRID_EXPERIMENT})"
+    )
     ap.add_argument("--tracking-uri", default="")
     ap.add_argument("--json", action="store_true", help="one JSON object per file instead of text")
     args = ap.parse_args(argv)
-    tagger = Tagger(find_checkpoint(args.run, out_dir=args.out_dir, experiment=args.experiment,
-                                    tracking_uri=args.tracking_uri))
+    tagger = Tagger(
+        find_checkpoint(args.run, out_dir=args.out_dir, experiment=args.experiment, tracking_uri=args.tracking_uri)
+    )
     failed = 0
     for f in args.files:
         try:

@@ -22,6 +22,7 @@ kept and what is skipped [D]:
   crashes or runs past --decode-timeout; the index's own problems (unknown paths, duplicate ids, MTAT's known broken
   clips) are dropped by the data set reader and listed as "index:" lines.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,14 +69,20 @@ class Report:
 
     def text(self, max_lines: int | None = None) -> str:
         """The report; `max_lines` caps the lines listed per kind (the saved file has them all)."""
-        lines = [f"clips written: {self.written}", f"clips skipped: {len(self.skipped)}",
-                 f"warnings: {len(self.warnings)}", f"index problems: {len(self.reader_problems)}",
-                 f"shards: {self.shards} ({self.resumed_shards} reused from an interrupted run)",
-                 f"time: {self.seconds:.1f} s"]
+        lines = [
+            f"clips written: {self.written}",
+            f"clips skipped: {len(self.skipped)}",
+            f"warnings: {len(self.warnings)}",
+            f"index problems: {len(self.reader_problems)}",
+            f"shards: {self.shards} ({self.resumed_shards} reused from an interrupted run)",
+            f"time: {self.seconds:.1f} s",
+        ]
         lines += [f"note: {n}" for n in self.notes]
-        groups = (("skipped", [f"skipped {cid} ({path}): {why}" for cid, path, why in self.skipped]),
-                  ("warning", [f"warning {cid} ({path}): {why}" for cid, path, why in self.warnings]),
-                  ("index", [f"index: {p}" for p in self.reader_problems]))
+        groups = (
+            ("skipped", [f"skipped {cid} ({path}): {why}" for cid, path, why in self.skipped]),
+            ("warning", [f"warning {cid} ({path}): {why}" for cid, path, why in self.warnings]),
+            ("index", [f"index: {p}" for p in self.reader_problems]),
+        )
         for name, rows in groups:
             shown = rows if max_lines is None else rows[:max_lines]
             lines += shown
@@ -86,14 +93,16 @@ class Report:
 
 # ---------------------------------------------------------------- one shard (runs in a worker process)
 
+
 def _decode(path: str, params: FrontEndParams, decoder: str = DEFAULT_DECODER):
     """(wave at the clip length, warning text) of one file; AudioError when it is not usable audio."""
     from fcn.audio import AudioError, fix_length, info, load
 
     meta = info(path, decoder)  # header only (~0.1 ms): refuse absurd lengths before decoding them whole
     if meta.seconds > MAX_SECONDS:
-        raise AudioError(path, f"{meta.seconds:.0f} s long, over the {MAX_SECONDS:.0f} s limit "
-                               "(a whole track or album, not a clip?)")
+        raise AudioError(
+            path, f"{meta.seconds:.0f} s long, over the {MAX_SECONDS:.0f} s limit (a whole track or album, not a clip?)"
+        )
     x = load(path, sr=params.sample_rate, decoder=decoder)
     got = len(x) / params.sample_rate
     note = []
@@ -151,6 +160,7 @@ def _process_shard(job, send) -> None:
 
 
 # ---------------------------------------------------------------- the whole build
+
 
 def _manifest(items, params: FrontEndParams, inputs, shard_size: int, decoder: str = DEFAULT_DECODER) -> str:
     """What the parts of a build depend on: a rerun resumes only parts made from exactly this."""
@@ -220,29 +230,53 @@ def _prepare_parts(parts: Path, manifest: str, report: Report) -> None:
     os.replace(tmp, parts / "manifest")
 
 
-def _compute(todo: dict, sizes: list[int], *, total: int, desc: str, workers: int, decode_timeout: float,
-             progress: bool, cluster, log_dir: Path, landed=lambda i: None) -> list[str]:
+def _compute(
+    todo: dict,
+    sizes: list[int],
+    *,
+    total: int,
+    desc: str,
+    workers: int,
+    decode_timeout: float,
+    progress: bool,
+    cluster,
+    log_dir: Path,
+    landed=lambda i: None,
+) -> list[str]:
     """Compute the shards in `todo` here, or on the cluster `cluster` names, calling `landed(i)` as shard i is written;
     returns the cluster's failed tasks."""
     from tqdm import tqdm
 
     failures: list[str] = []
-    bar = tqdm(total=total, initial=total - sum(sizes[i] for i in todo), unit="clip", desc=desc,
-               disable=not progress, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=total,
+        initial=total - sum(sizes[i] for i in todo),
+        unit="clip",
+        desc=desc,
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
 
     def on_done(i):
         bar.update(sizes[i])
         landed(i)
+
     try:
         if todo and (cluster is None or cluster.cluster == "local"):
             # always in worker processes, even one: a decoder that crashes or hangs must not take this process along
-            run_shards(todo, min(workers or _default_workers(), len(todo)), decode_timeout, on_done=on_done,
-                       task=_process_shard)
+            run_shards(
+                todo,
+                min(workers or _default_workers(), len(todo)),
+                decode_timeout,
+                on_done=on_done,
+                task=_process_shard,
+            )
         elif todo:
             from fcn.preprocess_cluster import run_on_cluster
 
-            failures = run_on_cluster(todo, cluster, decode_timeout=decode_timeout, log_dir=log_dir,
-                                      on_done=on_done)
+            failures = run_on_cluster(todo, cluster, decode_timeout=decode_timeout, log_dir=log_dir, on_done=on_done)
     finally:
         bar.close()  # before any error's line, which would otherwise be glued to the bar's
     return failures
@@ -320,15 +354,29 @@ def _sort_out(shards, status: dict, report: Report) -> list:
             else:
                 report.skipped.append((it.clip_id, it.path, msg))
     if not keep:
-        raise UserError(f"none of the {sum(map(len, shards))} clips could be decoded; the first reason: "
-                        f"{report.skipped[0][0]} ({report.skipped[0][1]}): {report.skipped[0][2]}")
+        raise UserError(
+            f"none of the {sum(map(len, shards))} clips could be decoded; the first reason: "
+            f"{report.skipped[0][0]} ({report.skipped[0][1]}): {report.skipped[0][2]}"
+        )
     return keep
 
 
-def build(items, tags, *, dataset: str, out: str | Path, params: FrontEndParams = FrontEndParams(),
-          inputs=INPUTS, workers: int = 0, progress: bool = True, reader_problems=(),
-          shard_size: int = SHARD_SIZE, decode_timeout: float = DECODE_TIMEOUT, cluster=None,
-          decoder: str = DEFAULT_DECODER) -> Report:
+def build(
+    items,
+    tags,
+    *,
+    dataset: str,
+    out: str | Path,
+    params: FrontEndParams = FrontEndParams(),
+    inputs=INPUTS,
+    workers: int = 0,
+    progress: bool = True,
+    reader_problems=(),
+    shard_size: int = SHARD_SIZE,
+    decode_timeout: float = DECODE_TIMEOUT,
+    cluster=None,
+    decoder: str = DEFAULT_DECODER,
+) -> Report:
     """Build the store at `out` from data set items (fcn.data.Item); returns the report (also saved beside it).
 
     Parts of an interrupted build with the same items, parameters and shard size under `<out>.parts/` are reused;
@@ -354,35 +402,58 @@ def build(items, tags, *, dataset: str, out: str | Path, params: FrontEndParams 
     parts = out.with_name(out.name + ".parts")
     _prepare_parts(parts, _manifest(unique, params, inputs, shard_size, decoder), report)
 
-    shards = [unique[i:i + shard_size] for i in range(0, len(unique), shard_size)]
+    shards = [unique[i : i + shard_size] for i in range(0, len(unique), shard_size)]
     dests = [parts / f"shard-{i:06d}.npz" for i in range(len(shards))]
     status = {i: _shard_status(d, len(s), inputs) for i, (s, d) in enumerate(zip(shards, dests))}
-    todo = {i: (tuple((it.clip_id, it.path) for it in shards[i]), params, inputs, dests[i], decoder)
-            for i, st in status.items() if st is None}
+    todo = {
+        i: (tuple((it.clip_id, it.path) for it in shards[i]), params, inputs, dests[i], decoder)
+        for i, st in status.items()
+        if st is None
+    }
     report.shards, report.resumed_shards = len(shards), len(shards) - len(todo)
     if report.resumed_shards:
-        print(f"resuming: {report.resumed_shards} of {len(shards)} shards already done, "
-              f"{len(todo)} to do ({parts})", file=sys.stderr)
+        print(
+            f"resuming: {report.resumed_shards} of {len(shards)} shards already done, {len(todo)} to do ({parts})",
+            file=sys.stderr,
+        )
     asm = _Assembler(out, dests, [len(s) for s in shards], params, inputs)
     try:
         for i in status:
             if status[i] is not None:  # parts of an earlier run go in first
                 asm.landed(i)
-        failures = _compute(todo, [len(s) for s in shards], total=len(unique), desc=f"preprocess {out.name}",
-                            workers=workers, decode_timeout=decode_timeout, progress=progress, cluster=cluster,
-                            log_dir=parts / "logs", landed=asm.landed)
+        failures = _compute(
+            todo,
+            [len(s) for s in shards],
+            total=len(unique),
+            desc=f"preprocess {out.name}",
+            workers=workers,
+            decode_timeout=decode_timeout,
+            progress=progress,
+            cluster=cluster,
+            log_dir=parts / "logs",
+            landed=asm.landed,
+        )
         for i in todo:
             status[i] = _shard_status(dests[i], len(shards[i]), inputs)
         missing = [i for i in todo if status[i] is None]
         if missing and failures:
-            raise UserError(f"{len(missing)} of {len(shards)} shards are missing after the {cluster.cluster} build "
-                            f"({len(failures)} task(s) failed; first: {failures[0]}; logs in {parts / 'logs'}): "
-                            "rerun the same command, and only the missing shards are computed again")
+            raise UserError(
+                f"{len(missing)} of {len(shards)} shards are missing after the {cluster.cluster} build "
+                f"({len(failures)} task(s) failed; first: {failures[0]}; logs in {parts / 'logs'}): "
+                "rerun the same command, and only the missing shards are computed again"
+            )
         if missing:
             raise RuntimeError(f"shard {dests[missing[0]]} is missing or unreadable right after it was written")
         keep = _sort_out(shards, status, report)
-        meta = dict(dataset=dataset, tags=tags, clip_ids=[it.clip_id for it in keep], paths=[it.path for it in keep],
-                    splits=[it.split for it in keep], labels=np.stack([it.labels for it in keep]), decoder=decoder)
+        meta = dict(
+            dataset=dataset,
+            tags=tags,
+            clip_ids=[it.clip_id for it in keep],
+            paths=[it.path for it in keep],
+            splits=[it.split for it in keep],
+            labels=np.stack([it.labels for it in keep]),
+            decoder=decoder,
+        )
         whole = asm.finish(**meta)
     except BaseException:
         asm.abort()
@@ -408,16 +479,26 @@ def main(argv=None) -> None:
     from fcn.preprocess_cluster import add_cluster_arguments, cluster_from_args
 
     ap = argparse.ArgumentParser(
-        prog="python -m fcn.preprocess", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="python -m fcn.preprocess", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--workers", type=int, default=0, help="processes (default: all cores this job may use)")
     ap.add_argument("--out", default="", help="store path (default: the path fcn.train derives for these flags)")
-    ap.add_argument("--shard-size", type=int, default=SHARD_SIZE,
-                    help=f"clips per resumable part (default: {SHARD_SIZE})")
-    ap.add_argument("--decode-timeout", type=float, default=DECODE_TIMEOUT,
-                    help=f"seconds after which a file's decoding counts as hung and the file is skipped "
-                         f"(default: {DECODE_TIMEOUT:g})")
-    ap.add_argument("--decoder", choices=DECODERS, default=DEFAULT_DECODER,
-                    help=f"MP3/WAV decoder (fcn/audio.py; default: {DEFAULT_DECODER}, the fastest measured)")
+    ap.add_argument(
+        "--shard-size", type=int, default=SHARD_SIZE, help=f"clips per resumable part (default: {SHARD_SIZE})"
+    )
+    ap.add_argument(
+        "--decode-timeout",
+        type=float,
+        default=DECODE_TIMEOUT,
+        help=f"seconds after which a file's decoding counts as hung and the file is skipped "
+        f"(default: {DECODE_TIMEOUT:g})",
+    )
+    ap.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default=DEFAULT_DECODER,
+        help=f"MP3/WAV decoder (fcn/audio.py; default: {DEFAULT_DECODER}, the fastest measured)",
+    )
     add_cluster_arguments(ap)
     add_config_arguments(ap)
     args = ap.parse_args(argv)
@@ -429,9 +510,19 @@ def main(argv=None) -> None:
     # the lock ensure_store takes: a sweep building the same store at the same time must wait, not share the parts
     with lock(out.with_name(out.name + ".lock")):
         tags, items, problems = read_items(config)
-        report = build(items, tags, dataset=config.dataset, out=out, params=config.frontend, workers=args.workers,
-                       reader_problems=problems, shard_size=args.shard_size, decode_timeout=args.decode_timeout,
-                       cluster=cluster, decoder=args.decoder)
+        report = build(
+            items,
+            tags,
+            dataset=config.dataset,
+            out=out,
+            params=config.frontend,
+            workers=args.workers,
+            reader_problems=problems,
+            shard_size=args.shard_size,
+            decode_timeout=args.decode_timeout,
+            cluster=cluster,
+            decoder=args.decoder,
+        )
     print(report.text(max_lines=20))
     print(f"store: {out}\nreport: {out}.report.txt")
 

@@ -11,6 +11,7 @@ and `<store>.parts/` must be on a file system the nodes share, at the same paths
 or runs out of time costs only the parts it had not written yet: the build stops with one line, and rerunning the
 same command computes only the missing parts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,20 +35,34 @@ def _f(default, help: str, **kw):
 @dataclass(frozen=True)
 class ClusterOptions:
     """Where a build's shards are computed; `python -m fcn.preprocess` has one --flag per field."""
-    cluster: str = _f("local", "where the shards are computed: local (this machine's cores), slurm (a job array "
-                               "submitted from this node) or ray (tasks on a Ray cluster)", choices=CLUSTERS)
-    tasks: int = _f(0, "tasks the shards still to do are cut into (contiguous groups); 0 = --array-parallelism "
-                       "of them (at most one per shard)")
+
+    cluster: str = _f(
+        "local",
+        "where the shards are computed: local (this machine's cores), slurm (a job array "
+        "submitted from this node) or ray (tasks on a Ray cluster)",
+        choices=CLUSTERS,
+    )
+    tasks: int = _f(
+        0,
+        "tasks the shards still to do are cut into (contiguous groups); 0 = --array-parallelism "
+        "of them (at most one per shard)",
+    )
     # [D] 8: a common share of a CPU node; every task runs this many worker processes, one per CPU
     cpus_per_task: int = _f(8, "CPUs, and worker processes, per task")
     array_parallelism: int = _f(64, "slurm: array tasks running at once (also the default number of tasks)")
     partition: str = _f("", "slurm: partition (empty: the cluster's default)")
     account: str = _f("", "slurm: account to charge (empty: your default)")
-    time_min: int = _f(120, "slurm: time limit of each array task in minutes (a task that runs out leaves its "
-                            "unfinished shards to a rerun)")
+    time_min: int = _f(
+        120,
+        "slurm: time limit of each array task in minutes (a task that runs out leaves its "
+        "unfinished shards to a rerun)",
+    )
     mem_gb: int = _f(0, "slurm: memory per task in GB (0: the partition's default)")
-    ray_address: str = _f("", "ray: address of an existing cluster ('auto': the one this node is part of); "
-                              "empty = start a local Ray on this machine")
+    ray_address: str = _f(
+        "",
+        "ray: address of an existing cluster ('auto': the one this node is part of); "
+        "empty = start a local Ray on this machine",
+    )
     poll_s: float = _f(5.0, "seconds between looks at the tasks' progress")
 
     def __post_init__(self):
@@ -69,10 +84,15 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     """One --flag per ClusterOptions field, typed and documented from the dataclass."""
     group = parser.add_argument_group("one build over a cluster (fcn/preprocess_cluster.py)")
     for f in fields(ClusterOptions):
-        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
-                           type={"int": int, "float": float, "str": str}[f.type], choices=f.metadata.get("choices"),
-                           metavar=None if f.metadata.get("choices") else f.type.upper(),
-                           help=f"{f.metadata['help']} (default: {f.default!r})")
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=f.default,
+            type={"int": int, "float": float, "str": str}[f.type],
+            choices=f.metadata.get("choices"),
+            metavar=None if f.metadata.get("choices") else f.type.upper(),
+            help=f"{f.metadata['help']} (default: {f.default!r})",
+        )
 
 
 def cluster_from_args(args: argparse.Namespace) -> ClusterOptions:
@@ -120,8 +140,8 @@ def _why(e: BaseException) -> str:
     """One line of a task's error: the last line of its traceback when it has one (submitit: inside the dashes)."""
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
     if "----------------------" in lines:
-        trace = lines[lines.index("----------------------") + 1:]
-        trace = trace[:trace.index("----------------------")] if "----------------------" in trace else trace
+        trace = lines[lines.index("----------------------") + 1 :]
+        trace = trace[: trace.index("----------------------")] if "----------------------" in trace else trace
         lines = trace[-1:] or lines
     return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
@@ -132,8 +152,14 @@ def _slurm(parts: list[dict], opts: ClusterOptions, decode_timeout: float, log_d
     # a fresh folder per submission: job ids restart when a cluster's state is wiped (FACTS.md)
     folder = log_dir / f"slurm-{time.strftime('%Y%m%d-%H%M%S')}"
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    params = dict(name="fcn-preprocess", timeout_min=opts.time_min, nodes=1, tasks_per_node=1,
-                  cpus_per_task=opts.cpus_per_task, slurm_array_parallelism=opts.array_parallelism)
+    params = dict(
+        name="fcn-preprocess",
+        timeout_min=opts.time_min,
+        nodes=1,
+        tasks_per_node=1,
+        cpus_per_task=opts.cpus_per_task,
+        slurm_array_parallelism=opts.array_parallelism,
+    )
     for k, v in (("slurm_partition", opts.partition), ("slurm_account", opts.account), ("mem_gb", opts.mem_gb)):
         if v:
             params[k] = v
@@ -171,8 +197,10 @@ def _ray(parts: list[dict], opts: ClusterOptions, decode_timeout: float, log_dir
     try:
         most = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
         if opts.cpus_per_task > most:
-            raise UserError(f"--cpus-per-task {opts.cpus_per_task}, but the Ray cluster's largest node has "
-                            f"{most:g} CPUs: ask for at most that many")
+            raise UserError(
+                f"--cpus-per-task {opts.cpus_per_task}, but the Ray cluster's largest node has "
+                f"{most:g} CPUs: ask for at most that many"
+            )
         task = ray.remote(num_cpus=opts.cpus_per_task)(run_group)
         refs = {task.remote(g, opts.cpus_per_task, decode_timeout): k for k, g in enumerate(parts)}
         print(f"preprocess: {len(refs)} Ray task(s) submitted", file=sys.stderr)

@@ -4,6 +4,7 @@
 reads the run's data set (generating the built-in synthetic one on first use, `synth_root`); `ensure_store` returns a
 current store, rebuilding a damaged or older-format one, or waits for the rank that builds it.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -15,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fcn.errors import UserError
-
 
 
 def store_path(config) -> Path:
@@ -48,8 +48,13 @@ def read_items(config):
 
     splits_dir = Path(config.splits_dir) if config.splits_dir else msd.default_splits_dir(root)
     tags_db = Path(config.tags_db) if config.tags_db else root / msd.TAGS_DB
-    tags, items, problems = msd.read(root, splits_dir=splits_dir, audio_root=config.audio_root or None,
-                                     id_map_csv=config.id_map or None, tags_db=tags_db)
+    tags, items, problems = msd.read(
+        root,
+        splits_dir=splits_dir,
+        audio_root=config.audio_root or None,
+        id_map_csv=config.id_map or None,
+        tags_db=tags_db,
+    )
     if tags_db.is_file():  # labels rebuilt from the db: compare them with Choi's own y files where present
         checks = msd.check_labels_against(items, tags, splits_dir)
         line, mismatches = msd.label_check_report(checks, splits_dir)
@@ -106,8 +111,9 @@ def _why_stale(path: Path) -> str:
         return "is damaged or truncated (it cannot be read as a feature store)"
 
 
-def ensure_store(config, *, workers: int = 0, progress: bool = True, build_here: bool = True,
-                 wait_s: float | None = None) -> Path:
+def ensure_store(
+    config, *, workers: int = 0, progress: bool = True, build_here: bool = True, wait_s: float | None = None
+) -> Path:
     """The run's store, built (once, under a lock) if it does not exist yet.
 
     build_here=False (every DDP rank but global rank 0): never build, wait up to `wait_s` seconds (default
@@ -127,10 +133,21 @@ def ensure_store(config, *, workers: int = 0, progress: bool = True, build_here:
             from fcn.preprocess import build  # fcn.preprocess imports this module: import it here, when needed
 
             tags, items, problems = read_items(config)
-            report = build(items, tags, dataset=config.dataset, out=path, params=config.frontend,
-                           workers=workers, progress=progress, reader_problems=problems)
-            print(f"feature store {path}: {report.written} clips written, {len(report.skipped)} skipped "
-                  f"(report: {path}.report.txt)", file=sys.stderr)
+            report = build(
+                items,
+                tags,
+                dataset=config.dataset,
+                out=path,
+                params=config.frontend,
+                workers=workers,
+                progress=progress,
+                reader_problems=problems,
+            )
+            print(
+                f"feature store {path}: {report.written} clips written, {len(report.skipped)} skipped "
+                f"(report: {path}.report.txt)",
+                file=sys.stderr,
+            )
     return path
 
 
@@ -138,8 +155,10 @@ def _wait_for_store(path: Path, wait_s: float) -> Path:
     deadline = time.monotonic() + wait_s
     while not _current(path):
         if time.monotonic() > deadline:
-            raise UserError(f"waited {wait_s:.0f} s for rank 0 to build the feature store {path}, and it is not "
-                            f"there: build it first with `python -m fcn.preprocess` (same flags), or set "
-                            f"FCN_STORE_WAIT_S longer")
+            raise UserError(
+                f"waited {wait_s:.0f} s for rank 0 to build the feature store {path}, and it is not "
+                f"there: build it first with `python -m fcn.preprocess` (same flags), or set "
+                f"FCN_STORE_WAIT_S longer"
+            )
         time.sleep(min(5.0, max(0.1, wait_s / 20)))
     return path

@@ -7,6 +7,7 @@ random reads here (FACTS.md: 2,900-4,300 clips/s cold, 23-35 k warm, vs 1,255-2,
 A split that fits in RAM is read once, in large sequential blocks, and its batches are gathered from memory
 (FeatureDataset.hold_in_memory): per-row HDF5 reads cap a loader at 5-10 k clips/s, well under what a GPU consumes.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,18 +52,28 @@ class StoreWriter:
         self.tmp = self.out.with_name(self.out.name + ".tmp")
         self.n, self.params, self.inputs, self.filled = n, params, list(inputs), 0
         self.h = h5py.File(self.tmp, "w")
-        self.feats = {k: self.h.create_dataset(k, (n, params.rows(k), params.n_frames), dtype="float16")
-                      for k in self.inputs}
+        self.feats = {
+            k: self.h.create_dataset(k, (n, params.rows(k), params.n_frames), dtype="float16") for k in self.inputs
+        }
 
     def append(self, chunk: dict) -> None:
         """The next clips' features {kind: (m, rows, frames)}."""
         m = len(next(iter(chunk.values())))
         for k in self.inputs:
-            self.feats[k][self.filled:self.filled + m] = chunk[k]
+            self.feats[k][self.filled : self.filled + m] = chunk[k]
         self.filled += m
 
-    def finish(self, *, dataset: str, tags: list[str], clip_ids: list[str], paths: list[str], splits: list[str],
-               labels: np.ndarray, decoder: str = OLD_DECODER) -> Path:
+    def finish(
+        self,
+        *,
+        dataset: str,
+        tags: list[str],
+        clip_ids: list[str],
+        paths: list[str],
+        splits: list[str],
+        labels: np.ndarray,
+        decoder: str = OLD_DECODER,
+    ) -> Path:
         import h5py
 
         n = self.n
@@ -70,8 +81,16 @@ class StoreWriter:
             self.abort()
             raise RuntimeError(f"feature chunks covered {self.filled} of {n} clips ({len(clip_ids)} ids)")
         try:
-            self._write_index(h5py, dataset=dataset, tags=tags, clip_ids=clip_ids, paths=paths, splits=splits,
-                              labels=labels, decoder=decoder)
+            self._write_index(
+                h5py,
+                dataset=dataset,
+                tags=tags,
+                clip_ids=clip_ids,
+                paths=paths,
+                splits=splits,
+                labels=labels,
+                decoder=decoder,
+            )
         except BaseException:
             self.abort()
             raise
@@ -82,8 +101,14 @@ class StoreWriter:
         """Attributes, labels, ids, paths and splits; then the file is closed."""
         n, h = self.n, self.h
         str_t = h5py.string_dtype("utf-8")
-        h.attrs.update(format_version=FORMAT_VERSION, dataset=dataset, tags=json.dumps(list(tags)),
-                       frontend=self.params.to_json(), inputs=json.dumps(self.inputs), decoder=decoder)
+        h.attrs.update(
+            format_version=FORMAT_VERSION,
+            dataset=dataset,
+            tags=json.dumps(list(tags)),
+            frontend=self.params.to_json(),
+            inputs=json.dumps(self.inputs),
+            decoder=decoder,
+        )
         h.create_dataset("labels", data=np.asarray(labels, dtype=np.uint8).reshape(n, len(tags)))
         h.create_dataset("clip_id", data=np.array(clip_ids, dtype=object), dtype=str_t)
         h.create_dataset("path", data=np.array(paths, dtype=object), dtype=str_t)
@@ -98,9 +123,20 @@ class StoreWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def write_store(out: Path, *, dataset: str, tags: list[str], params: FrontEndParams, inputs: list[str],
-                clip_ids: list[str], paths: list[str], splits: list[str], labels: np.ndarray,
-                feature_chunks, decoder: str = OLD_DECODER) -> Path:
+def write_store(
+    out: Path,
+    *,
+    dataset: str,
+    tags: list[str],
+    params: FrontEndParams,
+    inputs: list[str],
+    clip_ids: list[str],
+    paths: list[str],
+    splits: list[str],
+    labels: np.ndarray,
+    feature_chunks,
+    decoder: str = OLD_DECODER,
+) -> Path:
     """Write the store to `out` (StoreWriter: a temporary file renamed on success).
 
     `feature_chunks` yields dicts {kind: (n, rows, frames) array} in clip order, covering all len(clip_ids) clips.
@@ -113,8 +149,9 @@ def write_store(out: Path, *, dataset: str, tags: list[str], params: FrontEndPar
     except BaseException:
         w.abort()
         raise
-    return w.finish(dataset=dataset, tags=tags, clip_ids=clip_ids, paths=paths, splits=splits, labels=labels,
-                    decoder=decoder)
+    return w.finish(
+        dataset=dataset, tags=tags, clip_ids=clip_ids, paths=paths, splits=splits, labels=labels, decoder=decoder
+    )
 
 
 def read_meta(path: str | Path) -> dict:
@@ -123,14 +160,18 @@ def read_meta(path: str | Path) -> dict:
 
     path = Path(path)
     if not path.exists():
-        raise UserError(f"feature store {path} does not exist: build it with `python -m fcn.preprocess` "
-                        f"or leave --store empty to build it on first use")
+        raise UserError(
+            f"feature store {path} does not exist: build it with `python -m fcn.preprocess` "
+            f"or leave --store empty to build it on first use"
+        )
     try:
         with h5py.File(path, "r") as h:
             meta = dict(
-                dataset=str(h.attrs["dataset"]), tags=json.loads(h.attrs["tags"]),
+                dataset=str(h.attrs["dataset"]),
+                tags=json.loads(h.attrs["tags"]),
                 frontend=FrontEndParams.from_dict(json.loads(h.attrs["frontend"])),
-                inputs=json.loads(h.attrs["inputs"]), n=int(h["labels"].shape[0]),
+                inputs=json.loads(h.attrs["inputs"]),
+                n=int(h["labels"].shape[0]),
                 format_version=int(h.attrs["format_version"]),
                 decoder=str(h.attrs.get("decoder", OLD_DECODER)),
             )
@@ -143,17 +184,23 @@ def check_store(path: str | Path, *, input: str, params: FrontEndParams, dataset
     """Refuse a store built with other front-end parameters, another data set or without this input type."""
     meta = read_meta(path)
     if meta["format_version"] != FORMAT_VERSION:
-        raise UserError(f"feature store {path} has format {meta['format_version']}, and this fcn reads format "
-                        f"{FORMAT_VERSION} (store.py says what changed); rebuild it with `python -m fcn.preprocess`")
+        raise UserError(
+            f"feature store {path} has format {meta['format_version']}, and this fcn reads format "
+            f"{FORMAT_VERSION} (store.py says what changed); rebuild it with `python -m fcn.preprocess`"
+        )
     if meta["frontend"].variant != params.variant:
-        raise UserError(f"feature store {path} holds the front-end variant {meta['frontend'].variant!r}, and this run "
-                        f"asks for {params.variant!r} (--frontend-variant): rebuild it for this run or point --store "
-                        f"at a store of that variant")
+        raise UserError(
+            f"feature store {path} holds the front-end variant {meta['frontend'].variant!r}, and this run "
+            f"asks for {params.variant!r} (--frontend-variant): rebuild it for this run or point --store "
+            f"at a store of that variant"
+        )
     if meta["frontend"] != params:
         a, b = meta["frontend"].to_dict(), params.to_dict()
         diff = ", ".join(f"{k}: store {a[k]!r} vs run {b[k]!r}" for k in a if a[k] != b.get(k))
-        raise UserError(f"feature store {path} was built with other front-end parameters ({diff}); "
-                        f"rebuild it for this run or point --store at a matching one")
+        raise UserError(
+            f"feature store {path} was built with other front-end parameters ({diff}); "
+            f"rebuild it for this run or point --store at a matching one"
+        )
     if input not in meta["inputs"]:
         raise UserError(f"feature store {path} holds {meta['inputs']}, not {input!r}")
     if dataset is not None and meta["dataset"] != dataset:
@@ -203,7 +250,7 @@ def _read_rows(d, rows: np.ndarray, out: np.ndarray) -> None:
         j = int(np.searchsorted(rows, s + per_block))  # rows[i:j] lie in [s, s + per_block)
         e = int(rows[j - 1]) + 1
         if (j - i) * BLOCK_MIN_DENSITY >= e - s:
-            d.read_direct(buf, np.s_[s:e], np.s_[:e - s])
+            d.read_direct(buf, np.s_[s:e], np.s_[: e - s])
             out[i:j] = buf[rows[i:j] - s]
         else:
             for k in range(i, j):

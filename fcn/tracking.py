@@ -3,6 +3,7 @@
 
 mlflow is imported inside the functions: a worker that never logs should not pay its import time.
 """
+
 from __future__ import annotations
 
 import os
@@ -93,10 +94,12 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                     raise OSError(f"HTTP {r.status}")
         except (OSError, urllib.error.URLError) as e:
             reason = getattr(e, "reason", e)
-            raise UserError(f"MLflow tracking server {redact(uri)} is not reachable ({reason}): start it, or pass "
-                            f"--tracking-uri of a running one (or leave it empty for a local SQLite store)")
+            raise UserError(
+                f"MLflow tracking server {redact(uri)} is not reachable ({reason}): start it, or pass "
+                f"--tracking-uri of a running one (or leave it empty for a local SQLite store)"
+            )
     elif uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -111,7 +114,6 @@ def client(uri: str):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     import logging
-
     import warnings
 
     warnings.filterwarnings("ignore", module="alembic")  # SQLite schema migration chatter, not ours to fix
@@ -155,8 +157,10 @@ def experiment_runs(uri: str, experiment: str, filter_string: str = "") -> list:
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in c.search_experiments())
-        raise UserError(f"MLflow experiment {experiment!r} not found in {redact(uri)} (it has: "
-                        f"{', '.join(names) or 'none'}); pass --experiment with one of them")
+        raise UserError(
+            f"MLflow experiment {experiment!r} not found in {redact(uri)} (it has: "
+            f"{', '.join(names) or 'none'}); pass --experiment with one of them"
+        )
     runs, token = [], None
     while True:
         page = c.search_runs([exp.experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
@@ -220,10 +224,12 @@ class Tracker:
                 if attempt == 2:
                     self._down = True  # the server is gone: metrics.json and the checkpoints carry on
                     if not self._warned:
-                        print(f"warning: MLflow logging to {redact(self.uri)} failed ({type(e).__name__}: "
-                              f"{redact(str(e).splitlines()[0])[:200]}); training goes on, rerun the command to "
-                              f"re-sync",
-                              file=sys.stderr)
+                        print(
+                            f"warning: MLflow logging to {redact(self.uri)} failed ({type(e).__name__}: "
+                            f"{redact(str(e).splitlines()[0])[:200]}); training goes on, rerun the command to "
+                            f"re-sync",
+                            file=sys.stderr,
+                        )
                         self._warned = True
                     return None
                 time.sleep(0.5 * (attempt + 1))
@@ -351,7 +357,7 @@ def ensure_store(uri: str, wait_s: float = STORE_LOCK_WAIT_S) -> None:
     crashing together (or an older version of this code) left half-migrated, or say in one line what to do."""
     if not uri.startswith("sqlite:///") or uri in _READY:
         return
-    db = Path(uri[len("sqlite:///"):])
+    db = Path(uri[len("sqlite:///") :])
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -399,9 +405,11 @@ class _store_lock:
                 waited = time.monotonic() - t0
                 if waited > self.wait_s:
                     self.f.close()
-                    raise UserError(f"another process has held the MLflow store lock {self.path} for "
-                                    f"{waited:.0f} s while setting the store up: if no job of this sweep is "
-                                    f"alive, stop the stuck process (fuser -v {self.path}) and rerun")
+                    raise UserError(
+                        f"another process has held the MLflow store lock {self.path} for "
+                        f"{waited:.0f} s while setting the store up: if no job of this sweep is "
+                        f"alive, stop the stuck process (fuser -v {self.path}) and rerun"
+                    )
                 if waited > 30 and not told:
                     print(f"waiting for another process to set up the MLflow store ({self.path})", file=sys.stderr)
                     told = True
@@ -418,8 +426,10 @@ def _tables(con) -> list[str]:
 def _holds_nothing(con, tables: list[str]) -> bool:
     """No run and no experiment but MLflow's Default: a store made by jobs that crashed while creating it."""
     runs = "runs" in tables and con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-    exps = "experiments" in tables and con.execute(
-        "SELECT COUNT(*) FROM experiments WHERE experiment_id != 0").fetchone()[0]
+    exps = (
+        "experiments" in tables
+        and con.execute("SELECT COUNT(*) FROM experiments WHERE experiment_id != 0").fetchone()[0]
+    )
     return not runs and not exps
 
 
@@ -446,23 +456,30 @@ def _drop_leftovers(db: Path) -> Path | None:
             return None
         if _holds_nothing(con, tables):
             _drop_all(con, tables)  # nothing to lose: MLflow creates the schema from the start
-            print(f"note: the MLflow store {db} was left half-created (by jobs that crashed setting it up "
-                  f"together); it held no runs and was created again", file=sys.stderr)
+            print(
+                f"note: the MLflow store {db} was left half-created (by jobs that crashed setting it up "
+                f"together); it held no runs and was created again",
+                file=sys.stderr,
+            )
             return None
-        lost = [t for t in leftovers if t[len(LEFTOVER):] not in tables]
+        lost = [t for t in leftovers if t[len(LEFTOVER) :] not in tables]
         if lost:
-            raise UserError(f"the MLflow store {db} was left half-migrated with table(s) "
-                            f"{', '.join(t[len(LEFTOVER):] for t in lost)} only in alembic's copy "
-                            f"{', '.join(lost)}: restore it from a backup, or move it aside to start a new store")
+            raise UserError(
+                f"the MLflow store {db} was left half-migrated with table(s) "
+                f"{', '.join(t[len(LEFTOVER) :] for t in lost)} only in alembic's copy "
+                f"{', '.join(lost)}: restore it from a backup, or move it aside to start a new store"
+            )
         backup = db.with_name(db.name + ".before-repair")
         with sqlite3.connect(backup) as b:
             con.backup(b)
         for t in leftovers:
             con.execute(f'DROP TABLE "{t}"')
         con.commit()
-        print(f"note: the MLflow store {db} was left half-migrated; alembic's leftover copies "
-              f"({', '.join(leftovers)}) were dropped and the migration runs again (copy from before: {backup})",
-              file=sys.stderr)
+        print(
+            f"note: the MLflow store {db} was left half-migrated; alembic's leftover copies "
+            f"({', '.join(leftovers)}) were dropped and the migration runs again (copy from before: {backup})",
+            file=sys.stderr,
+        )
         return backup
     finally:
         con.close()
@@ -481,14 +498,18 @@ def _rebuild_or_explain(uri: str, db: Path, err: Exception, backup: Path | None)
     try:
         if _holds_nothing(con, tables):
             _drop_all(con, tables)
-            print(f"note: the MLflow store {db} was left half-created ({first}); it held no runs and was created "
-                  f"again", file=sys.stderr)
+            print(
+                f"note: the MLflow store {db} was left half-created ({first}); it held no runs and was created again",
+                file=sys.stderr,
+            )
             return
     finally:
         con.close()
     before = f"a copy from before the repair is {backup}; " if backup else ""
-    raise UserError(f"cannot open the MLflow store {db}: {first}; {before}if another MLflow version made it, back it "
-                    f"up and run `mlflow db upgrade {uri}`, else restore a backup or move it aside for a new store")
+    raise UserError(
+        f"cannot open the MLflow store {db}: {first}; {before}if another MLflow version made it, back it "
+        f"up and run `mlflow db upgrade {uri}`, else restore a backup or move it aside for a new store"
+    )
 
 
 def _locked(e: BaseException) -> bool:
@@ -509,7 +530,7 @@ def retry_locked(fn, *args, attempts: int = 8, first_s: float = 0.2, **kwargs):
         except Exception as e:  # noqa: BLE001 - only the lock is retried; anything else propagates as it was
             if attempt == attempts - 1 or not _locked(e):
                 raise
-            time.sleep(min(first_s * 2 ** attempt, 6.0) * (0.5 + random.random()))  # jitter: losers don't collide
+            time.sleep(min(first_s * 2**attempt, 6.0) * (0.5 + random.random()))  # jitter: losers don't collide
 
 
 class _Retrying:

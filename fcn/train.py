@@ -12,6 +12,7 @@ Read `train` first: set up → resume → epoch loop → test → publish, one h
 the steps that ship (bench/ times `train_step` itself). What a checkpoint holds is fcn/checkpoint.py's; what a cell is
 (key, run dir, lock, finished), fcn/cell.py's; the MLflow end of a run, fcn/tracking.py's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fcn import cell, checkpoint, dist, metrics as M
+from fcn import cell, checkpoint, dist
+from fcn import metrics as M
 from fcn.cell import run_dir
 from fcn.checkpoint import Progress
 from fcn.config import RunConfig, add_config_arguments, config_from_args
@@ -45,6 +47,7 @@ SYNC_BN_BELOW = 8
 
 # --- the steps that ship ----------------------------------------------------------------------------------------------
 
+
 def train_step(net, opt, x: torch.Tensor, y: torch.Tensor, config: RunConfig, device: torch.device) -> torch.Tensor:
     """One optimisation step: forward (autocast as config.amp says), binary cross-entropy on fp32 logits, backward
     (DDP all-reduces here), Adam. Returns the batch's mean loss, detached and left on the device: reading it here
@@ -59,8 +62,9 @@ def train_step(net, opt, x: torch.Tensor, y: torch.Tensor, config: RunConfig, de
 
 
 @torch.no_grad()
-def predict(model, loader, config: RunConfig, d: dist.Dist,
-            fmt: torch.memory_format) -> tuple[np.ndarray, np.ndarray, float]:
+def predict(
+    model, loader, config: RunConfig, d: dist.Dist, fmt: torch.memory_format
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(indices, sigmoid scores, mean BCE) over the whole split, gathered from every rank to every rank."""
     model.eval()
     idx, scores, n = [], [], 0
@@ -85,12 +89,15 @@ def predict(model, loader, config: RunConfig, d: dist.Dist,
 
 # --- rules of a run over several processes ----------------------------------------------------------------------------
 
+
 def per_process_batch(global_batch: int, world: int) -> int:
     """The training batch of each process, so that `world` processes keep the run's global batch. A run's global
     batch is fixed when it starts (batch_size × processes) and kept on resume with another process count."""
     if global_batch % world:
-        raise UserError(f"this run's global batch of {global_batch} clips cannot be split over {world} processes: "
-                        f"resume it on a process count that divides {global_batch}")
+        raise UserError(
+            f"this run's global batch of {global_batch} clips cannot be split over {world} processes: "
+            f"resume it on a process count that divides {global_batch}"
+        )
     return global_batch // world
 
 
@@ -107,9 +114,11 @@ def use_sync_bn(config: RunConfig, world: int, batch: int, device: torch.device)
 
 # --- the run ----------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Run:
     """One cell's training on this process: what the helpers below read and change."""
+
     config: RunConfig
     d: dist.Dist
     rdir: Path
@@ -187,10 +196,17 @@ _LOCKS: list = []  # the cell lock's open file, closed when train() returns
 def _claim(config: RunConfig, d: dist.Dist, trial: str) -> Path:
     """This process's threads and allocator; the cell's run dir, made and locked (rank 0 holds the lock)."""
     if d.world > 1:  # which host each rank runs on (a multi-node job's log shows the spread)
-        print(f"rank {d.rank}/{d.world} on host {socket.gethostname()} ({d.device}), master "
-              f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}", file=sys.stderr, flush=True)
-    threads = config.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or \
-        max(1, (os.cpu_count() or 1) // d.local_world)
+        print(
+            f"rank {d.rank}/{d.world} on host {socket.gethostname()} ({d.device}), master "
+            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}",
+            file=sys.stderr,
+            flush=True,
+        )
+    threads = (
+        config.threads
+        or int(os.environ.get("SLURM_CPUS_PER_TASK", 0))
+        or max(1, (os.cpu_count() or 1) // d.local_world)
+    )
     torch.set_num_threads(threads)
     if d.device.type == "cpu":
         keep_freed_memory()  # fcn/malloc.py: the step stops re-faulting its activations
@@ -237,15 +253,28 @@ def _set_up(config: RunConfig, d: dist.Dist, rdir: Path, trial: str) -> Run:
     fmt = torch.channels_last if channels_last(config, d.device) else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    return Run(config=config, d=d, rdir=rdir, trial=trial, uri=uri, store=store, meta=meta, data=data, model=model,
-               opt=opt, fmt=fmt)
+    return Run(
+        config=config,
+        d=d,
+        rdir=rdir,
+        trial=trial,
+        uri=uri,
+        store=store,
+        meta=meta,
+        data=data,
+        model=model,
+        opt=opt,
+        fmt=fmt,
+    )
 
 
 def _splits(config: RunConfig, store: Path, trial: str) -> dict:
     from fcn.store import FeatureDataset
 
-    data = {"train": FeatureDataset(store, config.input, "train", fraction=config.train_fraction, seed=config.seed),
-            "valid": FeatureDataset(store, config.input, "valid")}
+    data = {
+        "train": FeatureDataset(store, config.input, "train", fraction=config.train_fraction, seed=config.seed),
+        "valid": FeatureDataset(store, config.input, "valid"),
+    }
     if not trial:  # a search trial never opens the test split
         data["test"] = FeatureDataset(store, config.input, "test")
     for name, ds in data.items():
@@ -255,6 +284,7 @@ def _splits(config: RunConfig, store: Path, trial: str) -> dict:
 
 
 # --- resume -----------------------------------------------------------------------------------------------------------
+
 
 def _resume(run: Run) -> bool:
     """Continue from the newest usable last.pt, if any (weights, optimiser, this rank's RNG, progress, MLflow run);
@@ -266,8 +296,10 @@ def _resume(run: Run) -> bool:
     if state is not None:
         changed = checkpoint.config_changes(state["config"], c)
         if changed:
-            raise UserError(f"{run.rdir} holds a checkpoint of another configuration ({', '.join(changed)}); "
-                            f"use another --out-dir or --experiment, or delete {run.rdir}")
+            raise UserError(
+                f"{run.rdir} holds a checkpoint of another configuration ({', '.join(changed)}); "
+                f"use another --out-dir or --experiment, or delete {run.rdir}"
+            )
         run.model.load_state_dict(state["model"])
         run.opt.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"][min(d.rank, len(state["rng"]) - 1)], d.device)
@@ -276,8 +308,10 @@ def _resume(run: Run) -> bool:
     p = run.progress
     run.batch = per_process_batch(p.global_batch, d.world)
     if p.world != d.world:
-        run.log(f"{c.key}: resuming on {d.world} process(es), the checkpoint was made on {p.world}: global batch "
-                f"{p.global_batch} kept, {run.batch} clips per process")
+        run.log(
+            f"{c.key}: resuming on {d.world} process(es), the checkpoint was made on {p.world}: global batch "
+            f"{p.global_batch} kept, {run.batch} clips per process"
+        )
         p.world = d.world
     return state is not None
 
@@ -301,21 +335,29 @@ def _start(run: Run, resumed: bool) -> None:
         run.net = run.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
     if d.world > 1:
         run.net = torch.nn.parallel.DistributedDataParallel(
-            run.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    run.loaders = {name: make_loader(ds, c, d, shuffle=name == "train", batch=run.batch if name == "train" else 0)
-                   for name, ds in run.data.items()}
+            run.model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+        )
+    run.loaders = {
+        name: make_loader(ds, c, d, shuffle=name == "train", batch=run.batch if name == "train" else 0)
+        for name, ds in run.data.items()
+    }
     host = socket.gethostname()  # where the cell (rank 0) runs: after a requeue, possibly another node
     p = run.progress
     if resumed:
-        run.log(f"{c.key}: resuming after epoch {p.epoch} (best valid ROC-AUC {p.best:.4f} at epoch "
-                f"{p.best_epoch}) on host {host}")
+        run.log(
+            f"{c.key}: resuming after epoch {p.epoch} (best valid ROC-AUC {p.best:.4f} at epoch "
+            f"{p.best_epoch}) on host {host}"
+        )
     else:
         n = {k: len(ds) for k, ds in run.data.items()}
-        run.log(f"{c.key}: {n_params(run.model):,} parameters, {n['train']}/{n['valid']}/{n.get('test', '-')} "
-                f"clips, {d.world} process(es) on {d.device} on host {host}, {describe(c, d.device)}, store {run.store}")
+        run.log(
+            f"{c.key}: {n_params(run.model):,} parameters, {n['train']}/{n['valid']}/{n.get('test', '-')} "
+            f"clips, {d.world} process(es) on {d.device} on host {host}, {describe(c, d.device)}, store {run.store}"
+        )
 
 
 # --- the epoch loop ---------------------------------------------------------------------------------------------------
+
 
 def _epoch(run: Run, epoch: int) -> dict:
     """Train one epoch, validate, keep the best, checkpoint, log; returns the epoch's history row."""
@@ -331,12 +373,20 @@ def _epoch(run: Run, epoch: int) -> dict:
         p.best, p.best_epoch, p.bad = valid["roc_auc"], epoch + 1, 0
     else:
         p.bad += 1
-    row = dict(epoch=epoch + 1, train_loss=train_loss, valid_loss=vloss, valid_roc_auc=valid["roc_auc"],
-               valid_pr_auc=valid["pr_auc"], epoch_time_s=time.time() - t0)
+    row = dict(
+        epoch=epoch + 1,
+        train_loss=train_loss,
+        valid_loss=vloss,
+        valid_roc_auc=valid["roc_auc"],
+        valid_pr_auc=valid["pr_auc"],
+        epoch_time_s=time.time() - t0,
+    )
     p.history.append(row)
     _checkpoint(run, row, improved)
-    run.log(f"{c.key} epoch {epoch + 1}: train loss {train_loss:.4f}, valid loss {vloss:.4f}, valid ROC-AUC "
-            f"{valid['roc_auc']:.4f} (best {p.best:.4f} at epoch {p.best_epoch}), {row['epoch_time_s']:.1f} s")
+    run.log(
+        f"{c.key} epoch {epoch + 1}: train loss {train_loss:.4f}, valid loss {vloss:.4f}, valid ROC-AUC "
+        f"{valid['roc_auc']:.4f} (best {p.best:.4f} at epoch {p.best_epoch}), {row['epoch_time_s']:.1f} s"
+    )
     dist.barrier(run.d)  # rank 0's checkpoint is on disk before anyone moves on
     return row
 
@@ -350,8 +400,14 @@ def _train_epoch(run: Run, epoch: int) -> float:
     run.net.train()
     # summed on the device and read once per epoch: a .item() per step would stall the GPU every step
     loss_sum, n = torch.zeros((), dtype=torch.float64, device=d.device), 0
-    bar = tqdm(dl, desc=f"{c.key} epoch {epoch + 1}/{c.epochs}", leave=False,
-               disable=not d.main or not sys.stderr.isatty(), unit="batch", file=sys.stderr)
+    bar = tqdm(
+        dl,
+        desc=f"{c.key} epoch {epoch + 1}/{c.epochs}",
+        leave=False,
+        disable=not d.main or not sys.stderr.isatty(),
+        unit="batch",
+        file=sys.stderr,
+    )
     for x, y, _ in bar:
         if len(y) < 2:
             # A last batch of one clip can't be batch-normalised; every rank has the same batch count
@@ -375,25 +431,44 @@ def _checkpoint(run: Run, row: dict, improved: bool) -> None:
         return
     if improved:
         checkpoint.save(_best(run, row["epoch"], row["valid_roc_auc"]), cell.ckpt(run.rdir, cell.BEST))
-    checkpoint.save(checkpoint.last(run.model, run.opt, rngs, run.progress, run.config, run.run_id),
-                    cell.ckpt(run.rdir, cell.LAST))
+    checkpoint.save(
+        checkpoint.last(run.model, run.opt, rngs, run.progress, run.config, run.run_id), cell.ckpt(run.rdir, cell.LAST)
+    )
     run.tracker.metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
 
 def _best(run: Run, epoch: int, valid_roc_auc: float, fallback: str = "") -> checkpoint.Best:
     train = run.data["train"]
-    return checkpoint.best(run.model, run.config, epoch=epoch, meta=run.meta, norm=(train.mean, train.std),
-                           valid_roc_auc=valid_roc_auc, run_id=run.run_id, fallback=fallback)
+    return checkpoint.best(
+        run.model,
+        run.config,
+        epoch=epoch,
+        meta=run.meta,
+        norm=(train.mean, train.std),
+        valid_roc_auc=valid_roc_auc,
+        run_id=run.run_id,
+        fallback=fallback,
+    )
 
 
 def _trial_result(run: Run) -> dict:
     p = run.progress
-    return dict(key=run.rdir.name, run_id=run.run_id, best_epoch=p.best_epoch, best_valid_roc_auc=p.best,
-                epochs_run=p.epoch, early_stopped=p.bad >= run.config.patience, train_time_s=p.train_time,
-                history=p.history, run_dir=str(run.rdir.resolve()), config=run.config.to_dict())
+    return dict(
+        key=run.rdir.name,
+        run_id=run.run_id,
+        best_epoch=p.best_epoch,
+        best_valid_roc_auc=p.best,
+        epochs_run=p.epoch,
+        early_stopped=p.bad >= run.config.patience,
+        train_time_s=p.train_time,
+        history=p.history,
+        run_dir=str(run.rdir.resolve()),
+        config=run.config.to_dict(),
+    )
 
 
 # --- test -------------------------------------------------------------------------------------------------------------
+
 
 def _test(run: Run) -> tuple[dict, dict]:
     """The test split scored once, with the best checkpoint's weights (early stopping on validation ROC-AUC):
@@ -405,11 +480,22 @@ def _test(run: Run) -> tuple[dict, dict]:
     y = test_ds.labels[ti].astype(np.uint8)
     roc, pr = M.per_tag(y, ts)  # once: the macro figures and per_tag_auc.csv both come from it
     test = M.summarise(roc, pr)
-    result = dict(key=c.key, run_id=run.run_id, test_roc_auc=test["roc_auc"], test_pr_auc=test["pr_auc"],
-                  test_loss=tloss, tags_evaluated=test["tags_evaluated"], best_epoch=p.best_epoch,
-                  best_valid_roc_auc=p.best, epochs_run=p.epoch, train_time_s=p.train_time,
-                  n_params=n_params(run.model), world_size=d.world, run_dir=str(run.rdir.resolve()),
-                  config=c.to_dict())
+    result = dict(
+        key=c.key,
+        run_id=run.run_id,
+        test_roc_auc=test["roc_auc"],
+        test_pr_auc=test["pr_auc"],
+        test_loss=tloss,
+        tags_evaluated=test["tags_evaluated"],
+        best_epoch=p.best_epoch,
+        best_valid_roc_auc=p.best,
+        epochs_run=p.epoch,
+        train_time_s=p.train_time,
+        n_params=n_params(run.model),
+        world_size=d.world,
+        run_dir=str(run.rdir.resolve()),
+        config=c.to_dict(),
+    )
     files = dict(roc=roc, pr=pr, clip_id=np.asarray(test_ds.clip_ids[ti]).astype(str), y_true=y, y_score=ts)
     return result, files
 
@@ -420,22 +506,26 @@ def _load_best(run: Run) -> None:
     best = checkpoint.load_best(cell.ckpt(run.rdir, cell.BEST), warn=run.log)
     dist.barrier(d)  # every rank has looked for best.pt before rank 0 may write the fallback below
     if best is None and p.best_epoch > 0:
-        raise UserError(f"{run.rdir / 'ckpt'} holds no usable best.pt; delete {run.rdir / 'ckpt'} and rerun to "
-                        f"train {c.key} again")
+        raise UserError(
+            f"{run.rdir / 'ckpt'} holds no usable best.pt; delete {run.rdir / 'ckpt'} and rerun to train {c.key} again"
+        )
     if best is not None:
         run.model.load_state_dict(best["model"])
         return
     # No epoch improved on -1: validation ROC-AUC was NaN every epoch (no validation tag had both a positive and a
     # negative clip). Defined fallback: the last epoch's weights are the model that is tested and kept.
-    run.log(f"{c.key}: validation ROC-AUC was undefined (NaN) in all {p.epoch} epochs, so there is no best epoch: "
-            f"testing the last epoch's weights (epoch {p.epoch}); check that the validation split has positive and "
-            "negative clips for some tag")
+    run.log(
+        f"{c.key}: validation ROC-AUC was undefined (NaN) in all {p.epoch} epochs, so there is no best epoch: "
+        f"testing the last epoch's weights (epoch {p.epoch}); check that the validation split has positive and "
+        "negative clips for some tag"
+    )
     p.best, p.best_epoch = float("nan"), p.epoch
     if d.main:
         checkpoint.save(_best(run, p.epoch, float("nan"), fallback="last epoch"), cell.ckpt(run.rdir, cell.BEST))
 
 
 # --- publish ----------------------------------------------------------------------------------------------------------
+
 
 def _publish(run: Run, result: dict, files: dict) -> None:
     """Rank 0 writes the result files, metrics.json last (its presence means the cell is finished), then logs the
@@ -452,14 +542,21 @@ def _publish(run: Run, result: dict, files: dict) -> None:
         f.write("tag,roc_auc,pr_auc\n")
         for tag, r, p in zip(tags, files["roc"], files["pr"]):
             f.write(f"{tag},{r:.6f},{p:.6f}\n")
-    np.savez_compressed(rdir / "test_predictions.npz", clip_id=files["clip_id"], y_true=files["y_true"],
-                        y_score=files["y_score"].astype(np.float32), tags=np.array(tags))
+    np.savez_compressed(
+        rdir / "test_predictions.npz",
+        clip_id=files["clip_id"],
+        y_true=files["y_true"],
+        y_score=files["y_score"].astype(np.float32),
+        tags=np.array(tags),
+    )
     tmp = rdir / (cell.METRICS + ".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, rdir / cell.METRICS)  # written last: its presence means the cell is finished
     tracking.log_final(run.tracker, result, rdir)
-    run.log(f"{run.config.key}: test ROC-AUC {result['test_roc_auc']:.4f}, PR-AUC {result['test_pr_auc']:.4f} "
-            f"(best epoch {result['best_epoch']})")
+    run.log(
+        f"{run.config.key}: test ROC-AUC {result['test_roc_auc']:.4f}, PR-AUC {result['test_pr_auc']:.4f} "
+        f"(best epoch {result['best_epoch']})"
+    )
 
 
 def _log(d: dist.Dist, rdir: Path, msg: str) -> None:
@@ -473,8 +570,9 @@ def _log(d: dist.Dist, rdir: Path, msg: str) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m fcn.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m fcn.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_config_arguments(ap)
     config = config_from_args(ap.parse_args(argv))
     result = train(config)

@@ -17,6 +17,7 @@ bootstrap SDs above the estimate (4,332 clips, 2-5 % positives), so the raw perc
 the estimate at all. That shift is an artefact of resampling, not a bias of the estimate, so it is removed rather
 than "corrected for". ROC-AUC (a U-statistic) shows no such shift and is practically unchanged by re-centring.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,7 +59,7 @@ class Predictions:
     tags: np.ndarray | None = None  # (T,) str
 
     @classmethod
-    def load(cls, path: str | Path) -> "Predictions":
+    def load(cls, path: str | Path) -> Predictions:
         with np.load(path, allow_pickle=False) as z:
             tags = z["tags"].astype(str) if "tags" in z.files else None
             return cls(z["clip_id"].astype(str), z["y_true"], z["y_score"], tags)
@@ -129,8 +130,13 @@ def _percentiles(values: np.ndarray, confidence: float, centre: float | None = N
 # Public API
 
 
-def bootstrap_macro_auc(y_true: np.ndarray, y_score: np.ndarray, n_boot: int = DEFAULT_N_BOOT,
-                        seed: int = DEFAULT_SEED, confidence: float = 0.95) -> tuple[Interval, Interval]:
+def bootstrap_macro_auc(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = DEFAULT_SEED,
+    confidence: float = 0.95,
+) -> tuple[Interval, Interval]:
     """Bootstrap intervals (re-centred percentile, see module doc) of macro ROC-AUC and PR-AUC over clips: (roc, pr)."""
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score)
@@ -176,8 +182,9 @@ def align(a: Predictions, b: Predictions) -> tuple[Predictions, Predictions]:
     return a2, b2
 
 
-def paired_bootstrap(a: Predictions, b: Predictions, n_boot: int = DEFAULT_N_BOOT, seed: int = DEFAULT_SEED,
-                     confidence: float = 0.95) -> PairedTest:
+def paired_bootstrap(
+    a: Predictions, b: Predictions, n_boot: int = DEFAULT_N_BOOT, seed: int = DEFAULT_SEED, confidence: float = 0.95
+) -> PairedTest:
     """Paired bootstrap test of macro ROC-AUC(A) − macro ROC-AUC(B) on the same clips (aligned by clip_id).
 
     Both models see the same resamples. The interval is the percentile interval of the resampled differences; the

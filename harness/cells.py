@@ -3,6 +3,7 @@ the flags that choose it (shared by harness.grid, harness.status and harness.sea
 
 No I/O here (but resolving paths); the local, Ray and Slurm back ends all consume the same list.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,9 @@ def expand(spec: GridSpec, base: RunConfig) -> list[RunConfig]:
                     continue
                 for seed in spec.seeds:
                     for frac in spec.fractions:
-                        cells.append(base.replace(dataset=dataset, input=inp, depth=depth, seed=seed,
-                                                  train_fraction=float(frac)))
+                        cells.append(
+                            base.replace(dataset=dataset, input=inp, depth=depth, seed=seed, train_fraction=float(frac))
+                        )
     if spec.only:
         cells = [c for c in cells if any(fnmatch.fnmatchcase(c.key, p) for p in spec.only)]
     if spec.exclude:
@@ -61,8 +63,10 @@ def _csv(typ, allowed=None):
         if bad or not vals:
             raise argparse.ArgumentTypeError(
                 f"unknown value(s) {', '.join(map(str, bad)) if bad else repr(s)}; "
-                f"choose from {', '.join(map(str, allowed))}")
+                f"choose from {', '.join(map(str, allowed))}"
+            )
         return vals
+
     return parse
 
 
@@ -72,11 +76,14 @@ def add_grid_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--inputs", type=_csv(str, INPUTS), default=INPUTS, help="comma list (default: mel,stft,mfcc)")
     g.add_argument("--depths", type=_csv(int, DEPTHS), default=DEPTHS, help="comma list (default: 3,4,5,6,7)")
     g.add_argument("--seeds", type=_csv(int), default=(0,), help="comma list (default: 0)")
-    g.add_argument("--fractions", type=_csv(float), default=(1.0,),
-                   help="training-data fractions, RQ4 (default: 1.0)")
-    g.add_argument("--paper", action="store_true", help="only the paper's cells (MTAT FCN-3/4/5 mel, FCN-4 "
-                                                         "STFT/MFCC; MSD FCN-3..7 mel), at the paper's scale: "
-                                                         "--paper implies --preset paper unless --preset is given")
+    g.add_argument("--fractions", type=_csv(float), default=(1.0,), help="training-data fractions, RQ4 (default: 1.0)")
+    g.add_argument(
+        "--paper",
+        action="store_true",
+        help="only the paper's cells (MTAT FCN-3/4/5 mel, FCN-4 "
+        "STFT/MFCC; MSD FCN-3..7 mel), at the paper's scale: "
+        "--paper implies --preset paper unless --preset is given",
+    )
     g.add_argument("--only", nargs="+", default=(), metavar="GLOB", help="keep keys matching, e.g. 'mtat-*-fcn4-*'")
     g.add_argument("--exclude", nargs="+", default=(), metavar="GLOB", help="drop keys matching")
     g.add_argument("--data-root-mtat", default="", help="real MTAT root (default: the built-in synthetic set)")
@@ -103,8 +110,16 @@ def grid_from_args(args) -> list[RunConfig]:
             absolute[k] = str(Path(getattr(base, k)).resolve())
     base = base.replace(**absolute)
     base = base.replace(tracking_uri=tracking.resolve_uri(base.tracking_uri, base.out_dir))
-    spec = GridSpec(datasets=args.datasets, inputs=args.inputs, depths=args.depths, seeds=args.seeds,
-                    fractions=args.fractions, paper=args.paper, only=tuple(args.only), exclude=tuple(args.exclude))
+    spec = GridSpec(
+        datasets=args.datasets,
+        inputs=args.inputs,
+        depths=args.depths,
+        seeds=args.seeds,
+        fractions=args.fractions,
+        paper=args.paper,
+        only=tuple(args.only),
+        exclude=tuple(args.exclude),
+    )
     cells = expand(spec, base)
     roots = {"mtat": args.data_root_mtat, "msd": args.data_root_msd}
     cells = [c.replace(data_root=str(Path(roots[c.dataset]).resolve())) if roots[c.dataset] else c for c in cells]

@@ -11,6 +11,7 @@
 Rerunning the same command skips finished cells, resumes interrupted ones from their checkpoints and retries failed
 ones; a finished cell never gets a second MLflow run. `python -m harness.status` shows where each cell stands.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,24 +55,38 @@ def _parent_run(uri: str, cells: list[RunConfig]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m harness.grid", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m harness.grid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--cluster", choices=backends.BACKENDS, default="local", help="where cells run (default: local)")
     ap.add_argument("--dry-run", action="store_true", help="print the cells, their state and where they would run")
     ap.add_argument("--results", default="results", help="where tables and figures are written (default: results)")
     ap.add_argument("--no-tables", action="store_true", help="don't write tables at the end")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    ap.add_argument("--configs-from", default="", metavar="DIR",
-                    help="each cell with a DIR/<key>.json (python -m harness.search) takes its recipe from it")
-    titles = {"local": "--cluster local", "ray": "--cluster ray",
-              "slurm": "--cluster slurm (one job per cell, DDP over tasks = GPUs)"}
+    ap.add_argument(
+        "--configs-from",
+        default="",
+        metavar="DIR",
+        help="each cell with a DIR/<key>.json (python -m harness.search) takes its recipe from it",
+    )
+    titles = {
+        "local": "--cluster local",
+        "ray": "--cluster ray",
+        "slurm": "--cluster slurm (one job per cell, DDP over tasks = GPUs)",
+    }
     for name in backends.BACKENDS:
         backends.add_arguments(ap.add_argument_group(titles[name]), backends.options_class(name))
-    ap.add_argument("--tracking-server", nargs="?", const="", default=None, metavar="HOST[:PORT]",
-                    help="run an MLflow server on this machine for the sweep, over <out-dir>/mlflow.db, and log every "
-                         "cell to it; for jobs on several nodes (SQLite over a network filesystem is unsafe with "
-                         "writers on several nodes). HOST: an address of this machine the nodes reach (default: the "
-                         "one on the route to the Slurm controller); stopped when the sweep ends")
+    ap.add_argument(
+        "--tracking-server",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="HOST[:PORT]",
+        help="run an MLflow server on this machine for the sweep, over <out-dir>/mlflow.db, and log every "
+        "cell to it; for jobs on several nodes (SQLite over a network filesystem is unsafe with "
+        "writers on several nodes). HOST: an address of this machine the nodes reach (default: the "
+        "one on the route to the Slurm controller); stopped when the sweep ends",
+    )
     add_grid_arguments(ap)
     return ap
 
@@ -90,8 +105,10 @@ def _with_tracking_server(args) -> int:
     if args.tracking_uri:
         raise UserError("--tracking-server starts a server for the sweep; --tracking-uri names one: give only one")
     if not args.wait:
-        raise UserError("--tracking-server with --no-wait: the server stops when the harness does, while the jobs "
-                        "still need it; drop --no-wait, or run a server yourself and pass --tracking-uri (README)")
+        raise UserError(
+            "--tracking-server with --no-wait: the server stops when the harness does, while the jobs "
+            "still need it; drop --no-wait, or run a server yourself and pass --tracking-uri (README)"
+        )
     host, port = tracking_server.parse_address(args.tracking_server)
     out_dir = grid_from_args(args)[0].out_dir
     server = tracking_server.start(out_dir, tracking_server.choose_host(host, args.cluster), port)
@@ -108,8 +125,10 @@ def _backend(args):
     for name in backends.BACKENDS:
         other = backends.changed_flags(backends.options_class(name), args) if name != args.cluster else []
         if other:
-            raise UserError(f"{', '.join(other)} need --cluster {name} (they say where cells run on it), not "
-                            f"--cluster {args.cluster}")
+            raise UserError(
+                f"{', '.join(other)} need --cluster {name} (they say where cells run on it), not "
+                f"--cluster {args.cluster}"
+            )
     return backends.module(args.cluster), backends.from_args(backends.options_class(args.cluster), args)
 
 
@@ -133,8 +152,11 @@ def _main(args) -> int:
     backend.check(opts, cells)  # before anything is submitted
     _resync(cells, states)
     todo = [c for c in cells if states[c.key].state != "finished"]
-    print(f"grid: {len(cells)} cells ({len(cells) - len(todo)} finished, {len(todo)} to run) on "
-          f"{backend.where(opts)}; experiment {cells[0].experiment!r} in {uri}", file=sys.stderr)
+    print(
+        f"grid: {len(cells)} cells ({len(cells) - len(todo)} finished, {len(todo)} to run) on "
+        f"{backend.where(opts)}; experiment {cells[0].experiment!r} in {uri}",
+        file=sys.stderr,
+    )
     t0 = time.time()
     outcomes = []
     if todo:
@@ -150,8 +172,10 @@ def _main(args) -> int:
 
 
 def _dry_run(cells: list[RunConfig], states: dict, where: str) -> int:
-    print(f"{len(cells)} cells, experiment {cells[0].experiment!r}, tracking {cells[0].tracking_uri}, would run on "
-          f"{where}:")
+    print(
+        f"{len(cells)} cells, experiment {cells[0].experiment!r}, tracking {cells[0].tracking_uri}, would run on "
+        f"{where}:"
+    )
     for c in cells:
         s = states[c.key]
         auc = f"  test ROC-AUC {s.test_roc_auc:.4f}" if s.test_roc_auc is not None else ""
@@ -167,14 +191,20 @@ def _report(args, cells: list[RunConfig], outcomes: list, took_s: float) -> int:
     n_done = sum(s.state == "finished" for s in grid_states(cells, uri))
     failed = [o for o in outcomes if o.state == "failed"]
     _finish_parent(uri, cells, n_done == len(cells))
-    print(f"grid: {n_done}/{len(cells)} cells finished in {took_s:.0f} s"
-          + (f"; {len(failed)} failed (rerun the same command to retry them):" if failed else ""), file=sys.stderr)
+    print(
+        f"grid: {n_done}/{len(cells)} cells finished in {took_s:.0f} s"
+        + (f"; {len(failed)} failed (rerun the same command to retry them):" if failed else ""),
+        file=sys.stderr,
+    )
     for o in failed:
         print(f"  {o.key}: {o.error}", file=sys.stderr)
     if not args.no_tables and n_done:
         _tables(cells, uri, args.results)
-    print(f"results: {Path(args.results).resolve()}  |  MLflow UI: python -m harness.ui --tracking-uri '{uri}' "
-          f"--experiment {cells[0].experiment}", file=sys.stderr)
+    print(
+        f"results: {Path(args.results).resolve()}  |  MLflow UI: python -m harness.ui --tracking-uri '{uri}' "
+        f"--experiment {cells[0].experiment}",
+        file=sys.stderr,
+    )
     return 1 if failed or n_done < len(cells) else 0
 
 

@@ -3,6 +3,7 @@
 The local pool's workers, the Ray trials and the Slurm (submitit) jobs all call `run_cell`; the back ends differ only
 in how they start the processes that call it and how they collect the outcomes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +26,7 @@ WORKER_LOG = "worker.log"  # in the run dir: what a cell printed on a back end t
 class Outcome:
     """How a cell went: finished (with its final metrics), failed (with one line saying why), or submitted (Slurm
     --no-wait: a job id, no result yet)."""
+
     key: str
     state: str
     metrics: dict = field(default_factory=dict)  # numbers only: test_roc_auc, test_pr_auc, train_time_s, ...
@@ -97,9 +99,21 @@ def _torchrun(config: RunConfig, gpus: int) -> dict:
     with tempfile.NamedTemporaryFile("w", prefix=f"fcn-{config.key}-", suffix=".json", delete=False) as f:
         json.dump(config.to_dict(), f)
     try:
-        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                              f"--nproc_per_node={gpus}", "-m", "fcn.train", "--config", f.name],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={gpus}",
+                "-m",
+                "fcn.train",
+                "--config",
+                f.name,
+            ],
+            capture_output=True,
+            text=True,
+        )
     finally:
         os.unlink(f.name)
     sys.stderr.write(out.stderr)

@@ -7,6 +7,7 @@ Source: Choi, Fazekas & Sandler, ISMIR 2016 (arXiv 1606.00298), as collected in 
 which he gave because the published MSD numbers were not reproducible. Keys are (dataset, input, depth).
 `PAPER_CELLS` is the set of cells the paper trained (the one definition: the grid's `--paper` asks here).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,7 +54,8 @@ MSD_RERUN: dict[tuple[str, str, int], PaperAUC] = {
 # The paper's own cells (PAPER.md, Results): MTAT FCN-3/4/5 on mel and FCN-4 on STFT/MFCC; MSD FCN-3..7 on mel.
 # `harness.grid --paper` runs these (harness/cells.py).
 PAPER_CELLS: frozenset[tuple[str, str, int]] = frozenset(
-    [("mtat", "mel", d) for d in (3, 4, 5)] + [("mtat", i, 4) for i in ("stft", "mfcc")]
+    [("mtat", "mel", d) for d in (3, 4, 5)]
+    + [("mtat", i, 4) for i in ("stft", "mfcc")]
     + [("msd", "mel", d) for d in (3, 4, 5, 6, 7)]
 )
 

@@ -14,6 +14,7 @@ The time estimates are derived, not measured: training costs 3 × 2 × forward m
 backward), validation 2 ×; one H100 is assumed to sustain the planning figure of ~2,600 FCN-4 clips/s in bf16, i.e.
 ~156 TFLOP/s (PAPER.md "Compute at paper scale": ~60 GFLOP per FCN-4 training clip).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,7 +62,7 @@ def grid_pairs() -> list[tuple[str, int]]:
     return pairs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _macs(depth: int) -> int:
     """Forward multiply-adds of FCN-`depth` at paper scale on a 96×1366 mel."""
     from fcn.frontends import FrontEndParams
@@ -89,8 +90,11 @@ def _reproduces(dataset: str, depth: int) -> list[str]:
             continue
         if dataset == "msd":
             txt = f"{pub:.3f} as published"
-            txt += (f"; {rerun:.3f} in the first author's re-run (no LR schedule, 480 epochs)" if rerun is not None
-                    else "; no re-run number for this depth")
+            txt += (
+                f"; {rerun:.3f} in the first author's re-run (no LR schedule, 480 epochs)"
+                if rerun is not None
+                else "; no re-run number for this depth"
+            )
         else:
             txt = f"{pub:.3f}" + (" (the paper's headline)" if (inp, depth) == ("mel", 4) else "")
         lines.append(f"INPUT={inp}: {txt} [C]")
@@ -99,11 +103,16 @@ def _reproduces(dataset: str, depth: int) -> list[str]:
     elif not any(ln.startswith("INPUT=stft") for ln in lines):
         lines.append("INPUT=stft / mfcc: not in the paper for this depth")
     if dataset == "msd":
-        lines.append("The first author later warned the published MSD numbers were not reproducible (learning-rate "
-                     "schedule) [C].")
+        lines.append(
+            "The first author later warned the published MSD numbers were not reproducible (learning-rate "
+            "schedule) [C]."
+        )
     if depth >= 6:
-        lines.append("FCN-6/7 architecture is a third-party reading [U]: FCN-5 plus "
-                     + ("one 1×1 convolution" if depth == 6 else "two 1×1 convolutions") + " to 1024 maps.")
+        lines.append(
+            "FCN-6/7 architecture is a third-party reading [U]: FCN-5 plus "
+            + ("one 1×1 convolution" if depth == 6 else "two 1×1 convolutions")
+            + " to 1024 maps."
+        )
     return lines
 
 
@@ -144,36 +153,55 @@ def job_options(dataset: str, hours: int):
     """The SlurmOptions of a cell script's job (the time limit from `_estimate`)."""
     from harness.backends.slurm import SlurmOptions
 
-    return SlurmOptions(nodes=1, gpus_per_node=GPUS, tasks_per_node=GPUS, cpus_per_task=CPUS_PER_TASK,
-                        mem_gb=MEM_GB[dataset], time_min=60 * hours)
+    return SlurmOptions(
+        nodes=1,
+        gpus_per_node=GPUS,
+        tasks_per_node=GPUS,
+        cpus_per_task=CPUS_PER_TASK,
+        mem_gb=MEM_GB[dataset],
+        time_min=60 * hours,
+    )
 
 
 def directives(opts, job_name: str) -> str:
     """The #SBATCH lines of a job with these SlurmOptions: what submitit's executor asks of the same options
     (harness/backends/slurm.py), plus --requeue with the signal that checkpoints and requeues before the limit."""
     lines = [f"--job-name={job_name}", f"--nodes={opts.nodes}"]
-    lines += [f"--{k}={v}" for k, v in (("partition", opts.partition), ("account", opts.account), ("qos", opts.qos),
-                                        ("gpus-per-node", opts.gpus_per_node)) if v]
+    lines += [
+        f"--{k}={v}"
+        for k, v in (
+            ("partition", opts.partition),
+            ("account", opts.account),
+            ("qos", opts.qos),
+            ("gpus-per-node", opts.gpus_per_node),
+        )
+        if v
+    ]
     lines.append(f"--ntasks-per-node={opts.ntasks}")
     if opts.cpus_per_task:
         lines.append(f"--cpus-per-task={opts.cpus_per_task}")
     if opts.mem_gb:
         lines.append(f"--mem={opts.mem_gb}G")
-    lines += [f"--time={opts.time_min // 60:02d}:{opts.time_min % 60:02d}:00", "--requeue",
-              f"--signal=B:USR2@{opts.signal_delay_s}", "--open-mode=append", f"--output={LOG}"]
+    lines += [
+        f"--time={opts.time_min // 60:02d}:{opts.time_min % 60:02d}:00",
+        "--requeue",
+        f"--signal=B:USR2@{opts.signal_delay_s}",
+        "--open-mode=append",
+        f"--output={LOG}",
+    ]
     lines += [f"--{k}={v}" for k, v in opts.extra.items()]
     return "\n".join(f"#SBATCH {ln}" for ln in lines)
 
 
 # Bash shared by every script (one copy of each rule): the one-line error, FCN_ARGS / GRID_ARGS split into words
 # without eval, and the requeue on USR2 (the time limit) or TERM (preemption) that never undoes a scancel.
-DIE = r'''die() { echo "error: $*" >&2; exit 2; }
-'''
-SPLIT_ARGS = r'''split_args() {  # $1 split into NUL-terminated words by xargs: quotes group, nothing is expanded or run (no eval)
+DIE = r"""die() { echo "error: $*" >&2; exit 2; }
+"""
+SPLIT_ARGS = r"""split_args() {  # $1 split into NUL-terminated words by xargs: quotes group, nothing is expanded or run (no eval)
     printf '%s' "$1" | xargs -r printf '%s\0'
 }
-'''
-REQUEUE = r'''requeued=
+"""
+REQUEUE = r"""requeued=
 requeue() {
     [ -n "$requeued" ] && return
     requeued=1
@@ -188,7 +216,7 @@ requeue() {
 }
 trap 'requeue USR2' USR2
 trap 'requeue TERM' TERM
-'''
+"""
 
 
 def _fill(text: str, values: dict[str, str]) -> str:
@@ -493,9 +521,17 @@ def ray_options():
 
 def render_ray() -> Script:
     opts = ray_options()
-    return Script("ray_cluster.sh", _fill(RAY_TEMPLATE, {"SBATCH": directives(opts, "fcn-ray"),
-                                                          "SIGNAL_S": str(opts.signal_delay_s),
-                                                          "RESUMES": "the grid resumes where it stopped"}))
+    return Script(
+        "ray_cluster.sh",
+        _fill(
+            RAY_TEMPLATE,
+            {
+                "SBATCH": directives(opts, "fcn-ray"),
+                "SIGNAL_S": str(opts.signal_delay_s),
+                "RESUMES": "the grid resumes where it stopped",
+            },
+        ),
+    )
 
 
 def _comment(lines: list[str], width: int = 118) -> str:
@@ -503,8 +539,14 @@ def _comment(lines: list[str], width: int = 118) -> str:
     out = []
     for ln in lines:
         lead = len(ln) - len(ln.lstrip(" "))
-        out += textwrap.wrap(ln, width, initial_indent="#   ", subsequent_indent="#     " + " " * lead,
-                             break_long_words=False, break_on_hyphens=False)
+        out += textwrap.wrap(
+            ln,
+            width,
+            initial_indent="#   ",
+            subsequent_indent="#     " + " " * lead,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
     return "\n".join(out)
 
 
@@ -514,14 +556,15 @@ def render(dataset: str, depth: int, macs: int, macs4: int) -> Script:
     opts = job_options(dataset, hours)
     values = {
         "TITLE": f"{dataset.upper()} FCN-{depth}: one cell of Choi, Fazekas & Sandler 2016 (FCN music auto-tagging), "
-                 f"paper scale, on Slurm.",
+        f"paper scale, on Slurm.",
         "NAME": name,
         "DATASET": dataset,
         "DATASET_UPPER": dataset.upper(),
         "DEPTH": str(depth),
         "DATA_EXAMPLE": f"/data/{dataset}",
-        "DATA_HINT": ("annotations_final.csv and the folders 0..f" if dataset == "mtat"
-                      else "lastfm_tags.db, splits/, audio/"),
+        "DATA_HINT": (
+            "annotations_final.csv and the folders 0..f" if dataset == "mtat" else "lastfm_tags.db, splits/, audio/"
+        ),
         "REPRODUCES": _comment(_reproduces(dataset, depth)),
         "ESTIMATE": _comment(est),
         "SBATCH": directives(opts, f"fcn-{dataset}-fcn{depth}"),
@@ -538,10 +581,14 @@ def generate() -> list[Script]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.sbatch", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--check", action="store_true",
-                    help="write nothing; exit 1 listing the scripts that differ from what would be generated")
+    ap = argparse.ArgumentParser(
+        prog="python -m harness.sbatch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 listing the scripts that differ from what would be generated",
+    )
     ap.add_argument("--out", default=str(SLURM_DIR), metavar="DIR", help="where the scripts are (default: slurm/)")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -555,9 +602,11 @@ def main(argv=None) -> int:
             elif path.read_text() != s.text:
                 stale.append(f"{path} (differs)")
         if stale:
-            print(f"{len(stale)} of {len(scripts)} sbatch script(s) out of sync with the grid; regenerate with "
-                  f"`python -m harness.sbatch" + (f" --out {args.out}`" if out != SLURM_DIR else "`") + ":",
-                  file=sys.stderr)
+            print(
+                f"{len(stale)} of {len(scripts)} sbatch script(s) out of sync with the grid; regenerate with "
+                f"`python -m harness.sbatch" + (f" --out {args.out}`" if out != SLURM_DIR else "`") + ":",
+                file=sys.stderr,
+            )
             for s in stale:
                 print(f"  {s}", file=sys.stderr)
             return 1

@@ -16,6 +16,7 @@ The winner (the best validation ROC-AUC among trials that were not pruned, the p
 trial `base` if the search pruned it or never tried it) is written to `<configs-out>/<key>.json`, a `fcn.train --config`
 file, and `<results>/search-<key>.md` + `.png` report the trials, the pruning curves and the margin over the preset.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-from fcn.config import RunConfig
 from fcn.cell import harness_dir
+from fcn.config import RunConfig
 from fcn.errors import UserError, run_cli
 
 # The recipe: what a search may change. The cell (data set, input, depth, seed, scale) is never searched.
@@ -51,8 +52,9 @@ def parse_space(specs: list[str]) -> dict[str, tuple]:
         name, _, values = spec.partition("=")
         name = name.strip().replace("-", "_")
         if name not in RECIPE_FIELDS or not values:
-            raise UserError(f"--space takes FIELD=V1,V2 or FIELD=LO..HI with FIELD one of "
-                            f"{', '.join(RECIPE_FIELDS)}; got {spec!r}")
+            raise UserError(
+                f"--space takes FIELD=V1,V2 or FIELD=LO..HI with FIELD one of {', '.join(RECIPE_FIELDS)}; got {spec!r}"
+            )
         typ = RECIPE_FIELDS[name]
         try:
             if ".." in values:
@@ -129,8 +131,14 @@ def _trial(space: dict) -> None:
         return
 
     def on_epoch(row: dict) -> None:
-        tune.report({"epoch": row["epoch"], "valid_roc_auc": row["valid_roc_auc"], "valid_loss": row["valid_loss"],
-                     "replayed": 0})
+        tune.report(
+            {
+                "epoch": row["epoch"],
+                "valid_roc_auc": row["valid_roc_auc"],
+                "valid_loss": row["valid_loss"],
+                "replayed": 0,
+            }
+        )
 
     result = train(config, trial=name, on_epoch=on_epoch)
     k = result["epochs_run"]
@@ -151,18 +159,34 @@ def end_trial(config: RunConfig, name: str, stopped: str, status: str = "FINISHE
     rdir = run_dir(config, name)
     state = checkpoint.load(ckpt(rdir, LAST)) or {}
     progress = state.get("progress", {"history": [], "best": float("nan"), "best_epoch": 0, "epoch": 0})
-    out = dict(name=name, key=rdir.name, recipe=recipe_of(config), stopped=stopped, pruned=stopped.startswith("pruned"),
-               best_valid_roc_auc=progress["best"], best_epoch=progress["best_epoch"], epochs_run=progress["epoch"],
-               history=[{k: r[k] for k in ("epoch", "valid_roc_auc", "valid_loss", "train_loss")}
-                        for r in progress["history"]],
-               run_id=state.get("run_id"), config=config.to_dict())
+    out = dict(
+        name=name,
+        key=rdir.name,
+        recipe=recipe_of(config),
+        stopped=stopped,
+        pruned=stopped.startswith("pruned"),
+        best_valid_roc_auc=progress["best"],
+        best_epoch=progress["best_epoch"],
+        epochs_run=progress["epoch"],
+        history=[
+            {k: r[k] for k in ("epoch", "valid_roc_auc", "valid_loss", "train_loss")} for r in progress["history"]
+        ],
+        run_id=state.get("run_id"),
+        config=config.to_dict(),
+    )
     if out["run_id"]:
-        t = tracking.Tracker(tracking.resolve_uri(config.tracking_uri, config.out_dir), config.experiment,
-                             config.out_dir)
+        t = tracking.Tracker(
+            tracking.resolve_uri(config.tracking_uri, config.out_dir), config.experiment, config.out_dir
+        )
         t.run_id = out["run_id"]
         t._call(t.c.set_tag, t.run_id, "stopped", stopped)
-        t.metrics({"best_valid_roc_auc": out["best_valid_roc_auc"], "best_epoch": out["best_epoch"],
-                   "epochs_run": out["epochs_run"]})
+        t.metrics(
+            {
+                "best_valid_roc_auc": out["best_valid_roc_auc"],
+                "best_epoch": out["best_epoch"],
+                "epochs_run": out["epochs_run"],
+            }
+        )
         t.finish(status)
     tmp = rdir / (TRIAL_FILE + ".tmp")
     tmp.write_text(json.dumps(out, indent=1) + "\n")
@@ -174,8 +198,16 @@ def end_trial(config: RunConfig, name: str, stopped: str, status: str = "FINISHE
 # One cell's search (the driver)
 
 
-def _fit(trials: list[tuple[str, RunConfig]], *, scheduler, storage: str, address: str, cpus: float, gpus: float,
-         progress: bool) -> dict[str, str]:
+def _fit(
+    trials: list[tuple[str, RunConfig]],
+    *,
+    scheduler,
+    storage: str,
+    address: str,
+    cpus: float,
+    gpus: float,
+    progress: bool,
+) -> dict[str, str]:
     """Run trials on Ray Tune; mark the ones the scheduler stopped as pruned; returns {name: error} of failed ones."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster (FACTS.md)
     import ray
@@ -197,18 +229,26 @@ def _fit(trials: list[tuple[str, RunConfig]], *, scheduler, storage: str, addres
         def on_trial_complete(self, iteration, trials, trial, **info):
             name = trial.config["t"]["name"]
             if name in getattr(scheduler, "pruned", ()) and read_trial(run_dir(by_name[name], name)) is None:
-                end_trial(by_name[name], name, f"pruned at epoch {int(trial.last_result.get('epoch', 0))}",
-                          status="KILLED")
+                end_trial(
+                    by_name[name], name, f"pruned at epoch {int(trial.last_result.get('epoch', 0))}", status="KILLED"
+                )
 
     tuner = tune.Tuner(
         tune.with_resources(_trial, {"cpu": cpus, "gpu": gpus}),
         param_space={"t": tune.grid_search([{"name": n, "config": c.to_dict()} for n, c in trials])},
         # reuse_actors: one actor process trains trial after trial, imports paid once (harness/backends/ray_backend.py)
-        tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True,
-                                    trial_name_creator=lambda t: t.config["t"]["name"],
-                                    trial_dirname_creator=lambda t: t.config["t"]["name"]),
-        run_config=tune.RunConfig(name=f"search-{trials[0][1].key}-{int(time.time())}", storage_path=storage,
-                                  verbose=1 if progress else 0, callbacks=[MarkPruned()]),
+        tune_config=tune.TuneConfig(
+            scheduler=scheduler,
+            reuse_actors=True,
+            trial_name_creator=lambda t: t.config["t"]["name"],
+            trial_dirname_creator=lambda t: t.config["t"]["name"],
+        ),
+        run_config=tune.RunConfig(
+            name=f"search-{trials[0][1].key}-{int(time.time())}",
+            storage_path=storage,
+            verbose=1 if progress else 0,
+            callbacks=[MarkPruned()],
+        ),
     )
     errors = {}
     for r in tuner.fit():
@@ -238,8 +278,15 @@ def _scheduler(name: str, config: RunConfig, grace: int, rf: float, keep: str):
 
     # time_attr "epoch" (reported), not Tune's iteration count: a trial resumed after a kill continues at its epoch.
     # stop_last_trials=False: a trial that reaches the last epoch ends on its own (train() returns), not by a stop.
-    return KeepPreset(time_attr="epoch", metric="valid_roc_auc", mode="max", max_t=config.epochs,
-                      grace_period=min(grace, config.epochs), reduction_factor=rf, stop_last_trials=False)
+    return KeepPreset(
+        time_attr="epoch",
+        metric="valid_roc_auc",
+        mode="max",
+        max_t=config.epochs,
+        grace_period=min(grace, config.epochs),
+        reduction_factor=rf,
+        stop_last_trials=False,
+    )
 
 
 def _search_parent(uri: str, experiment: str, cell: RunConfig, params: dict) -> str:
@@ -265,12 +312,28 @@ def _check_same_search(trials: list[tuple[str, RunConfig]]) -> None:
     for name, config in trials:
         old = read_trial(run_dir(config, name))
         if old is not None and old["recipe"] != recipe_of(config):
-            raise UserError(f"{run_dir(config, name)} holds trial {name} of another search space ({old['recipe']} "
-                            f"≠ {recipe_of(config)}); use another --experiment or --out-dir, or delete it")
+            raise UserError(
+                f"{run_dir(config, name)} holds trial {name} of another search space ({old['recipe']} "
+                f"≠ {recipe_of(config)}); use another --experiment or --out-dir, or delete it"
+            )
 
 
-def search_cell(cell: RunConfig, *, space: dict, n_trials: int, seed: int, scheduler: str, grace: int, rf: float,
-                address: str, cpus: float, gpus: float, configs_out: Path, results: Path, progress: bool) -> dict:
+def search_cell(
+    cell: RunConfig,
+    *,
+    space: dict,
+    n_trials: int,
+    seed: int,
+    scheduler: str,
+    grace: int,
+    rf: float,
+    address: str,
+    cpus: float,
+    gpus: float,
+    configs_out: Path,
+    results: Path,
+    progress: bool,
+) -> dict:
     """Search one cell; returns a summary (winner, baseline, outcomes, errors). Everything it finds is on disk and in
     MLflow before it returns."""
     from fcn import tracking
@@ -280,9 +343,19 @@ def search_cell(cell: RunConfig, *, space: dict, n_trials: int, seed: int, sched
     experiment = f"{cell.experiment}-search"
     uri = cell.tracking_uri
     recipes = expand_trials(space, n_trials, seed)
-    parent = _search_parent(uri, experiment, cell, {"space": json.dumps(space), "trials": len(recipes),
-                                                    "scheduler": scheduler, "grace_period": grace,
-                                                    "reduction_factor": rf, "cell": cell.key})
+    parent = _search_parent(
+        uri,
+        experiment,
+        cell,
+        {
+            "space": json.dumps(space),
+            "trials": len(recipes),
+            "scheduler": scheduler,
+            "grace_period": grace,
+            "reduction_factor": rf,
+            "cell": cell.key,
+        },
+    )
     base = cell.replace(experiment=experiment, parent_run_id=parent)
     trials = [(f"t{i}", base.replace(**r)) for i, r in enumerate(recipes)]
     preset = recipe_of(cell)
@@ -293,8 +366,15 @@ def search_cell(cell: RunConfig, *, space: dict, n_trials: int, seed: int, sched
         trials.append(("base", base))
     _check_same_search(trials)
     storage = str(harness_dir(cell.out_dir, experiment) / "ray")
-    errors = _fit(trials, scheduler=_scheduler(scheduler, cell, grace, rf, keep), storage=storage, address=address,
-                  cpus=cpus, gpus=gpus, progress=progress)
+    errors = _fit(
+        trials,
+        scheduler=_scheduler(scheduler, cell, grace, rf, keep),
+        storage=storage,
+        address=address,
+        cpus=cpus,
+        gpus=gpus,
+        progress=progress,
+    )
     outcomes = {n: read_trial(run_dir(c, n)) for n, c in trials}
     baseline = outcomes[keep]
     complete = [o for o in outcomes.values() if o and not o["pruned"]]
@@ -305,15 +385,31 @@ def search_cell(cell: RunConfig, *, space: dict, n_trials: int, seed: int, sched
     winner = max(complete, key=lambda o: o["best_valid_roc_auc"])
     margin = winner["best_valid_roc_auc"] - baseline["best_valid_roc_auc"] if baseline else float("nan")
     recipe_path = write_recipe(cell, winner, len(recipes), configs_out)
-    summary = dict(cell=cell, winner=winner, baseline=baseline, margin=margin, outcomes=outcomes, errors=errors,
-                   space=space, scheduler=scheduler, grace=grace, rf=rf, wall_s=time.time() - t0, recipe=recipe_path,
-                   n_trials=len(recipes), experiment=experiment)
+    summary = dict(
+        cell=cell,
+        winner=winner,
+        baseline=baseline,
+        margin=margin,
+        outcomes=outcomes,
+        errors=errors,
+        space=space,
+        scheduler=scheduler,
+        grace=grace,
+        rf=rf,
+        wall_s=time.time() - t0,
+        recipe=recipe_path,
+        n_trials=len(recipes),
+        experiment=experiment,
+    )
     paths = write_report(summary, results)
     c = tracking.client(uri)
     c.set_tag(parent, "winner", f"{winner['name']}: {json.dumps(winner['recipe'])}")
-    for k, v in {"winner_valid_roc_auc": winner["best_valid_roc_auc"], "margin_over_preset": margin,
-                 "preset_valid_roc_auc": baseline["best_valid_roc_auc"] if baseline else float("nan"),
-                 "trials_pruned": sum(bool(o and o["pruned"]) for o in outcomes.values())}.items():
+    for k, v in {
+        "winner_valid_roc_auc": winner["best_valid_roc_auc"],
+        "margin_over_preset": margin,
+        "preset_valid_roc_auc": baseline["best_valid_roc_auc"] if baseline else float("nan"),
+        "trials_pruned": sum(bool(o and o["pruned"]) for o in outcomes.values()),
+    }.items():
         if v == v:
             c.log_metric(parent, k, float(v))
     for p in [recipe_path, *paths]:
@@ -328,10 +424,15 @@ def write_recipe(cell: RunConfig, winner: dict, n: int, configs_out: Path) -> Pa
     defaults = RunConfig()
     r = winner["recipe"]
     how = "the preset's recipe won" if winner["name"] == "base" or r == recipe_of(cell) else "searched"
-    config = cell.replace(**r, **{k: getattr(defaults, k) for k in ("out_dir", "data_dir", "store", "tracking_uri",
-                                                                      "parent_run_id", "threads")},
-                          recipe=f"{how} ({winner['name']} of {n} trials, harness.search): lr={r['lr']:g} "
-                                 f"dropout={r['dropout']:g} batch_size={r['batch_size']}")
+    config = cell.replace(
+        **r,
+        **{
+            k: getattr(defaults, k)
+            for k in ("out_dir", "data_dir", "store", "tracking_uri", "parent_run_id", "threads")
+        },
+        recipe=f"{how} ({winner['name']} of {n} trials, harness.search): lr={r['lr']:g} "
+        f"dropout={r['dropout']:g} batch_size={r['batch_size']}",
+    )
     configs_out.mkdir(parents=True, exist_ok=True)
     path = configs_out / f"{cell.key}.json"
     tmp = path.with_name(path.name + ".tmp")
@@ -356,16 +457,22 @@ def apply_recipes(cells: list[RunConfig], directory: str) -> list[RunConfig]:
             r = RunConfig.from_dict(json.loads(f.read_text()))
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read recipe {f}: {e}")
-        diff = [f"{k}={getattr(r, k)!r} (the grid's {getattr(c, k)!r})" for k in CELL_FIELDS
-                if getattr(r, k) != getattr(c, k)]
+        diff = [
+            f"{k}={getattr(r, k)!r} (the grid's {getattr(c, k)!r})"
+            for k in CELL_FIELDS
+            if getattr(r, k) != getattr(c, k)
+        ]
         if diff:
-            raise UserError(f"{f} was searched for another configuration: {', '.join(diff)}; search at this scale "
-                            f"or leave out --configs-from")
+            raise UserError(
+                f"{f} was searched for another configuration: {', '.join(diff)}; search at this scale "
+                f"or leave out --configs-from"
+            )
         out.append(c.replace(**recipe_of(r), recipe=r.recipe or str(f)))
         used += 1
     if not used:
-        raise UserError(f"--configs-from {directory}: no recipe for any cell of the grid (expected e.g. "
-                        f"{cells[0].key}.json)")
+        raise UserError(
+            f"--configs-from {directory}: no recipe for any cell of the grid (expected e.g. {cells[0].key}.json)"
+        )
     print(f"recipes: {used} of {len(cells)} cells take theirs from {directory}", file=sys.stderr)
     return out
 
@@ -377,15 +484,20 @@ def apply_recipes(cells: list[RunConfig], directory: str) -> list[RunConfig]:
 def _space_text(space: dict) -> str:
     parts = []
     for k, (kind, *a) in sorted(space.items()):
-        parts.append(f"{k} ∈ {{{', '.join(f'{v:g}' for v in a[0])}}}" if kind == "choice"
-                     else f"{k} ~ {'log-' if kind == 'log' else ''}uniform({a[0]:g}, {a[1]:g})")
+        parts.append(
+            f"{k} ∈ {{{', '.join(f'{v:g}' for v in a[0])}}}"
+            if kind == "choice"
+            else f"{k} ~ {'log-' if kind == 'log' else ''}uniform({a[0]:g}, {a[1]:g})"
+        )
     return "; ".join(parts)
 
 
 def _data_text(cell: RunConfig) -> str:
     what = f"real data at {cell.data_root}" if cell.data_root else f"built-in synthetic data ({cell.synth_clips} clips)"
-    return (f"{what}, width {cell.width:g}, {cell.clip_seconds:g} s clips, at most {cell.epochs} epochs, patience "
-            f"{cell.patience}, seed {cell.seed}")
+    return (
+        f"{what}, width {cell.width:g}, {cell.clip_seconds:g} s clips, at most {cell.epochs} epochs, patience "
+        f"{cell.patience}, seed {cell.seed}"
+    )
 
 
 def write_report(s: dict, results: Path) -> list[Path]:
@@ -407,8 +519,14 @@ def write_report(s: dict, results: Path) -> list[Path]:
         if o["pruned"]:
             ax.plot(x, y, color="0.7", ls="--", marker=".", lw=1, label=label + " (pruned)")
         else:
-            ax.plot(x, y, marker="o", lw=3 if o is winner else 1.5, label=label + (" ← chosen" if o is winner else ""),
-                    color="black" if o is baseline and o is not winner else None)
+            ax.plot(
+                x,
+                y,
+                marker="o",
+                lw=3 if o is winner else 1.5,
+                label=label + (" ← chosen" if o is winner else ""),
+                color="black" if o is baseline and o is not winner else None,
+            )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation ROC-AUC")
     ax.set_title(f"{cell.key}: recipe search ({s['scheduler'].upper()}), pruned trials grey", fontsize=10)
@@ -419,33 +537,51 @@ def write_report(s: dict, results: Path) -> list[Path]:
     plt.close(fig)
 
     pruned = [o for o in rows if o["pruned"]]
-    sched = (f"ASHA (grace period {min(s['grace'], cell.epochs)} epochs, reduction factor {s['rf']:g}, at most "
-             f"{cell.epochs} epochs)" if s["scheduler"] == "asha" else "no early pruning")
-    lines = [f"<!-- {HEADER} -->", f"# Recipe search: {cell.key}", "",
-             f"Data: {_data_text(cell)}.",
-             f"Space: {_space_text(s['space'])}; {s['n_trials']} trials; {sched}, on validation ROC-AUC. "
-             f"**The test split was never opened.**",
-             f"{len(pruned)} of {len(rows)} trials pruned. This command ran {s['wall_s']:.0f} s on {os.cpu_count()} "
-             f"CPUs (trials finished before a kill are not counted again).", "",
-             "| trial | lr | dropout | batch | epochs run | best valid ROC-AUC (epoch) | stopped |",
-             "|---|---|---|---|---|---|---|"]
+    sched = (
+        f"ASHA (grace period {min(s['grace'], cell.epochs)} epochs, reduction factor {s['rf']:g}, at most "
+        f"{cell.epochs} epochs)"
+        if s["scheduler"] == "asha"
+        else "no early pruning"
+    )
+    lines = [
+        f"<!-- {HEADER} -->",
+        f"# Recipe search: {cell.key}",
+        "",
+        f"Data: {_data_text(cell)}.",
+        f"Space: {_space_text(s['space'])}; {s['n_trials']} trials; {sched}, on validation ROC-AUC. "
+        f"**The test split was never opened.**",
+        f"{len(pruned)} of {len(rows)} trials pruned. This command ran {s['wall_s']:.0f} s on {os.cpu_count()} "
+        f"CPUs (trials finished before a kill are not counted again).",
+        "",
+        "| trial | lr | dropout | batch | epochs run | best valid ROC-AUC (epoch) | stopped |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for o in rows:
         r = o["recipe"]
         best = f"{o['best_valid_roc_auc']:.4f} ({o['best_epoch']})"
         name = f"**{o['name']}**" if o is winner else o["name"]
-        lines.append(f"| {name}{' (preset)' if o is baseline else ''} | {r['lr']:g} | {r['dropout']:g} | "
-                     f"{r['batch_size']} | {o['epochs_run']} | {best} | {o['stopped']} |")
+        lines.append(
+            f"| {name}{' (preset)' if o is baseline else ''} | {r['lr']:g} | {r['dropout']:g} | "
+            f"{r['batch_size']} | {o['epochs_run']} | {best} | {o['stopped']} |"
+        )
     for name, err in s["errors"].items():
         lines.append(f"| {name} | | | | | failed | {err} |")
     r = winner["recipe"]
     b = f"{baseline['best_valid_roc_auc']:.4f} ({baseline['name']})" if baseline else "not run"
-    lines += ["", f"**Chosen: {winner['name']}**: lr {r['lr']:g}, dropout {r['dropout']:g}, batch size "
-                  f"{r['batch_size']}: best validation ROC-AUC {winner['best_valid_roc_auc']:.4f} against {b} for the "
-                  f"preset's recipe (lr {cell.lr:g}, dropout {cell.dropout:g}, batch size {cell.batch_size}): margin "
-                  f"**{s['margin']:+.4f}** on validation.", "",
-              f"Recipe file: `{s['recipe']}`. The grid with it: `python -m harness.grid --only '{cell.key}' "
-              f"--configs-from {s['recipe'].parent}`. Trials: MLflow experiment `{s['experiment']}`, run "
-              f"`search-{cell.key}` and its children.", "", f"![validation ROC-AUC by epoch]({png.name})", ""]
+    lines += [
+        "",
+        f"**Chosen: {winner['name']}**: lr {r['lr']:g}, dropout {r['dropout']:g}, batch size "
+        f"{r['batch_size']}: best validation ROC-AUC {winner['best_valid_roc_auc']:.4f} against {b} for the "
+        f"preset's recipe (lr {cell.lr:g}, dropout {cell.dropout:g}, batch size {cell.batch_size}): margin "
+        f"**{s['margin']:+.4f}** on validation.",
+        "",
+        f"Recipe file: `{s['recipe']}`. The grid with it: `python -m harness.grid --only '{cell.key}' "
+        f"--configs-from {s['recipe'].parent}`. Trials: MLflow experiment `{s['experiment']}`, run "
+        f"`search-{cell.key}` and its children.",
+        "",
+        f"![validation ROC-AUC by epoch]({png.name})",
+        "",
+    ]
     md.write_text("\n".join(lines))
     return [md, png]
 
@@ -457,12 +593,18 @@ def write_report(s: dict, results: Path) -> list[Path]:
 def build_parser() -> argparse.ArgumentParser:
     from harness.grid import add_grid_arguments
 
-    ap = argparse.ArgumentParser(prog=GENERATOR, description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=GENERATOR, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     s = ap.add_argument_group("search")
-    s.add_argument("--space", action="append", default=[], metavar="FIELD=VALUES",
-                   help="FIELD=V1,V2,... or FIELD=LO..HI, FIELD in lr, dropout, batch_size (repeatable; default: lr "
-                        "at 0.3/1/3/10 × the preset's, dropout at the preset's and 0.3)")
+    s.add_argument(
+        "--space",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUES",
+        help="FIELD=V1,V2,... or FIELD=LO..HI, FIELD in lr, dropout, batch_size (repeatable; default: lr "
+        "at 0.3/1/3/10 × the preset's, dropout at the preset's and 0.3)",
+    )
     s.add_argument("--trials", type=int, default=0, help="budget in trials (default: every combination of choices)")
     s.add_argument("--search-seed", type=int, default=0, help="seed of the sampled recipes (not of the training)")
     s.add_argument("--scheduler", choices=("asha", "none"), default="asha")
@@ -497,15 +639,29 @@ def main(argv=None) -> int:
     try:
         for cell in cells:
             space = parse_space(args.space) if args.space else default_space(cell)
-            s = search_cell(cell, space=space, n_trials=args.trials, seed=args.search_seed, scheduler=args.scheduler,
-                            grace=args.grace_period, rf=args.reduction_factor, address=args.ray_address,
-                            cpus=args.cpus_per_trial, gpus=args.gpus_per_trial, configs_out=configs_out,
-                            results=results, progress=not args.quiet)
+            s = search_cell(
+                cell,
+                space=space,
+                n_trials=args.trials,
+                seed=args.search_seed,
+                scheduler=args.scheduler,
+                grace=args.grace_period,
+                rf=args.reduction_factor,
+                address=args.ray_address,
+                cpus=args.cpus_per_trial,
+                gpus=args.gpus_per_trial,
+                configs_out=configs_out,
+                results=results,
+                progress=not args.quiet,
+            )
             w, n_pruned = s["winner"], sum(bool(o and o["pruned"]) for o in s["outcomes"].values())
-            print(f"{cell.key}: chosen {w['name']} {json.dumps(w['recipe'])}, valid ROC-AUC "
-                  f"{w['best_valid_roc_auc']:.4f} ({s['margin']:+.4f} over the preset's); {n_pruned} of "
-                  f"{s['n_trials']} trials pruned; {s['wall_s']:.0f} s; recipe {s['recipe']}, report "
-                  f"{results / f'search-{cell.key}.md'}", file=sys.stderr)
+            print(
+                f"{cell.key}: chosen {w['name']} {json.dumps(w['recipe'])}, valid ROC-AUC "
+                f"{w['best_valid_roc_auc']:.4f} ({s['margin']:+.4f} over the preset's); {n_pruned} of "
+                f"{s['n_trials']} trials pruned; {s['wall_s']:.0f} s; recipe {s['recipe']}, report "
+                f"{results / f'search-{cell.key}.md'}",
+                file=sys.stderr,
+            )
             for name, err in s["errors"].items():
                 print(f"  {cell.key} {name}: FAILED: {err}", file=sys.stderr)
             failed += bool(s["errors"])
@@ -514,9 +670,11 @@ def main(argv=None) -> int:
 
         if ray.is_initialized():
             ray.shutdown()
-    print(f"next: python -m harness.grid --configs-from {configs_out} (same cell flags); MLflow UI: python -m "
-          f"harness.ui --tracking-uri '{cells[0].tracking_uri}' --experiment {cells[0].experiment}-search",
-          file=sys.stderr)
+    print(
+        f"next: python -m harness.grid --configs-from {configs_out} (same cell flags); MLflow UI: python -m "
+        f"harness.ui --tracking-uri '{cells[0].tracking_uri}' --experiment {cells[0].experiment}-search",
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 

@@ -8,6 +8,7 @@ harness.grid and the Slurm back end ask `grid_states` too: a cell's state comes 
 directory, never from a cluster client's word (submitit can report a job failed although Slurm requeued it, and a
 requeue from outside sends no signal: FACTS.md). Finished is fcn/cell.py's one rule.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,9 @@ def runs_by_key(uri: str, experiment: str) -> dict[str, list]:
     out: dict[str, list] = {}
     token = None
     while True:
-        page = c.search_runs([exp.experiment_id], filter_string=f"tags.{CELL_TAG} != ''",
-                             max_results=1000, page_token=token)
+        page = c.search_runs(
+            [exp.experiment_id], filter_string=f"tags.{CELL_TAG} != ''", max_results=1000, page_token=token
+        )
         for r in page:
             out.setdefault(r.data.tags[CELL_TAG], []).append(r)
         token = page.token
@@ -60,13 +62,22 @@ def cell_state(config: RunConfig, runs: list) -> CellState:
     at = dict(log=str((rdir / cell.LOG).resolve()), run_dir=str(rdir))
     r = finished_metrics(rdir)
     if r is not None:
-        return CellState(config.key, "finished", r["test_roc_auc"], r["test_pr_auc"], r.get("epochs_run"),
-                         r.get("run_id"), synced=any(run_is_finished(x) for x in runs), **at)
+        return CellState(
+            config.key,
+            "finished",
+            r["test_roc_auc"],
+            r["test_pr_auc"],
+            r.get("epochs_run"),
+            r.get("run_id"),
+            synced=any(run_is_finished(x) for x in runs),
+            **at,
+        )
     done = [r for r in runs if run_is_finished(r)]
     if done:
         met = done[0].data.metrics
-        return CellState(config.key, "finished", met.get("test_roc_auc"), met.get("test_pr_auc"), None,
-                         done[0].info.run_id, **at)
+        return CellState(
+            config.key, "finished", met.get("test_roc_auc"), met.get("test_pr_auc"), None, done[0].info.run_id, **at
+        )
     run = runs[-1] if runs else None
     run_id = run.info.run_id if run else None
     if lock_held(rdir):
@@ -80,7 +91,7 @@ def cell_state(config: RunConfig, runs: list) -> CellState:
 
 def _store_missing(uri: str) -> bool:
     """A local SQLite store that does not exist yet: it holds no runs, and opening it would create it."""
-    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists()
 
 
 def grid_states(configs: list[RunConfig], uri: str) -> list[CellState]:
@@ -93,8 +104,9 @@ def main(argv=None) -> None:
     from fcn import tracking
     from harness.cells import add_grid_arguments, grid_from_args
 
-    ap = argparse.ArgumentParser(prog="python -m harness.status", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m harness.status", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_grid_arguments(ap)
     args = ap.parse_args(argv)
     cells = grid_from_args(args)

@@ -8,6 +8,7 @@ writes the file, on a local lock. The server binds to one address that the compu
 Host header (MLflow's DNS-rebinding guard), proxies artifacts into the out dir (--serve-artifacts), and is stopped
 when the sweep ends; the runs stay in <out_dir>/mlflow.db for harness.status, harness.tables and harness.ui.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -105,8 +106,10 @@ def choose_host(requested: str, cluster: str) -> str:
     for candidate in (_controller_route(), socket.getfqdn()):
         if candidate and not _loopback(candidate):
             return candidate
-    raise UserError("--tracking-server: cannot tell which address of this machine the compute nodes reach; give it, "
-                    "e.g. --tracking-server 10.0.0.5 or --tracking-server login01:5000")
+    raise UserError(
+        "--tracking-server: cannot tell which address of this machine the compute nodes reach; give it, "
+        "e.g. --tracking-server 10.0.0.5 or --tracking-server login01:5000"
+    )
 
 
 def _free_port(host: str) -> int:
@@ -135,22 +138,43 @@ def start(out_dir: str, host: str, port: int = 0, timeout_s: float = START_TIMEO
     shown = f"[{host}]" if ":" in host else host
     uri = f"http://{shown}:{port}"
     log = out / f"mlflow-server-{port}.log"
-    cmd = [_mlflow_binary(), "server", "--host", host, "--port", str(port),
-           "--workers", "1",  # one process owns the SQLite file; ~0.5 GB instead of ~2.4 GB (FACTS.md)
-           "--backend-store-uri", store_uri, "--serve-artifacts", "--artifacts-destination", str(out / cell.ARTIFACTS_DIR),
-           "--allowed-hosts", f"{shown}:{port}"]  # only the URI handed to the jobs (MLflow's DNS-rebinding guard)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        _mlflow_binary(),
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",  # one process owns the SQLite file; ~0.5 GB instead of ~2.4 GB (FACTS.md)
+        "--backend-store-uri",
+        store_uri,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(out / cell.ARTIFACTS_DIR),
+        "--allowed-hosts",
+        f"{shown}:{port}",
+    ]  # only the URI handed to the jobs (MLflow's DNS-rebinding guard)
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(log, "ab") as f:
-        proc = subprocess.Popen(cmd, cwd=out, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=out, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     server = TrackingServer(uri=uri, store_uri=store_uri, proc=proc, log=log)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise UserError(f"the MLflow tracking server exited with status {proc.returncode} at start "
-                            f"({_last_line(log)}); its log: {log}")
+            raise UserError(
+                f"the MLflow tracking server exited with status {proc.returncode} at start "
+                f"({_last_line(log)}); its log: {log}"
+            )
         if server.healthy():
             print(f"tracking server {uri} (store {store_uri}, log {log})", file=sys.stderr)
             return server

@@ -15,6 +15,7 @@ depth, seed, test ROC-AUC and PR-AUC, best first. MLflow 3.17's runs table other
 
 If the tracking URI is already an http(s) server, that server serves the UI: the command only prints the URL.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,14 @@ DEFAULT_OUT_DIR = "runs"
 SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 RUNS_VIEW_KEY = "fcn-sweep"
 RUNS_VIEW_COLUMNS = [
-    "params.`dataset`", "params.`input`", "params.`depth`", "params.`seed`",
-    "metrics.`test_roc_auc`", "metrics.`test_pr_auc`", "metrics.`best_epoch`", "metrics.`train_time_s`",
+    "params.`dataset`",
+    "params.`input`",
+    "params.`depth`",
+    "params.`seed`",
+    "metrics.`test_roc_auc`",
+    "metrics.`test_pr_auc`",
+    "metrics.`best_epoch`",
+    "metrics.`train_time_s`",
 ]
 
 
@@ -46,7 +53,7 @@ def resolve_tracking_uri(tracking_uri: str | None = None, out_dir: str | os.Path
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI, else None."""
     prefix = "sqlite:///"
-    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
 
 
 def runs_view_state() -> dict:
@@ -72,8 +79,18 @@ def server_command(store_uri: str, host: str, port: int) -> list[str]:
     """`mlflow server` on the store, one worker (the UI needs no more; 4 workers take ~2.4 GB: FACTS.md)."""
     exe = Path(sys.executable).parent / "mlflow"
     mlflow_bin = str(exe) if exe.exists() else (shutil.which("mlflow") or "mlflow")
-    cmd = [mlflow_bin, "server", "--host", host, "--port", str(port), "--workers", "1",
-           "--backend-store-uri", store_uri]
+    cmd = [
+        mlflow_bin,
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        store_uri,
+    ]
     db = sqlite_path(store_uri)
     if db is not None:
         # Experiments made by the sweep carry their own artifact location; this only serves ones made in the UI.
@@ -95,18 +112,29 @@ def _experiment_id(store_uri: str, name: str, write_view: bool) -> str | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m harness.ui", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="It runs one `mlflow server` (1 worker) in the foreground: Ctrl-C stops it.")
+    ap = argparse.ArgumentParser(
+        prog="python -m harness.ui",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="It runs one `mlflow server` (1 worker) in the foreground: Ctrl-C stops it.",
+    )
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--tracking-uri", help="tracking store URI (sqlite:///..., a directory, or http://... server)")
-    src.add_argument("--out-dir", default=None, help=f"the sweep's out dir holding mlflow.db (default: {DEFAULT_OUT_DIR})")
+    src.add_argument(
+        "--out-dir", default=None, help=f"the sweep's out dir holding mlflow.db (default: {DEFAULT_OUT_DIR})"
+    )
     ap.add_argument("--experiment", help="experiment name: print a link straight to its runs table")
     ap.add_argument("--port", type=int, default=5000, help="port (default 5000)")
-    ap.add_argument("--host", default="127.0.0.1",
-                    help="interface to bind (default 127.0.0.1: this machine only; use an SSH tunnel from elsewhere)")
-    ap.add_argument("--no-view", action="store_true",
-                    help="do not write the saved runs-table view (an experiment tag) into the store")
+    ap.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default 127.0.0.1: this machine only; use an SSH tunnel from elsewhere)",
+    )
+    ap.add_argument(
+        "--no-view",
+        action="store_true",
+        help="do not write the saved runs-table view (an experiment tag) into the store",
+    )
     ap.add_argument("--dry-run", action="store_true", help="print the URL and the server command, start nothing")
     return ap.parse_args(argv)
 
@@ -118,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if store.startswith(("http://", "https://")):
         exp_id = _experiment_id(store, args.experiment, not args.no_view) if args.experiment else None
-        print(f"{store} is a tracking server and serves the UI itself: open\n  {store.rstrip('/')}/"
-              f"{runs_fragment(exp_id)}")
+        print(
+            f"{store} is a tracking server and serves the UI itself: open\n  {store.rstrip('/')}/"
+            f"{runs_fragment(exp_id)}"
+        )
         return 0
 
     db = sqlite_path(store)

@@ -2,6 +2,7 @@
 
 Real services (Slurm, MLflow server) come from the plugins in tests/services/.
 """
+
 import os
 import socket
 import subprocess
@@ -28,6 +29,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(name.startswith("slurm_") for name in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("slurm"))  # one group: some tests use both clusters
+
 
 @pytest.fixture(autouse=True)
 def _burst_runs_alone(request):
@@ -81,8 +83,9 @@ def config_flags(config) -> list[str]:
 
 def run_py(*args, env=None, timeout=600, check=False, cwd=REPO):
     e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=e,
-                          check=check, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=e, check=check, cwd=cwd
+    )
 
 
 def free_port() -> int:

@@ -8,6 +8,7 @@ JSON-lines file named by FCN_FAULTS_REPORT; the scenarios that older tests alrea
 preprocessing, bad flags, unreachable server, bad audio) are run by name and reported with what they assert.
 Needs what the test suite needs (the MLflow server fixture starts a real server; root mounts a tmpfs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,37 +26,74 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Scenarios already held before the fault suite: the test that shows it, what must hold, what it asserts.
 EXISTING = {
-    "tests/test_train.py::test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_result":
-        ("SIGKILL of fcn.train mid-epoch, then rerun", "resumes from the last epoch; identical AUC; 1 run",
-         "resumed after epoch 2 or 3 (≤ 1 epoch redone); AUC equal to an uninterrupted run to 1e-6; 1 run"),
-    "tests/test_grid.py::test_killing_the_harness_mid_grid_then_rerun_finishes_only_what_was_missing":
-        ("SIGKILL of harness.grid mid-grid, then rerun", "only the missing cells run; finished ones never again",
-         "1 finished + 2 to run; the finished cell trained once; 1 FINISHED run per cell"),
-    "tests/test_preprocess.py::test_kill_mid_run_and_rerun_give_the_identical_store":
-        ("SIGKILL of fcn.preprocess mid-build, then rerun", "finished shards reused; identical store",
-         "store identical to an uninterrupted build; 0 clips lost"),
-    "tests/test_train.py::test_bad_input_is_one_line_and_nonzero":
-        ("bad fcn.train flags and configs (5 kinds)", "one line, exit 2, nothing started",
-         "one line each, exit 2, no checkpoint written"),
-    "tests/test_grid.py::test_bad_flags_end_with_one_line_and_nothing_submitted":
-        ("bad harness.grid flags (6 kinds)", "one line, exit 2, nothing submitted",
-         "one line each, exit 2, no run directory"),
-    "tests/test_train.py::test_tracking_server_down_is_one_line":
-        ("unreachable tracking URI (fcn.train)", "one line before any work", "one line, exit 2"),
-    "tests/test_grid.py::test_unreachable_tracking_server_submits_nothing":
-        ("unreachable tracking URI (harness.grid)", "one line; nothing submitted", "one line, exit 2, no run dir"),
-    "tests/test_predict.py::test_bad_file_and_unknown_run":
-        ("bad audio / unknown run given to fcn.predict", "one line per bad file; exit 1 / 2",
-         "one line naming the file; unknown run: one line"),
+    "tests/test_train.py::test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_result": (
+        "SIGKILL of fcn.train mid-epoch, then rerun",
+        "resumes from the last epoch; identical AUC; 1 run",
+        "resumed after epoch 2 or 3 (≤ 1 epoch redone); AUC equal to an uninterrupted run to 1e-6; 1 run",
+    ),
+    "tests/test_grid.py::test_killing_the_harness_mid_grid_then_rerun_finishes_only_what_was_missing": (
+        "SIGKILL of harness.grid mid-grid, then rerun",
+        "only the missing cells run; finished ones never again",
+        "1 finished + 2 to run; the finished cell trained once; 1 FINISHED run per cell",
+    ),
+    "tests/test_preprocess.py::test_kill_mid_run_and_rerun_give_the_identical_store": (
+        "SIGKILL of fcn.preprocess mid-build, then rerun",
+        "finished shards reused; identical store",
+        "store identical to an uninterrupted build; 0 clips lost",
+    ),
+    "tests/test_train.py::test_bad_input_is_one_line_and_nonzero": (
+        "bad fcn.train flags and configs (5 kinds)",
+        "one line, exit 2, nothing started",
+        "one line each, exit 2, no checkpoint written",
+    ),
+    "tests/test_grid.py::test_bad_flags_end_with_one_line_and_nothing_submitted": (
+        "bad harness.grid flags (6 kinds)",
+        "one line, exit 2, nothing submitted",
+        "one line each, exit 2, no run directory",
+    ),
+    "tests/test_train.py::test_tracking_server_down_is_one_line": (
+        "unreachable tracking URI (fcn.train)",
+        "one line before any work",
+        "one line, exit 2",
+    ),
+    "tests/test_grid.py::test_unreachable_tracking_server_submits_nothing": (
+        "unreachable tracking URI (harness.grid)",
+        "one line; nothing submitted",
+        "one line, exit 2, no run dir",
+    ),
+    "tests/test_predict.py::test_bad_file_and_unknown_run": (
+        "bad audio / unknown run given to fcn.predict",
+        "one line per bad file; exit 1 / 2",
+        "one line naming the file; unknown run: one line",
+    ),
 }
 
 
 def _run(out_jsonl: Path, junit: Path, extra: list[str]) -> tuple[int, float]:
-    env = dict(os.environ, FCN_FAULTS_REPORT=str(out_jsonl), PYTHONPATH=str(REPO),
-               MLFLOW_DISABLE_TELEMETRY="true", RAY_AUTH_MODE="disabled")
+    env = dict(
+        os.environ,
+        FCN_FAULTS_REPORT=str(out_jsonl),
+        PYTHONPATH=str(REPO),
+        MLFLOW_DISABLE_TELEMETRY="true",
+        RAY_AUTH_MODE="disabled",
+    )
     t0 = time.time()
-    rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
-                          "tests/test_faults.py", *EXISTING, *extra], cwd=REPO, env=env)
+    rc = subprocess.call(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+            "tests/test_faults.py",
+            *EXISTING,
+            *extra,
+        ],
+        cwd=REPO,
+        env=env,
+    )
     return rc, time.time() - t0
 
 
@@ -76,11 +114,16 @@ def _fmt(observed: dict) -> str:
 
 
 def render(rows: list[dict], outcomes: dict, seconds: float) -> str:
-    lines = ["# Reliability: faults and hostile files", "",
-             f"Generated by `python -m tests.faults_report` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-             f"{platform.machine()} with {os.cpu_count()} CPU(s), in {seconds:.0f} s (tests/test_faults.py plus the "
-             f"older tests that cover the other scenarios). Do not edit: rerun the command.", "",
-             "| scenario | what must hold | observed | result |", "|---|---|---|---|"]
+    lines = [
+        "# Reliability: faults and hostile files",
+        "",
+        f"Generated by `python -m tests.faults_report` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{platform.machine()} with {os.cpu_count()} CPU(s), in {seconds:.0f} s (tests/test_faults.py plus the "
+        f"older tests that cover the other scenarios). Do not edit: rerun the command.",
+        "",
+        "| scenario | what must hold | observed | result |",
+        "|---|---|---|---|",
+    ]
     totals = dict(lost=0, duplicates=0, tracebacks=0, payloads=0, leaks=0)
     failed = 0
     for r in rows:
@@ -97,21 +140,28 @@ def render(rows: list[dict], outcomes: dict, seconds: float) -> str:
     for node, (scenario, must, asserted) in EXISTING.items():
         ok, _ = outcomes.get(node, (False, 0))
         failed += not ok
-        lines.append(f"| {scenario} | {must} | {asserted if ok else 'did not hold'} (`{node.split('::')[1]}`) | "
-                     f"{'pass' if ok else 'FAIL'} |")
+        lines.append(
+            f"| {scenario} | {must} | {asserted if ok else 'did not hold'} (`{node.split('::')[1]}`) | "
+            f"{'pass' if ok else 'FAIL'} |"
+        )
     missing = sorted(n for n, (ok, _) in outcomes.items() if n.startswith("tests/test_faults.py") and n not in recorded)
     for node in missing:
         failed += 1
         lines.append(f"| `{node}` | — | recorded nothing (failed or skipped) | FAIL |")
-    lines += ["", f"**Totals:** {totals['lost']} results lost, {totals['duplicates']} duplicate runs, "
-                  f"{totals['tracebacks']} tracebacks, {totals['payloads']} executed payloads, {totals['leaks']} "
-                  f"leaked secrets; {failed} scenario(s) failed.", ""]
+    lines += [
+        "",
+        f"**Totals:** {totals['lost']} results lost, {totals['duplicates']} duplicate runs, "
+        f"{totals['tracebacks']} tracebacks, {totals['payloads']} executed payloads, {totals['leaks']} "
+        f"leaked secrets; {failed} scenario(s) failed.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.faults_report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m tests.faults_report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default=str(REPO / "results" / "reliability.md"))
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments")
     args = ap.parse_args(argv)

@@ -3,6 +3,7 @@ quality is known: for tests/test_tables.py and tests/test_tables_fractions.py.
 
 `signal` separates positives from negatives in the scores: the larger, the better the model.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -36,8 +37,17 @@ def macro_auc(y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
     return float(np.nanmean(roc)), float(np.nanmean(pr))
 
 
-def log_cell(client, exp_id: str, key: str, clip_id, y, score, parent: str | None = None,
-             status: str = "FINISHED", with_test: bool = True) -> str:
+def log_cell(
+    client,
+    exp_id: str,
+    key: str,
+    clip_id,
+    y,
+    score,
+    parent: str | None = None,
+    status: str = "FINISHED",
+    with_test: bool = True,
+) -> str:
     """One cell run as fcn.train logs it: run name = key, tag cell_key, RunConfig params, the test metrics (the macro
     AUCs of `score`) and test_predictions.npz. Returns the run id."""
     cell = parse_key(key)
@@ -46,10 +56,20 @@ def log_cell(client, exp_id: str, key: str, clip_id, y, score, parent: str | Non
         tags["mlflow.parentRunId"] = parent
     run = client.create_run(exp_id, run_name=key, tags=tags)
     rid = run.info.run_id
-    params = {"dataset": cell["dataset"], "input": cell["input"], "depth": str(cell["depth"]),
-              "seed": str(cell["seed"]), "train_fraction": str(cell["train_fraction"]), "width": "1.0",
-              "batch_size": "16", "lr": "0.001", "key": key, "data_root": f"/data/{cell['dataset']}",
-              "clip_seconds": "29.12", "frontend_variant": "authors"}
+    params = {
+        "dataset": cell["dataset"],
+        "input": cell["input"],
+        "depth": str(cell["depth"]),
+        "seed": str(cell["seed"]),
+        "train_fraction": str(cell["train_fraction"]),
+        "width": "1.0",
+        "batch_size": "16",
+        "lr": "0.001",
+        "key": key,
+        "data_root": f"/data/{cell['dataset']}",
+        "clip_seconds": "29.12",
+        "frontend_variant": "authors",
+    }
     for k, v in params.items():
         client.log_param(rid, k, v)
     for epoch in range(2):
@@ -62,8 +82,13 @@ def log_cell(client, exp_id: str, key: str, clip_id, y, score, parent: str | Non
         perm = np.random.default_rng(zlib.crc32(key.encode())).permutation(len(clip_id))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "test_predictions.npz"
-            np.savez(path, clip_id=clip_id[perm], y_true=y[perm], y_score=score[perm],
-                     tags=np.array([f"tag{i:02d}" for i in range(y.shape[1])]))
+            np.savez(
+                path,
+                clip_id=clip_id[perm],
+                y_true=y[perm],
+                y_score=score[perm],
+                tags=np.array([f"tag{i:02d}" for i in range(y.shape[1])]),
+            )
             client.log_artifact(rid, str(path))
     client.set_terminated(rid, status=status)
     return rid

@@ -1,10 +1,21 @@
 """fcn.audio: decode MP3/WAV at any rate and channel count to mono 12 kHz; fix_length; one-line AudioError."""
+
 import numpy as np
 import pytest
 import soundfile as sf
 
-from fcn.audio import (CLIP_SAMPLES, DECODERS, DEFAULT_DECODER, SAMPLE_RATE, TOLERANCE_DB, AudioError, decode,
-                       fix_length, info, load)
+from fcn.audio import (
+    CLIP_SAMPLES,
+    DECODERS,
+    DEFAULT_DECODER,
+    SAMPLE_RATE,
+    TOLERANCE_DB,
+    AudioError,
+    decode,
+    fix_length,
+    info,
+    load,
+)
 
 # every test of the load() contract runs for every decoder
 every_decoder = pytest.mark.parametrize("decoder", DECODERS)
@@ -73,11 +84,14 @@ def test_fix_length_pads_at_the_end_and_crops_the_centre():
 
 
 @every_decoder
-@pytest.mark.parametrize("name,content,reason", [
-    ("empty.mp3", b"", "empty file"),
-    ("text.wav", b"this is not audio\n" * 20, "not audio"),
-    ("noise.mp3", bytes(range(256)) * 40, "not audio"),
-])
+@pytest.mark.parametrize(
+    "name,content,reason",
+    [
+        ("empty.mp3", b"", "empty file"),
+        ("text.wav", b"this is not audio\n" * 20, "not audio"),
+        ("noise.mp3", bytes(range(256)) * 40, "not audio"),
+    ],
+)
 def test_bad_files_raise_audio_error_naming_the_file(tmp_path, name, content, reason, decoder):
     path = tmp_path / name
     path.write_bytes(content)
@@ -99,7 +113,7 @@ def test_zero_frames_and_missing_file(tmp_path, decoder):
 
 
 def _snr_db(ref, x):
-    return 10 * np.log10(np.sum(ref ** 2) / max(np.sum((ref - x) ** 2), 1e-30))
+    return 10 * np.log10(np.sum(ref**2) / max(np.sum((ref - x) ** 2), 1e-30))
 
 
 @pytest.mark.parametrize("sr,channels", [(16_000, 1), (44_100, 2)])  # MTAT's and MSD's formats
@@ -164,8 +178,17 @@ def test_a_store_records_its_decoder_and_parts_of_two_decoders_never_mix(tmp_pat
     params = FrontEndParams.for_seconds(1.0)
     assert _manifest(items, params, ("mel",), 32, "soundfile") != _manifest(items, params, ("mel",), 32, "ffmpeg")
     out = tmp_path / "s.h5"
-    rep = build(items, list(MTAT_TOP50), dataset="mtat", out=out, params=params, inputs=("mel",), workers=1,
-                progress=False, decoder="ffmpeg")
+    rep = build(
+        items,
+        list(MTAT_TOP50),
+        dataset="mtat",
+        out=out,
+        params=params,
+        inputs=("mel",),
+        workers=1,
+        progress=False,
+        decoder="ffmpeg",
+    )
     assert rep.written == 2 and not rep.skipped and read_meta(out)["decoder"] == "ffmpeg"
     with pytest.raises(UserError, match="unknown decoder 'mad'"):
         build(items, list(MTAT_TOP50), dataset="mtat", out=out, params=params, decoder="mad")

@@ -1,4 +1,5 @@
 """fcn/cell.py: a cell's key round-trips (fraction included), and one rule says when a cell is finished."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """fcn/checkpoint.py's schema: what last.pt and best.pt hold, one version number, older files still read, and which
 config fields a resume may change (RunConfig's `resume` metadata)."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,8 +32,13 @@ def test_last_round_trips_and_an_older_unversioned_file_still_loads(tmp_path):
 
     # a checkpoint from before the wrapper and the version: a plain torch.save of the same keys, no run_id, and a
     # progress without the global batch (added later): it loads, and the missing keys take the resume's defaults
-    old = dict(model=model.state_dict(), optimizer=opt.state_dict(), rng=[], config=config.to_dict(),
-               progress=dict(epoch=2, best=0.7, best_epoch=1, bad=1, train_time=3.0, history=[]))
+    old = dict(
+        model=model.state_dict(),
+        optimizer=opt.state_dict(),
+        rng=[],
+        config=config.to_dict(),
+        progress=dict(epoch=2, best=0.7, best_epoch=1, bad=1, train_time=3.0, history=[]),
+    )
     torch.save(old, tmp_path / "old.pt")
     got = checkpoint.load_last(tmp_path / "old.pt")
     assert got is not None and "run_id" not in got
@@ -42,7 +48,6 @@ def test_last_round_trips_and_an_older_unversioned_file_still_loads(tmp_path):
 
 def test_a_newer_version_is_refused_in_one_line_and_the_previous_generation_used(tmp_path, monkeypatch):
     from fcn import checkpoint
-
     from fcn.config import RunConfig
     from fcn.frontends import FrontEndParams
 
@@ -50,8 +55,7 @@ def test_a_newer_version_is_refused_in_one_line_and_the_previous_generation_used
     path = tmp_path / "best.pt"
 
     meta = {"tags": ["a", "b", "c", "d"], "frontend": FrontEndParams()}
-    b = checkpoint.best(model, RunConfig(depth=3), epoch=1, meta=meta, norm=(0.0, 1.0), valid_roc_auc=0.6,
-                        run_id=None)
+    b = checkpoint.best(model, RunConfig(depth=3), epoch=1, meta=meta, norm=(0.0, 1.0), valid_roc_auc=0.6, run_id=None)
     checkpoint.save(b, path)  # becomes best.prev.pt below
     monkeypatch.setattr(checkpoint, "CHECKPOINT_VERSION", checkpoint.CHECKPOINT_VERSION + 1)
     checkpoint.save(dict(b, epoch=2), path)  # written by a "newer" fcn
@@ -69,13 +73,29 @@ def test_a_resume_may_change_where_and_how_fast_not_what():
     from fcn.config import RunConfig
 
     saved = RunConfig().to_dict()
-    where = RunConfig(device="cpu", out_dir="elsewhere", tracking_uri="http://h:5000", threads=3, num_workers=2,
-                      data_dir="d", store="s.h5", experiment="e", tags_db="t.db", audio_root="a", id_map="m.csv",
-                      recipe="r.json", parent_run_id="p", data_root="/x", splits_dir="/y",
-                      memory_format="contiguous")
+    where = RunConfig(
+        device="cpu",
+        out_dir="elsewhere",
+        tracking_uri="http://h:5000",
+        threads=3,
+        num_workers=2,
+        data_dir="d",
+        store="s.h5",
+        experiment="e",
+        tags_db="t.db",
+        audio_root="a",
+        id_map="m.csv",
+        recipe="r.json",
+        parent_run_id="p",
+        data_root="/x",
+        splits_dir="/y",
+        memory_format="contiguous",
+    )
     assert config_changes(saved, where) == []
     assert config_changes(saved, RunConfig(lr=0.01, batch_size=8)) == ["batch_size=16→8", "lr=0.001→0.01"]
-    assert config_changes(saved, RunConfig(train_fraction=0.5, amp="off")) == ["train_fraction=1.0→0.5",
-                                                                              "amp='auto'→'off'"]
+    assert config_changes(saved, RunConfig(train_fraction=0.5, amp="off")) == [
+        "train_fraction=1.0→0.5",
+        "amp='auto'→'off'",
+    ]
     older = {k: v for k, v in saved.items() if k != "sync_bn"}  # a field added since counts as its default
     assert config_changes(older, RunConfig()) == [] and config_changes(older, RunConfig(sync_bn="off")) != []

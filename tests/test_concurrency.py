@@ -3,6 +3,7 @@
 Before the store was set up under a lock, 8 processes opening a fresh store together crashed in MLflow's schema
 set-up ("table experiments already exists", "duplicate column name: step"): 7 of 8 here.
 """
+
 import multiprocessing as mp
 import sqlite3
 
@@ -67,9 +68,11 @@ def _half_migrated(db, with_run: bool, lose_metrics: bool = False) -> None:
     con = sqlite3.connect(db)
     if with_run:
         con.execute("INSERT INTO experiments VALUES (1, 'old', '/tmp/old', 'active')")
-        con.execute("INSERT INTO runs (run_uuid, name, source_type, user_id, status, start_time, end_time, "
-                    "lifecycle_stage, artifact_uri, experiment_id) VALUES (lower(hex(randomblob(16))), 'kept', "
-                    "'LOCAL', 'u', 'FINISHED', 1, 2, 'active', '/tmp/old/a', 1)")
+        con.execute(
+            "INSERT INTO runs (run_uuid, name, source_type, user_id, status, start_time, end_time, "
+            "lifecycle_stage, artifact_uri, experiment_id) VALUES (lower(hex(randomblob(16))), 'kept', "
+            "'LOCAL', 'u', 'FINISHED', 1, 2, 'active', '/tmp/old/a', 1)"
+        )
         con.execute("INSERT INTO metrics SELECT 'test_roc_auc', 0.9, 1, run_uuid FROM runs")
     con.execute("CREATE TABLE _alembic_tmp_metrics AS SELECT * FROM metrics")
     if lose_metrics:
@@ -119,8 +122,11 @@ def test_half_made_stores_are_repaired_or_named(tmp_path, capsys):
     _half_migrated(twice, with_run=True)
     with pytest.raises(Exception, match="_alembic_tmp_metrics already exists"):
         MlflowClient(tracking_uri=f"sqlite:///{twice}")
-    with pytest.raises(UserError, match=r"duplicate column name: step; a copy from before the repair is .*"
-                                        r"mlflow db upgrade") as e:
+    with pytest.raises(
+        UserError,
+        match=r"duplicate column name: step; a copy from before the repair is .*"
+        r"mlflow db upgrade",
+    ) as e:
         tracking.client(f"sqlite:///{twice}")
     assert "\n" not in str(e.value)
 

@@ -9,6 +9,7 @@ several nodes (issue 11 items 5 and 6).
 2. `harness.grid --cluster slurm --tracking-server`: one job per node (each asks for a whole node's CPUs), both
    logging over HTTP to the server the harness runs on this host, bound to the cluster bridge's address.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,17 @@ from tests.test_sbatch import SLURM, _log, _sbatch, _tiny_env
 
 pytestmark = pytest.mark.slow
 INPUTS = ("mel", "stft", "mfcc")
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
-            "DEADLINE"}
+TERMINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 
 def _cell_runs(uri: str) -> dict[str, list]:
@@ -65,8 +75,10 @@ def _watch(cluster, jobs: dict[str, int], timeout: float) -> dict[int, dict]:
         if all("state" in s for s in seen.values()):
             return seen
         time.sleep(1.0)
-    raise AssertionError(f"jobs not ended after {timeout:.0f} s: "
-                         f"{ {j: s for j, s in seen.items() if 'state' not in s} }\n" + cluster.log_tails())
+    raise AssertionError(
+        f"jobs not ended after {timeout:.0f} s: "
+        f"{ {j: s for j, s in seen.items() if 'state' not in s} }\n" + cluster.log_tails()
+    )
 
 
 @pytest.mark.burst
@@ -80,9 +92,17 @@ def test_thirty_cell_jobs_start_together_on_an_empty_out_dir(slurm_multi, data_d
         for inp in INPUTS:
             key = f"{ds}-{inp}-fcn{depth}-s0"
             # one CPU and 100 MB each (the node over-declares 16 CPUs): all 30 fit on the two nodes at once
-            jobs[key] = _sbatch(slurm_multi, script, tmp_path / f"{key}.out", "--time=10", "--mem=100M",
-                                "--cpus-per-task=1", "--gpus-per-node=0", "--ntasks-per-node=1",
-                                env={**env, "INPUT": inp})
+            jobs[key] = _sbatch(
+                slurm_multi,
+                script,
+                tmp_path / f"{key}.out",
+                "--time=10",
+                "--mem=100M",
+                "--cpus-per-task=1",
+                "--gpus-per-node=0",
+                "--ntasks-per-node=1",
+                env={**env, "INPUT": inp},
+            )
     assert len(jobs) == 30
     seen = _watch(slurm_multi, jobs, timeout=1500)
     total_s = time.monotonic() - t0
@@ -100,8 +120,9 @@ def test_thirty_cell_jobs_start_together_on_an_empty_out_dir(slurm_multi, data_d
     uri = f"sqlite:///{out_dir / 'mlflow.db'}"
     runs = _cell_runs(uri)
     duplicated = sum(len(v) - 1 for v in runs.values())
-    finished = sum(any(r.info.status == "FINISHED" and "test_roc_auc" in r.data.metrics for r in v)
-                   for v in runs.values())
+    finished = sum(
+        any(r.info.status == "FINISHED" and "test_roc_auc" in r.data.metrics for r in v) for v in runs.values()
+    )
     assert sorted(runs) == sorted(jobs) and duplicated == 0, {k: len(v) for k, v in runs.items()}
     assert finished == 30
     assert all((out_dir / "fcn-sweep" / k / "metrics.json").exists() for k in jobs)
@@ -110,12 +131,19 @@ def test_thirty_cell_jobs_start_together_on_an_empty_out_dir(slurm_multi, data_d
     leftovers = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE name LIKE '_alembic_tmp%'")]
     con.close()
     assert integrity == [("ok",)] and not leftovers, (integrity, leftovers)
-    record("test_thirty_cell_jobs_start_together_on_an_empty_out_dir", jobs=30, started_together=together,
-           nodes_used=len(nodes), crashed=len(crashed), duplicated=duplicated, finished=finished,
-           integrity=integrity[0][0],
-           note=f"submit to the last job's end {total_s:.0f} s on {os.cpu_count()} CPU(s); "
-                f"{sum(s.get('node') == nodes[0] for s in seen.values())} jobs on {nodes[0]}, "
-                f"{sum(s.get('node') == nodes[1] for s in seen.values())} on {nodes[1]}")
+    record(
+        "test_thirty_cell_jobs_start_together_on_an_empty_out_dir",
+        jobs=30,
+        started_together=together,
+        nodes_used=len(nodes),
+        crashed=len(crashed),
+        duplicated=duplicated,
+        finished=finished,
+        integrity=integrity[0][0],
+        note=f"submit to the last job's end {total_s:.0f} s on {os.cpu_count()} CPU(s); "
+        f"{sum(s.get('node') == nodes[0] for s in seen.values())} jobs on {nodes[0]}, "
+        f"{sum(s.get('node') == nodes[1] for s in seen.values())} on {nodes[1]}",
+    )
 
 
 def _server_procs(store: Path) -> list[int]:
@@ -133,13 +161,32 @@ def _server_procs(store: Path) -> list[int]:
 
 def test_tracking_server_takes_the_jobs_of_both_nodes(slurm_multi, data_dir, tmp_path):
     # a whole node's CPUs per cell job: the two cells run at once, one on each node
-    flags = grid_flags(data_dir, tmp_path, "--cluster", "slurm", "--partition", slurm_multi.partition,
-                       "--datasets", "mtat,msd", "--inputs", "mel", "--depths", "3", "--epochs", "1",
-                       "--time-min", "10", "--cpus-per-task", str(slurm_multi.cpus), "--tracking-server")
+    flags = grid_flags(
+        data_dir,
+        tmp_path,
+        "--cluster",
+        "slurm",
+        "--partition",
+        slurm_multi.partition,
+        "--datasets",
+        "mtat,msd",
+        "--inputs",
+        "mel",
+        "--depths",
+        "3",
+        "--epochs",
+        "1",
+        "--time-min",
+        "10",
+        "--cpus-per-task",
+        str(slurm_multi.cpus),
+        "--tracking-server",
+    )
     env = {**os.environ, **slurm_multi.env, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    p = subprocess.run([sys.executable, "-m", "harness.grid", *flags], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "harness.grid", *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert p.returncode == 0, p.stderr[-4000:] + slurm_multi.log_tails()
     assert "2/2 cells finished" in p.stderr, p.stderr[-3000:]
     out_dir = tmp_path / "runs"
@@ -156,5 +203,11 @@ def test_tracking_server_takes_the_jobs_of_both_nodes(slurm_multi, data_dir, tmp
     assert all(v[0].info.status == "FINISHED" and "test_roc_auc" in v[0].data.metrics for v in runs.values())
     assert list((out_dir / "mlartifacts").rglob("metrics.json")), "artifacts were not proxied into the out dir"
     assert "tracking server stopped" in p.stderr and not _server_procs(out_dir / "mlflow.db")
-    record("test_tracking_server_takes_the_jobs_of_both_nodes", jobs=2,
-           nodes_used=len(creators & set(slurm_multi.addrs.values())), crashed=0, duplicated=0, finished=len(runs))
+    record(
+        "test_tracking_server_takes_the_jobs_of_both_nodes",
+        jobs=2,
+        nodes_used=len(creators & set(slurm_multi.addrs.values())),
+        crashed=0,
+        duplicated=0,
+        finished=len(runs),
+    )

@@ -1,4 +1,5 @@
 """fcn.data.msd on Choi's real split lists and on a synthetic MSD copy in the real layout."""
+
 import sqlite3
 import time
 
@@ -6,13 +7,13 @@ import numpy as np
 import pytest
 
 from fcn.audio import info, load
-from fcn.data import MSD_TOP50, SPLITS as SPLIT_NAMES, DataFileMissing
-from fcn.data import msd
+from fcn.data import MSD_TOP50, DataFileMissing, msd
+from fcn.data import SPLITS as SPLIT_NAMES
 from fcn.data.synth import make_msd
 from tests.paths import MSD_LISTS as CHOI
 
-
 # ------------------------------------------------------------------------------------------- the real split files
+
 
 def test_real_choi_lists_load_fast_with_the_published_sizes():
     t = time.perf_counter()
@@ -53,6 +54,7 @@ def test_real_lists_without_labels_are_a_clear_error(tmp_path):
 
 # ------------------------------------------------------------------------------------------- a synthetic copy
 
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return make_msd(tmp_path_factory.mktemp("msd"), n_tracks=60, seconds=0.5, seed=5, n_missing=3)
@@ -61,8 +63,10 @@ def root(tmp_path_factory):
 def _db_truth(root, tags):
     """Labels straight from the db with one JOIN (independent of the reader's query)."""
     con = sqlite3.connect(root / "lastfm_tags.db")
-    rows = con.execute("SELECT tids.tid, tags.tag, tid_tag.val FROM tid_tag JOIN tids ON tid_tag.tid = tids.ROWID "
-                       "JOIN tags ON tid_tag.tag = tags.ROWID").fetchall()
+    rows = con.execute(
+        "SELECT tids.tid, tags.tag, tid_tag.val FROM tid_tag JOIN tids ON tid_tag.tid = tids.ROWID "
+        "JOIN tags ON tid_tag.tag = tags.ROWID"
+    ).fetchall()
     con.close()
     truth = {}
     for tid, tag, val in rows:
@@ -76,8 +80,9 @@ def test_synthetic_read_back(root):
     assert tags == list(MSD_TOP50)
     lists = msd.read_split_lists(root / "splits")
     assert sum(len(v) for v in lists.values()) == 60 and len(items) == 57
-    assert [it.clip_id for it in items] == [t for s in SPLIT_NAMES for t in lists[s].msd_ids if
-                                            t in {i.clip_id for i in items}]  # Choi's order
+    assert [it.clip_id for it in items] == [
+        t for s in SPLIT_NAMES for t in lists[s].msd_ids if t in {i.clip_id for i in items}
+    ]  # Choi's order
     truth, rows = _db_truth(root, tags)
     for it in items:
         assert it.labels.dtype == np.uint8 and it.labels.shape == (50,) and it.labels.any()
@@ -150,8 +155,13 @@ def test_preprocessing_checks_db_labels_against_choi_y_files(root, tmp_path, cap
 
     db = tmp_path / "elsewhere.db"
     db.write_bytes((root / "lastfm_tags.db").read_bytes())
-    config = RunConfig(dataset="msd", data_root=str(tmp_path / "empty"), splits_dir=str(root / "splits"),
-                       tags_db=str(db), audio_root=str(root / "audio"))
+    config = RunConfig(
+        dataset="msd",
+        data_root=str(tmp_path / "empty"),
+        splits_dir=str(root / "splits"),
+        tags_db=str(db),
+        audio_root=str(root / "audio"),
+    )
     (tmp_path / "empty").mkdir()
     tags, items, problems = read_items(config)
     assert len(items) == 57 and not [p for p in problems if p.key.startswith("labels")]

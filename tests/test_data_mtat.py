@@ -1,4 +1,5 @@
 """fcn.data.mtat on the real clean split lists and on a synthetic MTAT copy in the real layout."""
+
 import csv
 import os
 import shutil
@@ -7,14 +8,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fcn.data import MTAT_TOP50, DataError, DataFileMissing, Item
-from fcn.data import mtat
+from fcn.data import MTAT_TOP50, DataError, DataFileMissing, Item, lists, mtat
 from fcn.data.synth import make_mtat
-from fcn.data import lists
 from tests.paths import MTAT_LISTS as WON_MTAT
 
-
 # ------------------------------------------------------------------------------------------- the real split files
+
 
 def test_real_clean_lists_have_the_published_sizes():
     lists = mtat.read_clean_lists(WON_MTAT)
@@ -39,6 +38,7 @@ def test_top50_order_is_wons():
 
 # ------------------------------------------------------------------------------------------- a synthetic copy
 
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return make_mtat(tmp_path_factory.mktemp("mtat"), n_clips=96, seconds=0.5, seed=3)
@@ -46,8 +46,9 @@ def root(tmp_path_factory):
 
 def _csv_labels(root):
     with open(root / "annotations_final.csv", newline="") as f:
-        return {r["clip_id"]: np.array([int(r[t]) for t in MTAT_TOP50], np.uint8)
-                for r in csv.DictReader(f, delimiter="\t")}
+        return {
+            r["clip_id"]: np.array([int(r[t]) for t in MTAT_TOP50], np.uint8) for r in csv.DictReader(f, delimiter="\t")
+        }
 
 
 def test_folder_split(root):
@@ -126,7 +127,7 @@ def _rewrite_csv(src_root, dst_root, edit):
 def test_missing_column_is_a_value_error_naming_it(root, tmp_path, column):
     def drop(header, rows):
         j = header.index(column)
-        return header[:j] + header[j + 1:], [r[:j] + r[j + 1:] for r in rows]
+        return header[:j] + header[j + 1 :], [r[:j] + r[j + 1 :] for r in rows]
 
     _rewrite_csv(root, tmp_path, drop)
     with pytest.raises(ValueError) as e:

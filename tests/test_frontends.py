@@ -1,9 +1,10 @@
 """Front ends: paper shapes, agreement with librosa (the authors' and peers' tool), batching and CPU/GPU sameness."""
+
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
-
-from dataclasses import replace
 
 from fcn.frontends import INPUTS, FrontEnd, FrontEndParams, SavgolDelta, compute
 
@@ -15,7 +16,10 @@ def test_paper_shapes():
     assert p.n_samples == 349_440 and p.n_frames == 1366  # PAPER.md: 29.12 s at 12 kHz → 96×1366
     out = compute(torch.randn(2, p.n_samples) * 0.1, INPUTS, p)
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "mel": (2, 96, 1366), "stft": (2, 128, 1366), "mfcc": (2, 90, 1366)}
+        "mel": (2, 96, 1366),
+        "stft": (2, 128, 1366),
+        "mfcc": (2, 90, 1366),
+    }
 
 
 def test_for_seconds_rounds_to_whole_hops():
@@ -34,8 +38,12 @@ def test_mel_matches_librosa():
     y = _wave()
     p = FrontEndParams.for_seconds(3.0, variant="plain-db")
     ours = FrontEnd("mel", p)(torch.from_numpy(y)[None])[0, 0].numpy()
-    ref = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=12000, n_fft=512, hop_length=256, n_mels=96),
-                              ref=1.0, amin=1e-10, top_db=None)
+    ref = librosa.power_to_db(
+        librosa.feature.melspectrogram(y=y, sr=12000, n_fft=512, hop_length=256, n_mels=96),
+        ref=1.0,
+        amin=1e-10,
+        top_db=None,
+    )
     assert ours.shape == ref.shape
     assert np.abs(ours - ref).max() < 1e-2  # dB
 
@@ -78,7 +86,7 @@ def _dynamic_wave(seconds, sr=12000, seed=0):
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
     y = 0.5 * np.sin(2 * np.pi * 440 * t) * (t < 0.5 * seconds) + 0.1 * rng.standard_normal(len(t))
-    y[int(0.75 * len(y)):] = 0.0
+    y[int(0.75 * len(y)) :] = 0.0
     return y.astype(np.float32)
 
 
@@ -92,7 +100,7 @@ def test_paper_preset_mel_is_the_authors_floored_log_of_mel_squared():
     y = _dynamic_wave(p.seconds)[: p.n_samples]
     ours = FrontEnd("mel", p)(torch.from_numpy(y)[None])[0, 0].numpy()
     mel = librosa.feature.melspectrogram(y=y, sr=12000, n_fft=512, hop_length=256, n_mels=96)
-    ref = librosa.power_to_db(mel ** 2, ref=1.0, amin=1e-10, top_db=80.0)
+    ref = librosa.power_to_db(mel**2, ref=1.0, amin=1e-10, top_db=80.0)
     assert ours.shape == ref.shape == (96, 1366)
     floored = np.isclose(ref, ref.max() - 80.0)
     assert 0.2 < floored.mean() < 0.9  # the floor is really in play on this clip
@@ -117,9 +125,18 @@ def test_a_store_of_another_variant_is_refused_by_name(tmp_path):
 
     p = FrontEndParams.for_seconds(1.0, variant="plain-db")
     feats = {k: np.zeros((2, p.rows(k), p.n_frames), np.float16) for k in INPUTS}
-    path = write_store(tmp_path / "s.h5", dataset="mtat", tags=[f"t{i}" for i in range(50)], params=p,
-                       inputs=list(INPUTS), clip_ids=["a", "b"], paths=["/a", "/b"], splits=["train", "test"],
-                       labels=np.zeros((2, 50), np.uint8), feature_chunks=[feats])
+    path = write_store(
+        tmp_path / "s.h5",
+        dataset="mtat",
+        tags=[f"t{i}" for i in range(50)],
+        params=p,
+        inputs=list(INPUTS),
+        clip_ids=["a", "b"],
+        paths=["/a", "/b"],
+        splits=["train", "test"],
+        labels=np.zeros((2, 50), np.uint8),
+        feature_chunks=[feats],
+    )
     assert check_store(path, input="mel", params=p)["frontend"].variant == "plain-db"
     with pytest.raises(UserError, match="holds the front-end variant 'plain-db', and this run asks for 'authors'"):
         check_store(path, input="mel", params=replace(p, variant="authors"))
@@ -139,7 +156,7 @@ def test_batched_equals_one_by_one():
     waves = torch.from_numpy(np.stack([_wave(2.0, seed=s)[: p.n_samples] for s in range(3)]))
     batch = compute(waves, INPUTS, p)
     for i in range(3):
-        one = compute(waves[i:i + 1], INPUTS, p)
+        one = compute(waves[i : i + 1], INPUTS, p)
         for k in INPUTS:
             torch.testing.assert_close(batch[k][i], one[k][0], atol=1e-3, rtol=1e-4)
 

@@ -4,6 +4,7 @@ batch and SyncBatchNorm rules, cudnn.benchmark, hostlists without scontrol, the
 rendezvous port, the store built by rank 0 alone, one GPU per local worker, and `bench --gpu-smoke` on a CPU.
 The real-Slurm and multi-process counterparts (and the host-sync count of a real run) are in test_gpu_ready_slurm.py
 and test_gpu_ready_resume.py."""
+
 import os
 import shutil
 import threading
@@ -17,8 +18,15 @@ from fcn import dist
 from fcn.errors import UserError
 from tests.conftest import REPO
 
-LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-               "CUDA_VISIBLE_DEVICES")
+LAUNCH_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "CUDA_VISIBLE_DEVICES",
+)
 
 
 @pytest.fixture
@@ -57,9 +65,17 @@ def fake_cuda(monkeypatch):
 
 
 def _srun_task(set_env, procid: int, ntasks: int, visible: str, gpus_on_node: int):
-    set_env(SLURM_PROCID=procid, SLURM_LOCALID=procid, SLURM_NTASKS=ntasks, SLURM_STEP_ID=0, SLURM_JOB_ID=7,
-            SLURM_JOB_NODELIST="gpu01", SLURM_JOB_NUM_NODES=1, SLURM_GPUS_ON_NODE=gpus_on_node,
-            CUDA_VISIBLE_DEVICES=visible)
+    set_env(
+        SLURM_PROCID=procid,
+        SLURM_LOCALID=procid,
+        SLURM_NTASKS=ntasks,
+        SLURM_STEP_ID=0,
+        SLURM_JOB_ID=7,
+        SLURM_JOB_NODELIST="gpu01",
+        SLURM_JOB_NUM_NODES=1,
+        SLURM_GPUS_ON_NODE=gpus_on_node,
+        CUDA_VISIBLE_DEVICES=visible,
+    )
 
 
 def test_gpu_per_task_binding_picks_cuda0_of_the_visible_set(clean_env, fake_cuda):
@@ -94,8 +110,7 @@ def test_single_process_inside_a_gpu_allocation_is_not_refused(clean_env, fake_c
         dist.setup("auto")
 
 
-@pytest.mark.parametrize("env", [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"SLURM_GPUS_ON_NODE": "2"},
-                                 {"SLURM_JOB_GPUS": "0"}])
+@pytest.mark.parametrize("env", [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"SLURM_GPUS_ON_NODE": "2"}, {"SLURM_JOB_GPUS": "0"}])
 def test_gpus_allocated_but_cuda_unusable_stops_with_one_line(clean_env, fake_cuda, env):
     fake_cuda(0)  # torch 2.11 cu130 on an older driver: is_available() is False, with only a warning
     clean_env(**env)
@@ -122,8 +137,15 @@ def test_hostlist_is_expanded_without_scontrol(monkeypatch, tmp_path, clean_env)
     assert dist.expand_hostlist("gpu[08-10]") == ["gpu08", "gpu09", "gpu10"]
     assert dist.expand_hostlist("r[1-2]n[1-2]") == ["r1n1", "r1n2", "r2n1", "r2n2"]
     monkeypatch.delenv("MASTER_ADDR")
-    clean_env(SLURM_PROCID=0, SLURM_LOCALID=0, SLURM_NTASKS=2, SLURM_STEP_ID=0, SLURM_JOB_ID=7,
-              SLURM_JOB_NODELIST="gpu[01-02]", SLURM_JOB_NUM_NODES=2)
+    clean_env(
+        SLURM_PROCID=0,
+        SLURM_LOCALID=0,
+        SLURM_NTASKS=2,
+        SLURM_STEP_ID=0,
+        SLURM_JOB_ID=7,
+        SLURM_JOB_NODELIST="gpu[01-02]",
+        SLURM_JOB_NUM_NODES=2,
+    )
     dist._launcher_env()
     assert os.environ["MASTER_ADDR"] == "gpu01"
 

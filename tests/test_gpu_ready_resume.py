@@ -4,6 +4,7 @@ Each resume keeps the run's global batch (recorded in the checkpoint: 2 × 16 = 
 on four) and says so in one line; the run ends on 4 processes with every epoch done once. The same runs show that the
 training loop reads no tensor to the host per step (counted in fcn/train.py), and that a slow rank-0-only end (a dead
 MLflow server retrying) never keeps the other ranks waiting in a barrier: they are done before rank 0's slow part."""
+
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from tests.conftest import REPO, config_flags
 
-WRAPPER = r'''
+WRAPPER = r"""
 import json, os, sys, time
 from pathlib import Path
 
@@ -71,18 +72,27 @@ def train(config):
 
 T.train = train
 run_cli(T.main)
-'''
+"""
 
 
 def _run(nproc: int, flags: list[str], probe: Path, **env) -> subprocess.CompletedProcess:
     wrapper = probe / "wrapper.py"
     wrapper.write_text(WRAPPER)
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                     "--nproc_per_node", str(nproc)]
-    e = dict(os.environ, OMP_NUM_THREADS="1", PROBE_DIR=str(probe), PYTHONPATH=str(REPO),
-             **{k: str(v) for k, v in env.items()})
-    return subprocess.run([*launcher, str(wrapper), *flags], capture_output=True, text=True, cwd=REPO, env=e,
-                          timeout=600)
+    launcher = (
+        [sys.executable]
+        if nproc == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    )
+    e = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PROBE_DIR=str(probe),
+        PYTHONPATH=str(REPO),
+        **{k: str(v) for k, v in env.items()},
+    )
+    return subprocess.run(
+        [*launcher, str(wrapper), *flags], capture_output=True, text=True, cwd=REPO, env=e, timeout=600
+    )
 
 
 def test_resume_across_2_1_4_processes_keeps_the_global_batch(tiny, tmp_path):
@@ -99,14 +109,16 @@ def test_resume_across_2_1_4_processes_keeps_the_global_batch(tiny, tmp_path):
     second = _run(1, flags, probe, STOP_AFTER_EPOCH=2)
     log = (rdir / "train.log").read_text()
     assert second.returncode == 3, second.stderr[-3000:]
-    assert ("resuming on 1 process(es), the checkpoint was made on 2: global batch 32 kept, 32 clips per process"
-            in log), log
+    assert (
+        "resuming on 1 process(es), the checkpoint was made on 2: global batch 32 kept, 32 clips per process" in log
+    ), log
 
     third = _run(4, flags, probe, SLOW_FINAL_S=8)
     assert third.returncode == 0, third.stderr[-3000:]
     log = (rdir / "train.log").read_text()
-    assert ("resuming on 4 process(es), the checkpoint was made on 1: global batch 32 kept, 8 clips per process"
-            in log), log
+    assert (
+        "resuming on 4 process(es), the checkpoint was made on 1: global batch 32 kept, 8 clips per process" in log
+    ), log
     m = json.loads((rdir / "metrics.json").read_text())
     assert m["world_size"] == 4 and m["epochs_run"] == 3 and 0 <= m["test_roc_auc"] <= 1
     from fcn import checkpoint

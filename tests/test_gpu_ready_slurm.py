@@ -9,6 +9,7 @@ sets CUDA_VISIBLE_DEVICES, torch sees no CUDA).
 - A rank that raises ends the job in seconds, FAILED, both through submitit (harness/backends/slurm.py's srun flags)
   and through the generated sbatch script, while the other rank sits where a collective would hang.
 """
+
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import time
 
 from tests.conftest import REPO, config_flags
 
-PROBE = r'''
+PROBE = r"""
 import os, sys
 
 import torch
@@ -39,13 +40,18 @@ def main():
 
 
 run_cli(main)
-'''
+"""
 
 
 def _srun(cluster, *args, timeout=120):
-    return subprocess.run(["srun", "-p", cluster.partition, "--time=5", "--mem=500M", "--cpus-per-task=1", *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=timeout,
-                          env={**os.environ, **cluster.env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        ["srun", "-p", cluster.partition, "--time=5", "--mem=500M", "--cpus-per-task=1", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        env={**os.environ, **cluster.env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_gpu_binding_and_single_process_on_real_slurm(slurm_cluster, tmp_path):
@@ -53,8 +59,10 @@ def test_gpu_binding_and_single_process_on_real_slurm(slurm_cluster, tmp_path):
     probe.write_text(PROBE)
     bound = _srun(slurm_cluster, "-n2", "--gpus-per-task=1", sys.executable, str(probe), "auto")
     assert bound.returncode == 0, bound.stdout + bound.stderr
-    assert sorted(bound.stdout.split("\n")[:2]) == ["rank 0 visible 0 auto -> cuda:0",
-                                                   "rank 1 visible 1 auto -> cuda:0"]
+    assert sorted(bound.stdout.split("\n")[:2]) == [
+        "rank 0 visible 0 auto -> cuda:0",
+        "rank 1 visible 1 auto -> cuda:0",
+    ]
     single = _srun(slurm_cluster, "-n1", "--gpus-per-node=2", sys.executable, str(probe), "auto", "cpu")
     assert single.returncode == 0, single.stdout + single.stderr
     assert single.stdout.split("\n")[:2] == ["rank 0 visible 0,1 auto -> cuda:0", "rank 0 visible 0,1 cpu -> cpu"]
@@ -108,11 +116,26 @@ def test_a_rank_that_raises_ends_the_sbatch_script_job_in_seconds(slurm_cluster,
     fake.write_text(FAKE_PYTHON.format(python=sys.executable))
     fake.chmod(0o755)
     t0 = time.monotonic()
-    out = subprocess.run(["sbatch", "--parsable", "-p", slurm_cluster.partition, f"--output={log}", "--time=5",
-                          "--mem=1G", "--cpus-per-task=1", "--gpus-per-node=2", "--ntasks-per-node=2",
-                          str(REPO / "slurm" / "msd_fcn7.sh")], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, **slurm_cluster.env, "PYTHON": str(fake), "OUT_DIR": str(tmp_path)},
-                         timeout=60)
+    out = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "-p",
+            slurm_cluster.partition,
+            f"--output={log}",
+            "--time=5",
+            "--mem=1G",
+            "--cpus-per-task=1",
+            "--gpus-per-node=2",
+            "--ntasks-per-node=2",
+            str(REPO / "slurm" / "msd_fcn7.sh"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **slurm_cluster.env, "PYTHON": str(fake), "OUT_DIR": str(tmp_path)},
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     state = slurm_cluster.wait_job(int(out.stdout.strip().split(";")[0]), timeout=120)
     took = time.monotonic() - t0

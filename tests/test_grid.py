@@ -1,4 +1,5 @@
 """harness.grid: pure expansion, and the local and Ray back ends end to end (Slurm: tests/test_grid_slurm.py)."""
+
 import json
 import os
 import signal
@@ -22,8 +23,14 @@ def test_expand_is_pure_and_keys_are_stable():
     paper = expand(GridSpec(paper=True), base)
     assert {(c.dataset, c.input, c.depth) for c in paper} == PAPER_CELLS and len(paper) == 10
     seeds = expand(GridSpec(seeds=(0, 1, 2), only=("mtat-*-fcn4-*",), exclude=("*-stft-*",)), base)
-    assert [c.key for c in seeds] == ["mtat-mel-fcn4-s0", "mtat-mel-fcn4-s1", "mtat-mel-fcn4-s2",
-                                      "mtat-mfcc-fcn4-s0", "mtat-mfcc-fcn4-s1", "mtat-mfcc-fcn4-s2"]
+    assert [c.key for c in seeds] == [
+        "mtat-mel-fcn4-s0",
+        "mtat-mel-fcn4-s1",
+        "mtat-mel-fcn4-s2",
+        "mtat-mfcc-fcn4-s0",
+        "mtat-mfcc-fcn4-s1",
+        "mtat-mfcc-fcn4-s2",
+    ]
     frac = expand(GridSpec(datasets=("msd",), inputs=("mel",), depths=(4,), fractions=(0.5, 1.0)), base)
     assert [c.key for c in frac] == ["msd-mel-fcn4-s0-f0.5", "msd-mel-fcn4-s0"]
     assert all(c.width == base.width for c in cells)  # everything but the axes comes from the base config
@@ -42,8 +49,15 @@ def test_paper_implies_the_paper_preset_unless_one_is_named(tmp_path):
 
 
 def grid_flags(data_dir, tmp_path, *extra):
-    flags = ["--data-dir", str(data_dir), "--out-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
-             "--quiet"]
+    flags = [
+        "--data-dir",
+        str(data_dir),
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "results"),
+        "--quiet",
+    ]
     for k, v in TINY.items():
         flags += ["--" + k.replace("_", "-"), str(v)]
     return flags + list(extra)
@@ -66,8 +80,12 @@ def test_local_grid_end_to_end_then_rerun_submits_nothing(data_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "4/4 cells finished" in out.stderr
     cells, parents = _cell_runs(tmp_path)
-    assert sorted(r.info.run_name for r in cells) == ["msd-mel-fcn3-s0", "msd-mfcc-fcn3-s0", "mtat-mel-fcn3-s0",
-                                                       "mtat-mfcc-fcn3-s0"]
+    assert sorted(r.info.run_name for r in cells) == [
+        "msd-mel-fcn3-s0",
+        "msd-mfcc-fcn3-s0",
+        "mtat-mel-fcn3-s0",
+        "mtat-mfcc-fcn3-s0",
+    ]
     assert len(parents) == 1 and all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in cells)
     assert all(r.info.status == "FINISHED" for r in cells)
     assert (tmp_path / "results").is_dir()
@@ -76,16 +94,44 @@ def test_local_grid_end_to_end_then_rerun_submits_nothing(data_dir, tmp_path):
     assert again.returncode == 0 and "(4 finished, 0 to run)" in again.stderr
     assert len(_cell_runs(tmp_path)[0]) == 4
 
-    status = run_py("-m", "harness.status", "--data-dir", str(data_dir), "--out-dir", str(tmp_path / "runs"),
-                    "--inputs", "mel,mfcc", "--depths", "3")
+    status = run_py(
+        "-m",
+        "harness.status",
+        "--data-dir",
+        str(data_dir),
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--inputs",
+        "mel,mfcc",
+        "--depths",
+        "3",
+    )
     assert status.returncode == 0 and status.stdout.count("finished") == 4
 
 
 def test_killing_the_harness_mid_grid_then_rerun_finishes_only_what_was_missing(data_dir, tmp_path):
-    flags = grid_flags(data_dir, tmp_path, "--datasets", "mtat", "--inputs", "mel,stft,mfcc", "--depths", "3",
-                       "--parallel", "1", "--epochs", "2")
-    proc = subprocess.Popen([sys.executable, "-m", "harness.grid", *flags], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    flags = grid_flags(
+        data_dir,
+        tmp_path,
+        "--datasets",
+        "mtat",
+        "--inputs",
+        "mel,stft,mfcc",
+        "--depths",
+        "3",
+        "--parallel",
+        "1",
+        "--epochs",
+        "2",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.grid", *flags],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     first = tmp_path / "runs" / "fcn-sweep" / "mtat-mel-fcn3-s0" / "metrics.json"
     deadline = time.time() + 300
     while not first.exists() and time.time() < deadline and proc.poll() is None:
@@ -104,14 +150,17 @@ def test_killing_the_harness_mid_grid_then_rerun_finishes_only_what_was_missing(
     assert log.count("parameters,") == 1  # the finished cell was not trained again
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--cluster", "pbs"], "invalid choice: 'pbs'"),
-    (["--datasets", "gtzan"], "unknown value(s) gtzan"),
-    (["--inputs", "cqt"], "unknown value(s) cqt"),
-    (["--depths", "3,9"], "unknown value(s) 9"),
-    (["--gpus-per-node", "2"], "need --cluster slurm"),
-    (["--only", "nothing-*"], "the grid is empty"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--cluster", "pbs"], "invalid choice: 'pbs'"),
+        (["--datasets", "gtzan"], "unknown value(s) gtzan"),
+        (["--inputs", "cqt"], "unknown value(s) cqt"),
+        (["--depths", "3,9"], "unknown value(s) 9"),
+        (["--gpus-per-node", "2"], "need --cluster slurm"),
+        (["--only", "nothing-*"], "the grid is empty"),
+    ],
+)
 def test_bad_flags_end_with_one_line_and_nothing_submitted(data_dir, tmp_path, flags, message):
     out = run_py("-m", "harness.grid", *grid_flags(data_dir, tmp_path, *flags))
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
@@ -127,8 +176,22 @@ def test_unreachable_tracking_server_submits_nothing(data_dir, tmp_path):
 
 def test_ray_grid_end_to_end(data_dir, tmp_path):
     # three cells on two CPUs: the third runs in an actor a finished cell hands back (reuse_actors)
-    flags = grid_flags(data_dir, tmp_path, "--cluster", "ray", "--datasets", "mtat", "--inputs", "mel,stft,mfcc",
-                       "--depths", "4", "--epochs", "2", "--cpus-per-trial", "1")
+    flags = grid_flags(
+        data_dir,
+        tmp_path,
+        "--cluster",
+        "ray",
+        "--datasets",
+        "mtat",
+        "--inputs",
+        "mel,stft,mfcc",
+        "--depths",
+        "4",
+        "--epochs",
+        "2",
+        "--cpus-per-trial",
+        "1",
+    )
     out = run_py("-m", "harness.grid", *flags, env={"RAY_AUTH_MODE": "disabled"})
     assert out.returncode == 0, out.stderr[-4000:]
     assert "3/3 cells finished" in out.stderr
@@ -148,8 +211,9 @@ def test_back_end_flags_come_from_the_options_dataclasses():
     from harness.backends.slurm import SIGNAL_DELAY_S, SlurmOptions
     from harness.grid import _backend, build_parser
 
-    args = build_parser().parse_args(["--cluster", "slurm", "--gpus-per-node", "2", "--sbatch", "constraint=a100",
-                                      "--no-wait"])
+    args = build_parser().parse_args(
+        ["--cluster", "slurm", "--gpus-per-node", "2", "--sbatch", "constraint=a100", "--no-wait"]
+    )
     _, opts = _backend(args)
     assert opts == SlurmOptions(gpus_per_node=2, extra={"constraint": "a100"}, wait=False)
     assert opts.signal_delay_s == SIGNAL_DELAY_S and opts.ntasks == 2

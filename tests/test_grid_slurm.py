@@ -1,6 +1,7 @@
 """harness.grid --cluster slurm on a real single-node Slurm cluster (slurmctld, slurmd, slurmdbd + MariaDB, munge),
 with a real MLflow tracking server: jobs go through sbatch, results land in MLflow, and a `scontrol requeue` of a
 running job (which sends no signal: the job restarts from its start) still ends with every cell finished once."""
+
 import json
 import subprocess
 import sys
@@ -19,14 +20,38 @@ def _runs(uri, experiment="fcn-sweep"):
 
 
 def test_slurm_grid_with_external_requeue(slurm_cluster, mlflow_server, data_dir, tmp_path):
-    flags = grid_flags(data_dir, tmp_path, "--cluster", "slurm", "--partition", slurm_cluster.partition,
-                       "--datasets", "mtat,msd", "--inputs", "mel", "--depths", "3", "--epochs", "40",
-                       "--patience", "40", "--time-min", "10", "--tracking-uri", mlflow_server.uri)
+    flags = grid_flags(
+        data_dir,
+        tmp_path,
+        "--cluster",
+        "slurm",
+        "--partition",
+        slurm_cluster.partition,
+        "--datasets",
+        "mtat,msd",
+        "--inputs",
+        "mel",
+        "--depths",
+        "3",
+        "--epochs",
+        "40",
+        "--patience",
+        "40",
+        "--time-min",
+        "10",
+        "--tracking-uri",
+        mlflow_server.uri,
+    )
     # a requeue sends SIGTERM (which submitit ignores) and SIGKILL KillWait later, so the cell must still be training
     # then for the requeue to interrupt it. Epochs take 0.3 s (CI) to 1 s (a loaded machine): with KillWait=2 s the
     # kill lands by epoch ~8 of 40. KillWait=10 s was once too long: CI finished all 30 epochs before the kill.
-    proc = subprocess.Popen([sys.executable, "-m", "harness.grid", *flags], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.grid", *flags],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     runs_dir = tmp_path / "runs" / "fcn-sweep"
     jobs_file = runs_dir / ".harness" / "slurm_jobs.json"
     victim = runs_dir / "msd-mel-fcn3-s0"
@@ -59,10 +84,16 @@ def test_slurm_grid_with_external_requeue(slurm_cluster, mlflow_server, data_dir
 
 
 def test_slurm_flags_are_checked_before_submitting(slurm_cluster, data_dir, tmp_path):
-    too_many = run_py("-m", "harness.grid", *grid_flags(data_dir, tmp_path, "--cluster", "slurm", "--partition",
-                                                         slurm_cluster.partition, "--gpus-per-node", "8"))
+    too_many = run_py(
+        "-m",
+        "harness.grid",
+        *grid_flags(
+            data_dir, tmp_path, "--cluster", "slurm", "--partition", slurm_cluster.partition, "--gpus-per-node", "8"
+        ),
+    )
     assert too_many.returncode == 2 and "at most 2 GPU(s)" in too_many.stderr, too_many.stderr[-2000:]
-    no_part = run_py("-m", "harness.grid", *grid_flags(data_dir, tmp_path, "--cluster", "slurm", "--partition",
-                                                        "nosuchpartition"))
+    no_part = run_py(
+        "-m", "harness.grid", *grid_flags(data_dir, tmp_path, "--cluster", "slurm", "--partition", "nosuchpartition")
+    )
     assert no_part.returncode == 2 and "nosuchpartition" in no_part.stderr and "Traceback" not in no_part.stderr
     assert not (tmp_path / "runs" / "fcn-sweep" / ".harness").exists()

@@ -1,4 +1,5 @@
 """fcn.metrics: the reported metric is scikit-learn's, computed in one vectorised pass (and shared by the bootstrap)."""
+
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score

@@ -5,6 +5,7 @@ or param columns. `harness.ui.install_runs_view` stores a saved view (experiment
 that `#/experiments/<id>/runs?viewStateShareKey=<key>` opens with our params and AUC columns; that is the URL that
 `python -m harness.ui --experiment NAME` prints, so this test checks what a user sees.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,11 @@ from tests.services.browser import chromium_binary, dump_dom, screenshot
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "test-artifacts" / "mlflow_runs.png"
-CELLS = {"mtat-mel-fcn4-s0": (0.8912, 0.4456), "mtat-stft-fcn4-s0": (0.8461, 0.3871),
-         "mtat-mfcc-fcn4-s0": (0.8623, 0.4012)}
+CELLS = {
+    "mtat-mel-fcn4-s0": (0.8912, 0.4456),
+    "mtat-stft-fcn4-s0": (0.8461, 0.3871),
+    "mtat-mfcc-fcn4-s0": (0.8623, 0.4012),
+}
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +80,21 @@ def test_ui_command_dry_run(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    exp_id = MlflowClient(tracking_uri=store).create_experiment("sweep", artifact_location=str(tmp_path / "mlartifacts"))
-    cmd = [sys.executable, "-m", "harness.ui", "--out-dir", str(tmp_path), "--experiment", "sweep", "--port", "5123",
-           "--dry-run"]
+    exp_id = MlflowClient(tracking_uri=store).create_experiment(
+        "sweep", artifact_location=str(tmp_path / "mlartifacts")
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.ui",
+        "--out-dir",
+        str(tmp_path),
+        "--experiment",
+        "sweep",
+        "--port",
+        "5123",
+        "--dry-run",
+    ]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert f"http://127.0.0.1:5123/#/experiments/{exp_id}/runs?viewStateShareKey=fcn-sweep" in out.stdout
@@ -86,6 +102,12 @@ def test_ui_command_dry_run(tmp_path):
     tags = MlflowClient(tracking_uri=store).get_experiment(exp_id).tags
     assert "mlflow.sharedViewState.fcn-sweep" in tags
 
-    missing = subprocess.run([sys.executable, "-m", "harness.ui", "--out-dir", str(tmp_path / "nothing"), "--dry-run"],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "harness.ui", "--out-dir", str(tmp_path / "nothing"), "--dry-run"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "no tracking store" in missing.stderr

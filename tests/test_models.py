@@ -1,4 +1,5 @@
 """FCN-3..7: the paper's parameter counts, shapes on every input, and the model card."""
+
 import subprocess
 import sys
 

@@ -2,6 +2,7 @@
 its own network namespace, one shared filesystem): DDP across nodes through the cell scripts and through
 `harness.grid --cluster slurm --nodes 2` (submitit), Ray across nodes through slurm/ray_cluster.sh, and a node lost
 while a cell trains."""
+
 from __future__ import annotations
 
 import json
@@ -84,8 +85,9 @@ def test_cell_lock_waits_for_its_holder_when_told(tmp_path, monkeypatch, capsys)
 @slow
 def test_two_nodes_are_two_hosts(slurm_multi, tmp_path):
     out = tmp_path / "out.txt"
-    job = slurm_multi.sbatch("-N2", "-n2", "-o", str(out), "--wrap",
-                             "srun -N2 -n2 bash -c 'echo $(hostname) $(hostname -I) $SLURM_PROCID'")
+    job = slurm_multi.sbatch(
+        "-N2", "-n2", "-o", str(out), "--wrap", "srun -N2 -n2 bash -c 'echo $(hostname) $(hostname -I) $SLURM_PROCID'"
+    )
     assert slurm_multi.wait_job(job, timeout=60) == "COMPLETED", out.read_text() + slurm_multi.log_tails()
     rows = sorted(line.split() for line in out.read_text().splitlines() if line.strip())
     assert rows == [[n, slurm_multi.addrs[n], str(i)] for i, n in enumerate(slurm_multi.nodes)], out.read_text()
@@ -110,11 +112,21 @@ def test_cell_script_ddp_across_two_nodes_matches_two_tasks_on_one(slurm_multi, 
     relative (float32 rounding headroom), not a statistical one: measured, the values were identical."""
     jobs = {}
     # the one-node run takes no GPUs, so that both jobs fit on the 2 × 2 fake GPUs at once
-    for name, opts in (("two_nodes", ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=1")),
-                       ("one_node", ("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0"))):
+    for name, opts in (
+        ("two_nodes", ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=1")),
+        ("one_node", ("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0")),
+    ):
         env = _tiny_env(data_dir, _out_dir(tmp_path / name, empty_store))
-        jobs[name] = _sbatch(slurm_multi, SLURM / "msd_fcn7.sh", tmp_path / f"{name}.out", "--time=10", "--mem=1G",
-                             "--cpus-per-task=1", *opts, env=env)
+        jobs[name] = _sbatch(
+            slurm_multi,
+            SLURM / "msd_fcn7.sh",
+            tmp_path / f"{name}.out",
+            "--time=10",
+            "--mem=1G",
+            "--cpus-per-task=1",
+            *opts,
+            env=env,
+        )
     for name, job in jobs.items():
         state = slurm_multi.wait_job(job, timeout=300)
         assert state == "COMPLETED", _log(tmp_path / f"{name}.out")[-4000:] + slurm_multi.log_tails()
@@ -139,18 +151,37 @@ def test_cell_script_ddp_across_two_nodes_matches_two_tasks_on_one(slurm_multi, 
 def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, empty_store):
     """`harness.grid --cluster slurm --nodes 2`: submitit's job has one task per node; the cell trains under DDP with
     one rank on each host and finishes once."""
-    flags = grid_flags(data_dir, tmp_path, "--cluster", "slurm", "--partition", slurm_multi.partition, "--nodes", "2",
-                       "--datasets", "msd", "--inputs", "mel", "--depths", "3", "--time-min", "10")
+    flags = grid_flags(
+        data_dir,
+        tmp_path,
+        "--cluster",
+        "slurm",
+        "--partition",
+        slurm_multi.partition,
+        "--nodes",
+        "2",
+        "--datasets",
+        "msd",
+        "--inputs",
+        "mel",
+        "--depths",
+        "3",
+        "--time-min",
+        "10",
+    )
     env = {**os.environ, **slurm_multi.env, "PYTHONUNBUFFERED": "1"}
     _out_dir(tmp_path / "runs", empty_store)
-    p = subprocess.run([sys.executable, "-m", "harness.grid", *flags], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=400)
+    p = subprocess.run(
+        [sys.executable, "-m", "harness.grid", *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
+    )
     assert p.returncode == 0, p.stderr[-4000:] + slurm_multi.log_tails()
     assert "1/1 cells finished" in p.stderr, p.stderr[-3000:]
     cell = tmp_path / "runs" / "fcn-sweep" / "msd-mel-fcn3-s0"
     assert json.loads((cell / "metrics.json").read_text())["world_size"] == 2
-    logs = "".join(f.read_text(errors="replace")
-                   for f in (tmp_path / "runs" / "fcn-sweep" / ".harness" / "submitit").rglob("*_log.err"))
+    logs = "".join(
+        f.read_text(errors="replace")
+        for f in (tmp_path / "runs" / "fcn-sweep" / ".harness" / "submitit").rglob("*_log.err")
+    )
     n1, n2 = slurm_multi.nodes
     assert f"rank 0/2 on host {n1}" in logs and f"rank 1/2 on host {n2}" in logs, logs[-3000:]
     runs = [r for r in _runs(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "fcn-sweep") if "cell_key" in r.data.tags]
@@ -170,14 +201,39 @@ def test_ray_cluster_script_spans_two_nodes(slurm_multi, data_dir, tmp_path, emp
     if shutil.which("ray", path=str(REPO / ".venv" / "bin")) is None:
         pytest.skip("no ray in .venv")
     out_dir, log = _out_dir(tmp_path / "runs", empty_store), tmp_path / "job.out"
-    grid = ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--results", str(tmp_path / "results"),
-            "--quiet", "--no-tables", "--datasets", "mtat,msd", "--inputs", "mel", "--depths", "3",
-            "--cpus-per-trial", "1"]
+    grid = [
+        "--data-dir",
+        str(data_dir),
+        "--out-dir",
+        str(out_dir),
+        "--results",
+        str(tmp_path / "results"),
+        "--quiet",
+        "--no-tables",
+        "--datasets",
+        "mtat,msd",
+        "--inputs",
+        "mel",
+        "--depths",
+        "3",
+        "--cpus-per-trial",
+        "1",
+    ]
     for k, v in dict(TINY, epochs=1).items():
         grid += ["--" + k.replace("_", "-"), str(v)]
     env = {"GRID_ARGS": " ".join(grid), "MLFLOW_TRACKING_URI": "", "RAY_WAIT_S": "120"}
-    job = _sbatch(slurm_multi, SLURM / "ray_cluster.sh", log, "--nodes=2", "--ntasks-per-node=1",
-                  "--cpus-per-task=1", "--gpus-per-node=0", "--mem=1G", "--time=10", env=env)
+    job = _sbatch(
+        slurm_multi,
+        SLURM / "ray_cluster.sh",
+        log,
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "--cpus-per-task=1",
+        "--gpus-per-node=0",
+        "--mem=1G",
+        "--time=10",
+        env=env,
+    )
     state = slurm_multi.wait_job(job, timeout=300)
     text = _log(log)
     assert state == "COMPLETED", text[-6000:] + slurm_multi.log_tails()
@@ -189,7 +245,9 @@ def test_ray_cluster_script_spans_two_nodes(slurm_multi, data_dir, tmp_path, emp
     assert hosts == {n1, n2}, hosts
     runs = [r for r in _runs(f"sqlite:///{out_dir / 'mlflow.db'}", "fcn-sweep") if "cell_key" in r.data.tags]
     assert sorted((r.info.run_name, r.info.status) for r in runs) == [
-        ("msd-mel-fcn3-s0", "FINISHED"), ("mtat-mel-fcn3-s0", "FINISHED")]
+        ("msd-mel-fcn3-s0", "FINISHED"),
+        ("mtat-mel-fcn3-s0", "FINISHED"),
+    ]
 
 
 # --- a node lost while a cell trains ----------------------------------------------------------------------------------
@@ -207,9 +265,28 @@ def reference(data_dir, tmp_path_factory, empty_store):
     read when needed): what a requeued-and-resumed run must equal."""
     out_dir = _out_dir(tmp_path_factory.mktemp("reference"), empty_store)
     env = _loss_env(data_dir, out_dir)
-    argv = [sys.executable, "-m", "fcn.train", "--preset", "paper", "--dataset", "msd", "--depth", "7", "--input",
-            "mel", "--data-root", "", "--tracking-uri", "", "--out-dir", str(out_dir), "--experiment", "fcn-sweep",
-            *shlex.split(env["FCN_ARGS"])]
+    argv = [
+        sys.executable,
+        "-m",
+        "fcn.train",
+        "--preset",
+        "paper",
+        "--dataset",
+        "msd",
+        "--depth",
+        "7",
+        "--input",
+        "mel",
+        "--data-root",
+        "",
+        "--tracking-uri",
+        "",
+        "--out-dir",
+        str(out_dir),
+        "--experiment",
+        "fcn-sweep",
+        *shlex.split(env["FCN_ARGS"]),
+    ]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     proc = subprocess.Popen(argv, cwd=REPO, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -217,6 +294,7 @@ def reference(data_dir, tmp_path_factory, empty_store):
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
         return _metrics(out_dir)
+
     yield result
     if proc.poll() is None:
         proc.kill()
@@ -242,14 +320,25 @@ def _same_as_reference(got: dict, ref: dict) -> None:
 
 
 def _epoch_lines(train_log: Path) -> list[int]:
-    return [int(ln.split(" epoch ")[1].split(":")[0]) for ln in train_log.read_text().splitlines()
-            if f"{KEY} epoch " in ln]
+    return [
+        int(ln.split(" epoch ")[1].split(":")[0]) for ln in train_log.read_text().splitlines() if f"{KEY} epoch " in ln
+    ]
 
 
 def _submit_victim(cluster, data_dir, out_dir: Path, log: Path) -> tuple[int, str]:
     """One single-task cell job, --requeue (the script's header), not pinned to a node; returns (job, its node)."""
-    job = _sbatch(cluster, SLURM / "msd_fcn7.sh", log, "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=1",
-                  "--cpus-per-task=1", "--mem=1G", "--time=10", env=_loss_env(data_dir, out_dir))
+    job = _sbatch(
+        cluster,
+        SLURM / "msd_fcn7.sh",
+        log,
+        "--nodes=1",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=1",
+        "--cpus-per-task=1",
+        "--mem=1G",
+        "--time=10",
+        env=_loss_env(data_dir, out_dir),
+    )
     node = _wait_for(lambda: cluster.job_state(job) == "RUNNING" and cluster.node_of(job), 120, "the job to run")
     assert node in cluster.nodes, node
     return job, node
@@ -289,10 +378,18 @@ def test_node_crash_requeues_and_resumes_on_the_other_node(slurm_multi, data_dir
         assert f"on host {other}" in text.split("resuming after epoch")[1].splitlines()[0]
         _same_as_reference(_metrics(out_dir), reference())
         print(f"node crash: job finished {recovered_s:.0f} s after the crash")
-        record("test_node_crash_requeues_and_resumes_on_the_other_node", jobs=1, nodes_used=2, crashed=0,
-               duplicated=0, finished=1, nodes_lost=1,  # _metrics asserted one MLflow run
-               epochs_redone=len(epochs) - LOSS_EPOCHS, recover_s=round(recovered_s),
-               note="the epoch in progress at the crash was trained again from its start")
+        record(
+            "test_node_crash_requeues_and_resumes_on_the_other_node",
+            jobs=1,
+            nodes_used=2,
+            crashed=0,
+            duplicated=0,
+            finished=1,
+            nodes_lost=1,  # _metrics asserted one MLflow run
+            epochs_redone=len(epochs) - LOSS_EPOCHS,
+            recover_s=round(recovered_s),
+            note="the epoch in progress at the crash was trained again from its start",
+        )
     finally:
         _bring_back(slurm_multi, lost)
 
@@ -316,8 +413,11 @@ def test_slurmd_lost_while_the_old_copy_runs_on(slurm_multi, data_dir, tmp_path,
     for pid in old:
         os.kill(pid, signal.SIGSTOP)
     try:
-        _wait_for(lambda: "another process holds the cell lock" in _log(log), 240,
-                  "the requeued copy to wait on the cell lock")
+        _wait_for(
+            lambda: "another process holds the cell lock" in _log(log),
+            240,
+            "the requeued copy to wait on the cell lock",
+        )
         assert slurm_multi.node_of(job) == other and slurm_multi.job_state(job) == "RUNNING"
         assert all(p in slurm_multi.node_pids(lost, "fcn.train") for p in old)  # two live copies now
         for pid in old:
@@ -332,10 +432,18 @@ def test_slurmd_lost_while_the_old_copy_runs_on(slurm_multi, data_dir, tmp_path,
         assert "being trained by another process" not in text
         assert _epoch_lines(cell_log) == list(range(1, LOSS_EPOCHS + 1))  # the old copy trained every epoch once
         _same_as_reference(_metrics(out_dir), reference())
-        record("test_slurmd_lost_while_the_old_copy_runs_on", jobs=1, nodes_used=2, crashed=0,
-               duplicated=0, finished=1, nodes_lost=1,  # _metrics asserted one MLflow run
-               epochs_redone=len(_epoch_lines(cell_log)) - LOSS_EPOCHS, recover_s=round(time.monotonic() - t0),
-               note="two live copies: the requeued one waited on the cell lock (the old one held with SIGSTOP)")
+        record(
+            "test_slurmd_lost_while_the_old_copy_runs_on",
+            jobs=1,
+            nodes_used=2,
+            crashed=0,
+            duplicated=0,
+            finished=1,
+            nodes_lost=1,  # _metrics asserted one MLflow run
+            epochs_redone=len(_epoch_lines(cell_log)) - LOSS_EPOCHS,
+            recover_s=round(time.monotonic() - t0),
+            note="two live copies: the requeued one waited on the cell lock (the old one held with SIGSTOP)",
+        )
     finally:
         for pid in old:
             try:

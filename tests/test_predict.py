@@ -1,4 +1,5 @@
 """fcn.predict: a trained run tags synthetic clips with their true tags ranked on top, by key, run id or path."""
+
 import json
 
 import numpy as np
@@ -13,8 +14,9 @@ def trained(data_dir, tmp_path_factory):
     from fcn.config import RunConfig
     from tests.conftest import TINY
 
-    config = RunConfig(**dict(TINY, data_dir=str(data_dir), out_dir=str(tmp_path_factory.mktemp("runs")),
-                              epochs=8, patience=8))
+    config = RunConfig(
+        **dict(TINY, data_dir=str(data_dir), out_dir=str(tmp_path_factory.mktemp("runs")), epochs=8, patience=8)
+    )
     from fcn.train import train
 
     return config, train(config)
@@ -32,8 +34,19 @@ def _test_clips(config, n=12):
 def test_true_tags_rank_on_top(trained):
     config, _ = trained
     tags, clips = _test_clips(config)
-    out = run_py("-m", "fcn.predict", *[c.path for c in clips], "--run", config.key, "--out-dir", config.out_dir,
-                 "--top", "50", "--json", check=True)
+    out = run_py(
+        "-m",
+        "fcn.predict",
+        *[c.path for c in clips],
+        "--run",
+        config.key,
+        "--out-dir",
+        config.out_dir,
+        "--top",
+        "50",
+        "--json",
+        check=True,
+    )
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["file"] for r in rows] == [c.path for c in clips] and all(r["run"] == config.key for r in rows)
     per_clip, top1 = [], []
@@ -50,8 +63,20 @@ def test_true_tags_rank_on_top(trained):
 def test_by_mlflow_run_id_and_by_checkpoint_path(trained):
     config, metrics = trained
     _, clips = _test_clips(config, n=1)
-    by_id = run_py("-m", "fcn.predict", clips[0].path, "--run", metrics["run_id"], "--out-dir", config.out_dir,
-                   "--experiment", "no-such-experiment", "--top", "3", check=True)  # forces the MLflow artifact path
+    by_id = run_py(
+        "-m",
+        "fcn.predict",
+        clips[0].path,
+        "--run",
+        metrics["run_id"],
+        "--out-dir",
+        config.out_dir,
+        "--experiment",
+        "no-such-experiment",
+        "--top",
+        "3",
+        check=True,
+    )  # forces the MLflow artifact path
     ckpt = f"{metrics['run_dir']}/ckpt/best.pt"
     by_path = run_py("-m", "fcn.predict", clips[0].path, "--run", ckpt, "--top", "3", check=True)
     assert by_id.stdout.split(":", 1)[1] == by_path.stdout.split(":", 1)[1]

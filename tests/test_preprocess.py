@@ -6,6 +6,7 @@ those two are injected: a sitecustomize.py on PYTHONPATH wraps soundfile.read in
 included, to crash (SIGSEGV) or hang on file names holding a marker, to slow every decode down (so a kill can land
 mid-run on a 2-core machine), and to log each file decoded (so we see which clips a rerun decoded again).
 """
+
 import csv
 import os
 import re
@@ -31,7 +32,7 @@ SR = 16_000  # MTAT's rate
 SECONDS = 2.0  # the clips' length and the front end's clip length in these tests
 ROOT_FIELDS = ("mel", "stft", "mfcc", "labels", "clip_id", "split", "path")
 
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = """
 import os, signal, time
 _crash, _hang = os.environ.get("FCN_TEST_CRASH_ON"), os.environ.get("FCN_TEST_HANG_ON")
 _delay, _log = float(os.environ.get("FCN_TEST_DECODE_DELAY", "0")), os.environ.get("FCN_TEST_DECODE_LOG")
@@ -53,7 +54,7 @@ if _crash or _hang or _delay or _log:
         return _read(file, *args, **kwargs)
 
     _sf.read = read
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +71,23 @@ def inject_env(tmp_path_factory):
 
 
 def _cli(root, out, *extra, env=None, timeout=300):
-    return run_py("-m", "fcn.preprocess", "--dataset", "mtat", "--data-root", str(root), "--clip-seconds",
-                  str(SECONDS), "--data-dir", str(Path(out).parent), "--out", str(out), *extra, env=env,
-                  timeout=timeout)
+    return run_py(
+        "-m",
+        "fcn.preprocess",
+        "--dataset",
+        "mtat",
+        "--data-root",
+        str(root),
+        "--clip-seconds",
+        str(SECONDS),
+        "--data-dir",
+        str(Path(out).parent),
+        "--out",
+        str(out),
+        *extra,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def _read_store(path) -> dict:
@@ -104,11 +119,17 @@ def _write_rows(root, header, rows):
 
 def _png() -> bytes:
     """A real 8x8 grey PNG."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     raw = b"".join(b"\0" + bytes(range(0, 256, 32)) for _ in range(8))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _mp3(path, seconds, sr=SR, channels=1, silent=False, vbr=False):
@@ -176,11 +197,13 @@ def bad_root(base_root, tmp_path_factory):
             _mp3(p, 40.0)
     # new rows: a decoder crash and hang (injected on these names), an unknown path, a duplicate id, MTAT's empty clip
     template = rows[0]
-    new = {"crash": ("90001", "3/inject-decoder_crash-01-boom-0-29.mp3"),
-           "hang": ("90002", "3/inject-decoder_hang-01-stuck-0-29.mp3"),
-           "unknown_path": ("90003", "5/nobody-nowhere-01-ghost-0-29.mp3"),
-           "duplicate_id": (rows[1][i_id], "c/dup-licate-01-again-0-29.mp3"),
-           "known_broken": ("35644", "6/norine_braun-now_and_zen-08-gently-117-146.mp3")}
+    new = {
+        "crash": ("90001", "3/inject-decoder_crash-01-boom-0-29.mp3"),
+        "hang": ("90002", "3/inject-decoder_hang-01-stuck-0-29.mp3"),
+        "unknown_path": ("90003", "5/nobody-nowhere-01-ghost-0-29.mp3"),
+        "duplicate_id": (rows[1][i_id], "c/dup-licate-01-again-0-29.mp3"),
+        "known_broken": ("35644", "6/norine_braun-now_and_zen-08-gently-117-146.mp3"),
+    }
     for kind, (cid, rel) in new.items():
         row = list(template)
         row[i_id], row[i_path] = cid, rel
@@ -258,8 +281,9 @@ def test_missing_column_is_one_line_error_and_no_store(base_root, tmp_path):
     root.mkdir()
     header, rows = _rows(base_root)
     drop = header.index("mp3_path")
-    _write_rows(root, [h for i, h in enumerate(header) if i != drop],
-                [[v for i, v in enumerate(r) if i != drop] for r in rows])
+    _write_rows(
+        root, [h for i, h in enumerate(header) if i != drop], [[v for i, v in enumerate(r) if i != drop] for r in rows]
+    )
     out = tmp_path / "store.h5"
     r = _cli(root, out, "--workers", "1")
     assert r.returncode == 2, r.stderr
@@ -281,11 +305,27 @@ def test_kill_mid_run_and_rerun_give_the_identical_store(base_root, inject_env, 
     parts = Path(f"{out}.parts")
     log1, log2 = tmp_path / "decoded1.txt", tmp_path / "decoded2.txt"
     # 40 ms per decode: ~1.2 s of decoding on 2 workers, so the kill lands mid-run, not after the build
-    args = [sys.executable, "-m", "fcn.preprocess", "--dataset", "mtat", "--data-root", str(base_root),
-            "--clip-seconds", str(SECONDS), "--out", str(out), "--workers", "2", "--shard-size", str(shard)]
+    args = [
+        sys.executable,
+        "-m",
+        "fcn.preprocess",
+        "--dataset",
+        "mtat",
+        "--data-root",
+        str(base_root),
+        "--clip-seconds",
+        str(SECONDS),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--shard-size",
+        str(shard),
+    ]
     env = dict(os.environ, **inject_env, FCN_TEST_DECODE_DELAY="0.04", FCN_TEST_DECODE_LOG=str(log1))
-    p = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         start_new_session=True)  # its own process group: the kill takes the workers too
+    p = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )  # its own process group: the kill takes the workers too
     t0 = time.time()
     while len(list(parts.glob("shard-*.npz"))) < 6:
         assert p.poll() is None, p.stderr.read().decode()[-3000:]
@@ -315,26 +355,29 @@ def test_kill_mid_run_and_rerun_give_the_identical_store(base_root, inject_env, 
     assert sorted(decoded) == sorted(missing)
 
 
-def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_format_rebuilt(base_root, tmp_path, monkeypatch, capsys):
-    import fcn.preprocess as pp
+def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_format_rebuilt(
+    base_root, tmp_path, monkeypatch, capsys
+):
     import fcn.errors
+    import fcn.preprocess as pp
     import fcn.run_store as rs
     import fcn.store
     from fcn.config import RunConfig
     from fcn.frontends import FrontEndParams
 
-    config = RunConfig(dataset="mtat", data_root=str(base_root), data_dir=str(tmp_path / "data"),
-                       clip_seconds=SECONDS)
+    config = RunConfig(dataset="mtat", data_root=str(base_root), data_dir=str(tmp_path / "data"), clip_seconds=SECONDS)
     path = rs.store_path(config)
     tags, items, problems = rs.read_items(config)
 
     # a build with another clip length that died before assembling its store leaves its parts behind
     def crash(*a, **k):
         raise RuntimeError("simulated crash before the store was written")
+
     monkeypatch.setattr(fcn.store.StoreWriter, "finish", crash)  # the step that puts the store in place
     with pytest.raises(RuntimeError, match="simulated crash"):
-        pp.build(items, tags, dataset="mtat", out=path, params=FrontEndParams.for_seconds(1.0), workers=1,
-                 progress=False)
+        pp.build(
+            items, tags, dataset="mtat", out=path, params=FrontEndParams.for_seconds(1.0), workers=1, progress=False
+        )
     monkeypatch.undo()
     parts = Path(f"{path}.parts")
     assert len(list(parts.glob("shard-*.npz"))) == 2 and not path.exists()
@@ -347,8 +390,16 @@ def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_for
     assert not parts.exists()
 
     ref = tmp_path / "ref.h5"
-    rep = pp.build(items, tags, dataset="mtat", out=ref, params=config.frontend, workers=1, progress=False,
-                   reader_problems=problems)
+    rep = pp.build(
+        items,
+        tags,
+        dataset="mtat",
+        out=ref,
+        params=config.frontend,
+        workers=1,
+        progress=False,
+        reader_problems=problems,
+    )
     assert rep.written == 60 and rep.resumed_shards == 0
     _assert_same_store(path, ref)
     with h5py.File(path, "r") as h:
@@ -359,6 +410,7 @@ def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_for
 
     def must_not_run(*a, **k):
         raise AssertionError("ensure_store rebuilt a finished store")
+
     monkeypatch.setattr(pp, "build", must_not_run)
     monkeypatch.setattr(rs, "read_items", must_not_run)
     assert rs.ensure_store(config, workers=1, progress=False) == path
@@ -368,7 +420,9 @@ def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_for
     monkeypatch.undo()
     with h5py.File(path, "r+") as h:
         h.attrs["format_version"] = 1
-    with pytest.raises(fcn.errors.UserError, match=rf"has format 1, and this fcn reads format {fcn.store.FORMAT_VERSION} .*rebuild it"):
+    with pytest.raises(
+        fcn.errors.UserError, match=rf"has format 1, and this fcn reads format {fcn.store.FORMAT_VERSION} .*rebuild it"
+    ):
         fcn.store.check_store(path, input="mel", params=config.frontend, dataset="mtat")
     capsys.readouterr()
     assert rs.ensure_store(config, workers=1, progress=False) == path

@@ -1,6 +1,7 @@
 """fcn.preprocess --cluster slurm / ray: one build's shards computed as a real Slurm job array (tests/services/slurm.py)
 or as Ray tasks on a local Ray, assembled into the very store a one-node build makes (the same bytes); a killed array
 task costs only its missing shards, which a rerun computes (and nothing else)."""
+
 import os
 import re
 import subprocess
@@ -62,8 +63,23 @@ def _array_id(stderr: str) -> str:
 
 def test_slurm_job_array_builds_the_same_store(slurm_cluster, root, ref, tmp_path):
     out = tmp_path / "store.h5"
-    r = _build(root, out, "--cluster", "slurm", "--partition", slurm_cluster.partition, "--tasks", "3",
-               "--cpus-per-task", "1", "--time-min", "5", "--poll-s", "0.5", env=slurm_cluster.env)
+    r = _build(
+        root,
+        out,
+        "--cluster",
+        "slurm",
+        "--partition",
+        slurm_cluster.partition,
+        "--tasks",
+        "3",
+        "--cpus-per-task",
+        "1",
+        "--time-min",
+        "5",
+        "--poll-s",
+        "0.5",
+        env=slurm_cluster.env,
+    )
     assert r.returncode == 0, r.stderr[-3000:] + slurm_cluster.log_tails()
     assert "3 array task(s) submitted" in r.stderr and "shards: 9 (0 reused" in r.stdout
     _same_bytes(out, ref)
@@ -76,15 +92,53 @@ def test_slurm_job_array_builds_the_same_store(slurm_cluster, root, ref, tmp_pat
 def test_a_killed_array_task_costs_only_its_shards(slurm_cluster, root, ref, inject_env, tmp_path):
     out, parts = tmp_path / "store.h5", tmp_path / "store.h5.parts"
     log1, log2 = tmp_path / "decoded1.txt", tmp_path / "decoded2.txt"
-    flags = ["--cluster", "slurm", "--partition", slurm_cluster.partition, "--tasks", "3", "--cpus-per-task", "1",
-             "--time-min", "5", "--poll-s", "0.5"]
+    flags = [
+        "--cluster",
+        "slurm",
+        "--partition",
+        slurm_cluster.partition,
+        "--tasks",
+        "3",
+        "--cpus-per-task",
+        "1",
+        "--time-min",
+        "5",
+        "--poll-s",
+        "0.5",
+    ]
     # 0.2 s per decode: each task's 12 clips take 2.4 s or more, so the last task is still pending or running when
     # the first part of the build appears
-    env = dict(os.environ, **slurm_cluster.env, **inject_env, FCN_TEST_DECODE_DELAY="0.2",
-               FCN_TEST_DECODE_LOG=str(log1), PYTHONUNBUFFERED="1")
-    p = subprocess.Popen([sys.executable, "-m", "fcn.preprocess", "--dataset", "mtat", "--data-root", str(root),
-                          "--clip-seconds", str(SECONDS), "--shard-size", str(SHARD), "--out", str(out), *flags],
-                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ,
+        **slurm_cluster.env,
+        **inject_env,
+        FCN_TEST_DECODE_DELAY="0.2",
+        FCN_TEST_DECODE_LOG=str(log1),
+        PYTHONUNBUFFERED="1",
+    )
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fcn.preprocess",
+            "--dataset",
+            "mtat",
+            "--data-root",
+            str(root),
+            "--clip-seconds",
+            str(SECONDS),
+            "--shard-size",
+            str(SHARD),
+            "--out",
+            str(out),
+            *flags,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     t0 = time.time()
     while not list(parts.glob("shard-*.npz")):
         assert p.poll() is None, p.communicate()[1][-3000:]
@@ -108,8 +162,9 @@ def test_a_killed_array_task_costs_only_its_shards(slurm_cluster, root, ref, inj
     # the rerun decoded exactly the clips of the missing shards, each once
     _, items, _ = mtat.read(root, "folder")
     done_idx = {int(d.stem.split("-")[1]) for d in done}
-    assert sorted(log2.read_text().splitlines()) == sorted(it.path for i, it in enumerate(items)
-                                                           if i // SHARD not in done_idx)
+    assert sorted(log2.read_text().splitlines()) == sorted(
+        it.path for i, it in enumerate(items) if i // SHARD not in done_idx
+    )
 
 
 def test_ray_tasks_build_the_same_store(root, ref, tmp_path, capsys):
@@ -120,8 +175,24 @@ def test_ray_tasks_build_the_same_store(root, ref, tmp_path, capsys):
     from fcn.errors import UserError
     from fcn.preprocess import main
 
-    flags = ["--dataset", "mtat", "--data-root", str(root), "--clip-seconds", str(SECONDS), "--shard-size",
-             str(SHARD), "--data-dir", str(tmp_path), "--cluster", "ray", "--cpus-per-task", "1", "--poll-s", "0.5"]
+    flags = [
+        "--dataset",
+        "mtat",
+        "--data-root",
+        str(root),
+        "--clip-seconds",
+        str(SECONDS),
+        "--shard-size",
+        str(SHARD),
+        "--data-dir",
+        str(tmp_path),
+        "--cluster",
+        "ray",
+        "--cpus-per-task",
+        "1",
+        "--poll-s",
+        "0.5",
+    ]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         out = tmp_path / "store.h5"
@@ -146,12 +217,12 @@ def test_bad_cluster_options_are_one_line_each(root, tmp_path):
     assert [sorted(g) for g in groups({4: 4, 9: 9}, 64)] == [[4], [9]]
     r = _build(root, tmp_path / "s.h5", "--cluster", "slurm", env={"PATH": str(tmp_path)})  # no sbatch here
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "error: --cluster slurm: Slurm's sbatch is not on PATH: run this on a node that submits jobs"], r.stderr
+        "error: --cluster slurm: Slurm's sbatch is not on PATH: run this on a node that submits jobs"
+    ], r.stderr
 
 
 def test_a_partition_slurm_refuses_is_one_line(slurm_cluster, root, tmp_path):
-    r = _build(root, tmp_path / "s.h5", "--cluster", "slurm", "--partition", "nosuchpartition",
-               env=slurm_cluster.env)
+    r = _build(root, tmp_path / "s.h5", "--cluster", "slurm", "--partition", "nosuchpartition", env=slurm_cluster.env)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and lines[-1].startswith("error: --cluster slurm: the job array was refused: "), r.stderr
     assert "invalid partition specified: nosuchpartition" in lines[-1], lines[-1]
@@ -162,8 +233,25 @@ def test_two_nodes_build_the_same_store(slurm_multi, root, ref, tmp_path):
     """On the two-node cluster (tests/services/slurm_multi.py: two hosts, one shared filesystem): 3 GB per task of
     each node's 4 GB puts one task on each node at a time; both write into one shard folder."""
     out = tmp_path / "store.h5"
-    r = _build(root, out, "--cluster", "slurm", "--partition", slurm_multi.partition, "--tasks", "2",
-               "--cpus-per-task", "1", "--mem-gb", "3", "--time-min", "5", "--poll-s", "0.5", env=slurm_multi.env)
+    r = _build(
+        root,
+        out,
+        "--cluster",
+        "slurm",
+        "--partition",
+        slurm_multi.partition,
+        "--tasks",
+        "2",
+        "--cpus-per-task",
+        "1",
+        "--mem-gb",
+        "3",
+        "--time-min",
+        "5",
+        "--poll-s",
+        "0.5",
+        env=slurm_multi.env,
+    )
     assert r.returncode == 0, r.stderr[-3000:] + slurm_multi.log_tails()
     _same_bytes(out, ref)
     tasks = _sacct(slurm_multi, _array_id(r.stderr))

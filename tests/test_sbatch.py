@@ -7,6 +7,7 @@ USR2 (what --signal=B:USR2@120 sends before the time limit) requeues the job thr
 scancel still stops it; asking 2 GPUs for 1 task stops at once with a clear error; slurm/ray_cluster.sh brings up Ray
 inside a job and runs a one-cell grid on it.
 """
+
 import json
 import os
 import shutil
@@ -31,8 +32,12 @@ def test_every_script_parses():
         assert r.returncode == 0, f"{p.name}: {r.stderr}"
         assert os.access(p, os.X_OK), f"{p.name} is not executable"
         text = p.read_text()
-        for needle in ("#SBATCH --requeue", "#SBATCH --signal=B:USR2@", "scontrol requeue", "MASTER_PORT" if
-                       "fcn" in p.name else "--ray-address"):
+        for needle in (
+            "#SBATCH --requeue",
+            "#SBATCH --signal=B:USR2@",
+            "scontrol requeue",
+            "MASTER_PORT" if "fcn" in p.name else "--ray-address",
+        ):
             assert needle in text, f"{p.name} lacks {needle!r}"
 
 
@@ -65,16 +70,23 @@ def test_headers_say_what_and_how_long():
     mtat4 = (SLURM / "mtat_fcn4.sh").read_text()
     assert "INPUT=mel: 0.894" in mtat4 and "INPUT=stft: 0.846" in mtat4 and "INPUT=mfcc: 0.862" in mtat4
     assert "≈2,600 FCN-4 clips/s" in mtat4 and "--gpus-per-node=4 --ntasks-per-node=4" in mtat4
-    assert 'INPUT=${INPUT:-mel}' in mtat4
+    assert "INPUT=${INPUT:-mel}" in mtat4
     assert "--preset paper --dataset mtat --depth 4" in mtat4
 
 
 # --- on a real Slurm cluster ------------------------------------------------------------------------------------------
 
+
 def _sbatch(cluster, script: Path, log: Path, *opts: str, env: dict[str, str]) -> int:
     """Submit `script` from the repository root with sbatch CLI overrides of its header and extra environment."""
-    out = subprocess.run(["sbatch", "--parsable", "-p", cluster.partition, f"--output={log}", *opts, str(script)],
-                         cwd=REPO, env={**os.environ, **cluster.env, **env}, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["sbatch", "--parsable", "-p", cluster.partition, f"--output={log}", *opts, str(script)],
+        cwd=REPO,
+        env={**os.environ, **cluster.env, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return int(out.stdout.strip().split(";")[0])
 
@@ -83,6 +95,7 @@ def _batch_for_two_ranks(data_dir) -> int:
     """TINY's batch size, unless each of 2 ranks would end an epoch on a batch of 1 (batch norm after the global pool
     cannot train on one clip; fcn/train.py keeps the last partial batch), which the synthetic split's size can cause."""
     import h5py
+
     from fcn.config import RunConfig
     from fcn.run_store import store_path
 
@@ -94,11 +107,18 @@ def _batch_for_two_ranks(data_dir) -> int:
 def _tiny_env(data_dir, out_dir: Path, **fcn) -> dict[str, str]:
     """The cell script's variables for a tiny run: every field the paper preset sets is overridden in FCN_ARGS."""
     # --device cpu: the fake GPUs are allocated but unusable, and --device auto rightly stops on that (fcn/dist.py)
-    args = dict(TINY, data_dir=str(data_dir), num_workers=0, batch_size=_batch_for_two_ranks(data_dir), device="cpu",
-                **fcn)
+    args = dict(
+        TINY, data_dir=str(data_dir), num_workers=0, batch_size=_batch_for_two_ranks(data_dir), device="cpu", **fcn
+    )
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in args.items())
-    return {"FCN_ARGS": flags, "OUT_DIR": str(out_dir), "MLFLOW_TRACKING_URI": "", "DATA_ROOT": "",
-            "INPUT": "mel", "PYTHON": ".venv/bin/python"}
+    return {
+        "FCN_ARGS": flags,
+        "OUT_DIR": str(out_dir),
+        "MLFLOW_TRACKING_URI": "",
+        "DATA_ROOT": "",
+        "INPUT": "mel",
+        "PYTHON": ".venv/bin/python",
+    }
 
 
 # demo-scale header overrides; 2 tasks on the 2 fake GPUs (torch sees no CUDA and trains on CPU with gloo)
@@ -147,8 +167,9 @@ def test_cell_script_requeued_mid_run_resumes_into_the_same_mlflow_run(slurm_clu
     deadline = time.monotonic() + 180
     while not (cell / "ckpt" / "last.pt").exists():
         state = slurm_cluster.job_state(job)
-        assert time.monotonic() < deadline and state in ("PENDING", "RUNNING", "CONFIGURING"), \
+        assert time.monotonic() < deadline and state in ("PENDING", "RUNNING", "CONFIGURING"), (
             f"no checkpoint (job {state})\n" + _log(log)[-4000:]
+        )
         time.sleep(0.2)
     assert not (cell / "metrics.json").exists(), "the cell finished before it could be requeued"
     slurm_cluster.requeue(job)
@@ -182,8 +203,13 @@ def test_usr2_before_the_time_limit_requeues_and_scancel_stops(slurm_cluster, tm
     fake, marks, log = tmp_path / "python", tmp_path / "marks.txt", tmp_path / "job.out"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
-    env = {"PYTHON": str(fake), "MARKS": str(marks), "OUT_DIR": str(tmp_path / "runs"), "INPUT": "stft",
-           "FCN_ARGS": "--seed 3 --data-dir '/tmp/a dir'"}
+    env = {
+        "PYTHON": str(fake),
+        "MARKS": str(marks),
+        "OUT_DIR": str(tmp_path / "runs"),
+        "INPUT": "stft",
+        "FCN_ARGS": "--seed 3 --data-dir '/tmp/a dir'",
+    }
     job = _sbatch(slurm_cluster, SLURM / "msd_fcn7.sh", log, *SMALL, env=env)
 
     def starts(n: int, timeout: float = 90) -> list[str]:
@@ -200,10 +226,12 @@ def test_usr2_before_the_time_limit_requeues_and_scancel_stops(slurm_cluster, tm
 
     port = master_port(job)
     assert sorted(ln.split(" args=")[0] for ln in first) == [
-        f"start=0 rank={r}/2 master={slurm_cluster.node}:{port}" for r in (0, 1)]
+        f"start=0 rank={r}/2 master={slurm_cluster.node}:{port}" for r in (0, 1)
+    ]
     assert first[0].split(" args=")[1] == (
         "-m fcn.train --preset paper --dataset msd --depth 7 --input stft --data-root  "
-        f"--out-dir {tmp_path / 'runs'} --experiment fcn-sweep --seed 3 --data-dir /tmp/a dir")
+        f"--out-dir {tmp_path / 'runs'} --experiment fcn-sweep --seed 3 --data-dir /tmp/a dir"
+    )
     slurm_cluster.run("scancel", "--signal=USR2", "--batch", str(job))  # what --signal=B:USR2@120 sends
     starts(2)
     assert "got USR2: requeueing job" in _log(log)
@@ -218,8 +246,17 @@ def test_usr2_before_the_time_limit_requeues_and_scancel_stops(slurm_cluster, tm
 @pytest.mark.slow
 def test_gpus_and_tasks_per_node_mismatch_stops_at_once(slurm_cluster, data_dir, tmp_path):
     log = tmp_path / "job.out"
-    job = _sbatch(slurm_cluster, SLURM / "msd_fcn7.sh", log, "--time=5", "--mem=1G", "--cpus-per-task=1",
-                  "--gpus-per-node=2", "--ntasks-per-node=1", env=_tiny_env(data_dir, tmp_path / "runs"))
+    job = _sbatch(
+        slurm_cluster,
+        SLURM / "msd_fcn7.sh",
+        log,
+        "--time=5",
+        "--mem=1G",
+        "--cpus-per-task=1",
+        "--gpus-per-node=2",
+        "--ntasks-per-node=1",
+        env=_tiny_env(data_dir, tmp_path / "runs"),
+    )
     assert slurm_cluster.wait_job(job, timeout=60) == "FAILED"
     text = _log(log)
     assert "error: this job has 2 GPU(s) per node but 1 task(s) per node" in text, text
@@ -232,13 +269,37 @@ def test_ray_cluster_script_runs_a_grid_inside_a_job(slurm_cluster, data_dir, tm
     if shutil.which("ray", path=str(REPO / ".venv" / "bin")) is None:
         pytest.skip("no ray in .venv")
     out_dir, log = tmp_path / "runs", tmp_path / "job.out"
-    grid = ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--results", str(tmp_path / "results"),
-            "--quiet", "--no-tables", "--datasets", "mtat", "--inputs", "mel", "--depths", "3"]
+    grid = [
+        "--data-dir",
+        str(data_dir),
+        "--out-dir",
+        str(out_dir),
+        "--results",
+        str(tmp_path / "results"),
+        "--quiet",
+        "--no-tables",
+        "--datasets",
+        "mtat",
+        "--inputs",
+        "mel",
+        "--depths",
+        "3",
+    ]
     for k, v in dict(TINY, epochs=1, device="cpu").items():
         grid += ["--" + k.replace("_", "-"), str(v)]
     env = {"GRID_ARGS": " ".join(grid), "MLFLOW_TRACKING_URI": "", "RAY_WAIT_S": "90"}
-    job = _sbatch(slurm_cluster, SLURM / "ray_cluster.sh", log, "--nodes=1", "--ntasks-per-node=1",
-                  "--cpus-per-task=2", "--gpus-per-node=2", "--mem=6G", "--time=10", env=env)
+    job = _sbatch(
+        slurm_cluster,
+        SLURM / "ray_cluster.sh",
+        log,
+        "--nodes=1",
+        "--ntasks-per-node=1",
+        "--cpus-per-task=2",
+        "--gpus-per-node=2",
+        "--mem=6G",
+        "--time=10",
+        env=env,
+    )
     state = slurm_cluster.wait_job(job, timeout=240)
     text = _log(log)
     assert state == "COMPLETED", text[-6000:]
@@ -255,8 +316,14 @@ def test_the_scripts_ask_fcn_dist_for_the_job_rules(monkeypatch):
     from fcn.errors import UserError
 
     monkeypatch.setenv("PATH", "/nonexistent")  # no scontrol: the Python hostlist expansion
-    env = {"SLURM_JOB_ID": "7001", "SLURM_JOB_NODELIST": "gpu[03-04]", "SLURM_JOB_NUM_NODES": "2",
-           "SLURM_NTASKS": "8", "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_GPUS_ON_NODE": "4"}
+    env = {
+        "SLURM_JOB_ID": "7001",
+        "SLURM_JOB_NODELIST": "gpu[03-04]",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NTASKS": "8",
+        "SLURM_TASKS_PER_NODE": "4(x2)",
+        "SLURM_GPUS_ON_NODE": "4",
+    }
     assert dist.slurm_job(env) == f"gpu03 {dist.master_port(7001)} 2 4"
     assert dist.slurm_tasks_per_node({"SLURM_NTASKS": "6", "SLURM_NNODES": "3"}) == 2
     with pytest.raises(UserError, match=r"4 GPU\(s\) per node but 1 task\(s\) per node.*--ntasks-per-node=4"):
@@ -264,4 +331,4 @@ def test_the_scripts_ask_fcn_dist_for_the_job_rules(monkeypatch):
     assert dist.slurm_job({"SLURM_JOB_ID": "5"}).split()[2:] == ["1", "1"]  # CPU job: no GPU rule
     for p in CELL_SCRIPTS:
         text = p.read_text()
-        assert '"$PYTHON" -m fcn.dist job' in text and "SLURM_GPUS_ON_NODE\" !=" not in text
+        assert '"$PYTHON" -m fcn.dist job' in text and 'SLURM_GPUS_ON_NODE" !=' not in text

@@ -1,5 +1,6 @@
 """harness.search: the recipe search on Ray Tune with ASHA, on validation only; killed and resumed; its winner fed to
 the grid with --configs-from."""
+
 import json
 import os
 import signal
@@ -18,8 +19,11 @@ from tests.conftest import REPO, TINY, run_py
 
 def test_space_parsing_and_trial_expansion():
     space = parse_space(["lr=1e-3,3e-3", "dropout=0..0.5", "batch-size=8,16"])
-    assert space == {"lr": ("choice", (1e-3, 3e-3)), "dropout": ("uniform", 0.0, 0.5),
-                     "batch_size": ("choice", (8, 16))}
+    assert space == {
+        "lr": ("choice", (1e-3, 3e-3)),
+        "dropout": ("uniform", 0.0, 0.5),
+        "batch_size": ("choice", (8, 16)),
+    }
     assert parse_space(["lr=1e-4..1e-2"])["lr"] == ("log", 1e-4, 1e-2)
     for bad in (["width=1,2"], ["lr"], ["lr=a,b"], ["lr=1e-2..1e-4"], ["batch_size=8..16"]):
         with pytest.raises(UserError):
@@ -45,17 +49,35 @@ def _store_without_test_split(src, dst):
     with h5py.File(src, "r") as h:
         keep = np.flatnonzero(h["split"].asstr()[:] != "test")
         inputs = json.loads(h.attrs["inputs"])
-        write_store(dst, dataset=h.attrs["dataset"], tags=json.loads(h.attrs["tags"]),
-                    params=FrontEndParams.from_dict(json.loads(h.attrs["frontend"])), inputs=inputs,
-                    clip_ids=list(h["clip_id"].asstr()[keep]), paths=list(h["path"].asstr()[keep]),
-                    splits=list(h["split"].asstr()[keep]), labels=h["labels"][keep],
-                    feature_chunks=[{k: h[k][keep] for k in inputs}])
+        write_store(
+            dst,
+            dataset=h.attrs["dataset"],
+            tags=json.loads(h.attrs["tags"]),
+            params=FrontEndParams.from_dict(json.loads(h.attrs["frontend"])),
+            inputs=inputs,
+            clip_ids=list(h["clip_id"].asstr()[keep]),
+            paths=list(h["path"].asstr()[keep]),
+            splits=list(h["split"].asstr()[keep]),
+            labels=h["labels"][keep],
+            feature_chunks=[{k: h[k][keep] for k in inputs}],
+        )
     return dst
 
 
 def _flags(data_dir, tmp_path, *extra):
-    flags = ["--datasets", "mtat", "--inputs", "mel", "--depths", "3", "--data-dir", str(data_dir),
-             "--out-dir", str(tmp_path / "runs"), "--quiet"]
+    flags = [
+        "--datasets",
+        "mtat",
+        "--inputs",
+        "mel",
+        "--depths",
+        "3",
+        "--data-dir",
+        str(data_dir),
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--quiet",
+    ]
     for k, v in TINY.items():
         flags += ["--" + k.replace("_", "-"), str(v)]
     return flags + list(extra)
@@ -73,11 +95,23 @@ def test_search_prunes_on_validation_only_resumes_after_a_kill_and_feeds_the_gri
     with pytest.raises(UserError, match="test split"):
         train(cell.replace(store=str(notest), out_dir=str(tmp_path / "plain")))
 
-    search = [sys.executable, "-m", "harness.search", *_flags(data_dir, tmp_path, "--store", str(notest),
-                                                               "--grace-period", "1", "--results",
-                                                               str(tmp_path / "results"))]
-    proc = subprocess.Popen(search, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    search = [
+        sys.executable,
+        "-m",
+        "harness.search",
+        *_flags(
+            data_dir, tmp_path, "--store", str(notest), "--grace-period", "1", "--results", str(tmp_path / "results")
+        ),
+    ]
+    proc = subprocess.Popen(
+        search,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     trials_dir = tmp_path / "runs" / "fcn-sweep-search"
     deadline = time.time() + 400
     while len(list(trials_dir.glob("*/trial.json"))) < 2 and time.time() < deadline and proc.poll() is None:
@@ -98,8 +132,11 @@ def test_search_prunes_on_validation_only_resumes_after_a_kill_and_feeds_the_gri
         assert (trials_dir / name / "train.log").read_text().count(" parameters, ") == 1
     pruned = [t for t in trials.values() if t["pruned"]]
     assert pruned and all(t["stopped"] == f"pruned at epoch {t['epochs_run']}" for t in pruned)
-    preset = next(t for t in trials.values() if t["recipe"] == {"lr": cell.lr, "dropout": cell.dropout,
-                                                                  "batch_size": cell.batch_size})
+    preset = next(
+        t
+        for t in trials.values()
+        if t["recipe"] == {"lr": cell.lr, "dropout": cell.dropout, "batch_size": cell.batch_size}
+    )
     assert not preset["pruned"]  # the yardstick runs in full
 
     # every trial is a child run of the cell's search run, says why it stopped, and has no test metric
@@ -123,11 +160,17 @@ def test_search_prunes_on_validation_only_resumes_after_a_kill_and_feeds_the_gri
     assert "test split was never opened" in report and (tmp_path / "results" / "search-mtat-mel-fcn3-s0.png").exists()
 
     # the grid with the found recipe (on the full store): same training as the winning trial, so as good on validation
-    grid = run_py("-m", "harness.grid", *_flags(data_dir, tmp_path, "--configs-from",
-                                                str(tmp_path / "results" / "search-recipes"), "--no-tables"))
+    grid = run_py(
+        "-m",
+        "harness.grid",
+        *_flags(data_dir, tmp_path, "--configs-from", str(tmp_path / "results" / "search-recipes"), "--no-tables"),
+    )
     assert grid.returncode == 0, grid.stderr[-3000:]
-    cell_run = [r for r in c.search_runs([c.get_experiment_by_name("fcn-sweep").experiment_id])
-                if r.data.tags.get("cell_key") == "mtat-mel-fcn3-s0"][0]
+    cell_run = [
+        r
+        for r in c.search_runs([c.get_experiment_by_name("fcn-sweep").experiment_id])
+        if r.data.tags.get("cell_key") == "mtat-mel-fcn3-s0"
+    ][0]
     assert float(cell_run.data.params["lr"]) == winner["recipe"]["lr"]
     assert float(cell_run.data.params["dropout"]) == winner["recipe"]["dropout"]
     assert cell_run.data.params["recipe"].startswith(("searched", "the preset's"))

@@ -23,8 +23,7 @@ def _wait_for(cond, timeout: float, what: str, poll: float = 0.2):
 
 def test_trivial_job_runs_venv_python_and_sacct_reports_it(slurm_cluster, tmp_path):
     out = tmp_path / "out.txt"
-    jobid = slurm_cluster.sbatch("-o", str(out), "--wrap",
-                                 f"{sys.executable} -c 'import sys; print(sys.executable)'")
+    jobid = slurm_cluster.sbatch("-o", str(out), "--wrap", f"{sys.executable} -c 'import sys; print(sys.executable)'")
     assert slurm_cluster.wait_job(jobid, timeout=60) == "COMPLETED"
     assert out.read_text().strip() == sys.executable
     assert slurm_cluster.wait_sacct(jobid, timeout=30) == "COMPLETED"
@@ -35,8 +34,9 @@ def test_trivial_job_runs_venv_python_and_sacct_reports_it(slurm_cluster, tmp_pa
 def test_two_tasks_get_ranks_0_and_1(slurm_cluster, tmp_path):
     out = tmp_path / "out.txt"
     code = "import os; print(os.environ['SLURM_PROCID'], os.environ['SLURM_LOCALID'], os.environ['SLURM_NTASKS'])"
-    jobid = slurm_cluster.sbatch("--ntasks=2", "--nodes=1", "-o", str(out), "--wrap",
-                                 f'srun {sys.executable} -c "{code}"')
+    jobid = slurm_cluster.sbatch(
+        "--ntasks=2", "--nodes=1", "-o", str(out), "--wrap", f'srun {sys.executable} -c "{code}"'
+    )
     assert slurm_cluster.wait_job(jobid, timeout=60) == "COMPLETED", out.read_text()
     assert sorted(out.read_text().split("\n")[:2]) == ["0 0 2", "1 1 2"]
 
@@ -44,8 +44,13 @@ def test_two_tasks_get_ranks_0_and_1(slurm_cluster, tmp_path):
 def test_two_fake_gpus_are_allocated_and_three_are_rejected(slurm_cluster, tmp_path):
     assert slurm_cluster.gpus_per_node == 2
     out = tmp_path / "out.txt"
-    jobid = slurm_cluster.sbatch("--gpus-per-node=2", "-o", str(out), "--wrap",
-                                 "echo CVD=$CUDA_VISIBLE_DEVICES; srun --ntasks=1 printenv CUDA_VISIBLE_DEVICES")
+    jobid = slurm_cluster.sbatch(
+        "--gpus-per-node=2",
+        "-o",
+        str(out),
+        "--wrap",
+        "echo CVD=$CUDA_VISIBLE_DEVICES; srun --ntasks=1 printenv CUDA_VISIBLE_DEVICES",
+    )
     assert slurm_cluster.wait_job(jobid, timeout=60) == "COMPLETED", out.read_text()
     assert out.read_text().split() == ["CVD=0,1", "0,1"]
     with pytest.raises(subprocess.CalledProcessError) as err:
@@ -87,8 +92,7 @@ def test_submitit_runs_a_two_task_job(slurm_cluster, tmp_path):
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
         executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
-        executor.update_parameters(slurm_partition=slurm_cluster.partition, tasks_per_node=2, nodes=1,
-                                   timeout_min=2)
+        executor.update_parameters(slurm_partition=slurm_cluster.partition, tasks_per_node=2, nodes=1, timeout_min=2)
         job = executor.submit(_rank_info)
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

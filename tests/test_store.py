@@ -1,5 +1,6 @@
 """fcn.store and the training loader: whole float16 batches are exactly the per-clip standardised items, batched;
 the layout fcn.train picks."""
+
 import pytest
 import torch
 
@@ -11,9 +12,10 @@ def test_batches_equal_per_clip_items_in_the_same_order(data_dir):
     from torch.utils.data import DataLoader, DistributedSampler
 
     from fcn.dist import Dist
+    from fcn.loader import device_inputs as _inputs
+    from fcn.loader import make_loader as _loader
     from fcn.run_store import store_path
     from fcn.store import FeatureDataset
-    from fcn.loader import device_inputs as _inputs, make_loader as _loader
 
     config = RunConfig(data_dir=str(data_dir), **TINY).replace(batch_size=7, memory_format="contiguous")
     ds = FeatureDataset(store_path(config), "mel", "train", fraction=0.8, seed=3)
@@ -136,8 +138,10 @@ def test_amp_auto_follows_the_measured_rule(monkeypatch):
     assert p.amp_dtype(paper.replace(amp="bf16"), cpu) == torch.bfloat16  # asked for: given, emulated or not
 
 
-@pytest.mark.parametrize("flags,want", [("fpu avx512f avx512_bf16 avx2", True), ("fpu amx_bf16 amx_tile", True),
-                                        ("fpu avx512f avx512bw avx2", False)])
+@pytest.mark.parametrize(
+    "flags,want",
+    [("fpu avx512f avx512_bf16 avx2", True), ("fpu amx_bf16 amx_tile", True), ("fpu avx512f avx512bw avx2", False)],
+)
 def test_cpu_bf16_arithmetic_reads_cpuinfo_where_torch_has_no_check(monkeypatch, flags, want):
     import fcn.precision as p
 

@@ -1,4 +1,5 @@
 """fcn.data.synth / fcn.data.signals: deterministic, imbalanced, band-limited, and learnable from the audio."""
+
 import hashlib
 import sqlite3
 import subprocess
@@ -19,8 +20,11 @@ from fcn.data.synth import make_msd, make_mtat
 
 def _digest(root):
     """sha256 of every file's bytes, keyed by relative path (the db is compared by content, see below)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".db"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix != ".db"
+    }
 
 
 def _db_rows(path):
@@ -90,8 +94,11 @@ def test_learnable_from_the_audio():
     test = np.arange(n) >= 0.75 * n
     scale = StandardScaler().fit(feats[~test])
     a, b = scale.transform(feats[~test]), scale.transform(feats[test])
-    aucs = [roc_auc_score(y[test, k], LogisticRegression(C=0.1, max_iter=300).fit(a, y[~test, k]).decision_function(b))
-            for k in range(50) if 0 < y[~test, k].sum() and 0 < y[test, k].sum() < test.sum()]
+    aucs = [
+        roc_auc_score(y[test, k], LogisticRegression(C=0.1, max_iter=300).fit(a, y[~test, k]).decision_function(b))
+        for k in range(50)
+        if 0 < y[~test, k].sum() and 0 < y[test, k].sum() < test.sum()
+    ]
     assert len(aucs) >= 45
     auc = float(np.mean(aucs))
     print(f"learnability proxy: macro ROC-AUC {auc:.3f} over {len(aucs)} tags, {time.perf_counter() - t0:.1f} s")
@@ -99,13 +106,32 @@ def test_learnable_from_the_audio():
 
 
 def test_cli(tmp_path):
-    help_text = subprocess.run([sys.executable, "-m", "fcn.data.synth", "--help"], capture_output=True, text=True,
-                               check=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "fcn.data.synth", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "--layout" in help_text and "--seed" in help_text
-    r = subprocess.run([sys.executable, "-m", "fcn.data.synth", "--layout", "msd", "--out", str(tmp_path), "--n", "6",
-                        "--seconds", "0.3"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fcn.data.synth",
+            "--layout",
+            "msd",
+            "--out",
+            str(tmp_path),
+            "--n",
+            "6",
+            "--seconds",
+            "0.3",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "lastfm_tags.db").is_file() and len(list((tmp_path / "audio").rglob("*.clip.mp3"))) == 6
-    bad = subprocess.run([sys.executable, "-m", "fcn.data.synth", "--layout", "mtat", "--out", str(tmp_path),
-                          "--n", "0"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "fcn.data.synth", "--layout", "mtat", "--out", str(tmp_path), "--n", "0"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "--n" in bad.stderr

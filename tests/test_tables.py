@@ -4,6 +4,7 @@ The experiment is made exactly as DESIGN.md's MLflow schema says (run name = key
 test_predictions.npz: tests/logged_cells.py), with made-up predictions whose quality is known: mel > mfcc > stft on
 MTAT FCN-4, and the metrics logged are the macro AUCs of those predictions, as training logs them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -73,8 +74,17 @@ def _row(rows, **match):
 
 def test_files_written_with_header(sweep):
     names = {p.name for p in sweep["files"]}
-    assert names == {"input_table.md", "input_table.csv", "depth_table.md", "depth_table.csv", "significance.md",
-                     "significance.csv", "auc_vs_depth.png", "per_tag_auc.png", "index.md"}
+    assert names == {
+        "input_table.md",
+        "input_table.csv",
+        "depth_table.md",
+        "depth_table.csv",
+        "significance.md",
+        "significance.csv",
+        "auc_vs_depth.png",
+        "per_tag_auc.png",
+        "index.md",
+    }
     for p in sweep["files"]:
         if p.suffix == ".png":
             assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
@@ -175,8 +185,20 @@ def test_synthetic_cell_rows_leave_the_delta_empty():
     from harness.tables.summarise import Cell
 
     params = {"dataset": "mtat", "width": "0.125", "clip_seconds": "3.0"}  # no data_root: the built-in data
-    run = CellRun("mtat-mel-fcn4-s0", "mtat", "mel", 4, 0, "r1", 0, 0.83, 0.38, run_source(params), synthetic=True,
-                  scale="width 0.125, 3.0 s clips, plain-db mel")
+    run = CellRun(
+        "mtat-mel-fcn4-s0",
+        "mtat",
+        "mel",
+        4,
+        0,
+        "r1",
+        0,
+        0.83,
+        0.38,
+        run_source(params),
+        synthetic=True,
+        scale="width 0.125, 3.0 s clips, plain-db mel",
+    )
     cell = Cell("mtat", "mel", 4, runs=[run], roc=bootstrap.Interval(0.83, 0.8, 0.86, "bootstrap", 95))
     row = cell_row(cell)
     assert row["data"] == "synthetic" and row["scale"] == run.scale and row["paper_roc_auc"] == "0.894000"

@@ -1,4 +1,5 @@
 """train(config) end to end: learning, MLflow logging, resume after SIGKILL, DDP with torchrun, and bad input."""
+
 import json
 import os
 import signal
@@ -79,9 +80,24 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_result(tiny, tmp_pat
 def test_torchrun_two_processes(tiny):
     config = tiny(epochs=5, patience=5, experiment="ddp")  # half the steps per epoch of one process
     env = {"OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "fcn.train", *config_flags(config)], capture_output=True, text=True, cwd=REPO,
-                         env=dict(os.environ, **env), timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "fcn.train",
+            *config_flags(config),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, **env),
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
     assert len(lines) == 1, "only rank 0 prints the result"
@@ -93,13 +109,16 @@ def test_torchrun_two_processes(tiny):
     assert len(_mlflow_runs(config)[1]) == 1
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--depth", "9"], "invalid choice: 9"),
-    (["--input", "cqt"], "invalid choice: 'cqt'"),
-    (["--store", "/nonexistent/store.h5"], "feature store /nonexistent/store.h5 does not exist"),
-    (["--batch-size", "many"], "invalid int value"),
-    (["--no-such-flag", "1"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--depth", "9"], "invalid choice: 9"),
+        (["--input", "cqt"], "invalid choice: 'cqt'"),
+        (["--store", "/nonexistent/store.h5"], "feature store /nonexistent/store.h5 does not exist"),
+        (["--batch-size", "many"], "invalid int value"),
+        (["--no-such-flag", "1"], "unrecognized arguments"),
+    ],
+)
 def test_bad_input_is_one_line_and_nonzero(tiny, flags, message):
     config = tiny()
     out = run_py("-m", "fcn.train", *config_flags(config), *flags)
@@ -129,23 +148,36 @@ def test_tracking_server_down_is_one_line(tiny):
 def test_no_best_epoch_falls_back_to_the_last_with_a_clear_line(tmp_path):
     """Validation labels with no positive clip: ROC-AUC is NaN every epoch, so no epoch is 'best'. The run says so
     in one line, tests the last epoch's weights and keeps them as best.pt (fcn.predict needs one)."""
+    from fcn.cell import run_dir
     from fcn.config import RunConfig
     from fcn.frontends import INPUTS
     from fcn.store import write_store
-    from fcn.cell import run_dir
     from fcn.train import train
     from tests.conftest import TINY
 
-    config = RunConfig(**{**TINY, "epochs": 2, "patience": 2}, store=str(tmp_path / "nan.h5"),
-                       out_dir=str(tmp_path / "runs"), data_dir=str(tmp_path))
+    config = RunConfig(
+        **{**TINY, "epochs": 2, "patience": 2},
+        store=str(tmp_path / "nan.h5"),
+        out_dir=str(tmp_path / "runs"),
+        data_dir=str(tmp_path),
+    )
     p, rng = config.frontend, np.random.default_rng(0)
     splits = ["train"] * 32 + ["valid"] * 16 + ["test"] * 16
     labels = (rng.random((64, 50)) < 0.3).astype(np.uint8)
     labels[32:48] = 0  # validation: no positive clip for any tag
     feats = {k: rng.standard_normal((64, p.rows(k), p.n_frames)).astype(np.float16) for k in INPUTS}
-    write_store(tmp_path / "nan.h5", dataset="mtat", tags=[f"t{i}" for i in range(50)], params=p,
-                inputs=list(INPUTS), clip_ids=[f"c{i}" for i in range(64)], paths=[f"/c{i}" for i in range(64)],
-                splits=splits, labels=labels, feature_chunks=[feats])
+    write_store(
+        tmp_path / "nan.h5",
+        dataset="mtat",
+        tags=[f"t{i}" for i in range(50)],
+        params=p,
+        inputs=list(INPUTS),
+        clip_ids=[f"c{i}" for i in range(64)],
+        paths=[f"/c{i}" for i in range(64)],
+        splits=splits,
+        labels=labels,
+        feature_chunks=[feats],
+    )
     m = train(config)
     assert m["best_epoch"] == 2 and np.isnan(m["best_valid_roc_auc"]) and 0 <= m["test_roc_auc"] <= 1
     log = (run_dir(config) / "train.log").read_text()

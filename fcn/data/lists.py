@@ -4,6 +4,7 @@ any split folder's files whether plain or xz-compressed, with their sha256 verif
 A user's own folder (`--splits-dir`, `<root>/splits`) takes precedence; the shipped lists are the fallback, so a
 clone with nothing beside it runs `--split clean` and MSD.
 """
+
 from __future__ import annotations
 
 import functools
@@ -67,8 +68,10 @@ def read_bytes(path) -> bytes:
         raise DataFileMissing(f"{path}: not found")
     want = expected_sha256(path)
     if want is not None and hashlib.sha256(data).hexdigest() != want:
-        raise DataError(f"{path}: sha256 differs from its SHA256SUMS entry: a damaged or edited copy "
-                        "(restore it, e.g. with git checkout)")
+        raise DataError(
+            f"{path}: sha256 differs from its SHA256SUMS entry: a damaged or edited copy "
+            "(restore it, e.g. with git checkout)"
+        )
     return data
 
 

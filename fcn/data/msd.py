@@ -8,6 +8,7 @@ tracks; `valid_y.npy` / `test_y.npy` are bool N x 50 in `top50_tags.txt` order. 
 `<audio_root>/d1/d2/<7digital_id>.clip.mp3`; they cannot be downloaded any more, so users bring their own copy.
 Choi's lists and y files ship with the package (fcn/data/splits/msd, fcn.data.lists): a user brings the db and audio.
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,8 +55,10 @@ def read_split_lists(splits_dir) -> dict[str, SplitList]:
     for s in SPLITS:
         cols = [read_id_list(d / f"{s}_x_{what}.txt") for what in ("msd_id", "7d_id", "filename")]
         if len({len(c) for c in cols}) != 1:
-            raise DataError(f"{d}: {s}_x_msd_id / _7d_id / _filename.txt have {[len(c) for c in cols]} lines: "
-                            "they must be aligned line by line")
+            raise DataError(
+                f"{d}: {s}_x_msd_id / _7d_id / _filename.txt have {[len(c) for c in cols]} lines: "
+                "they must be aligned line by line"
+            )
         out[s] = SplitList(*cols)
     return out
 
@@ -94,10 +97,12 @@ def labels_from_db(db_path, msd_ids, tags) -> tuple[np.ndarray, np.ndarray]:
     try:
         try:
             tag_rows = con.execute(
-                f"SELECT ROWID, tag FROM tags WHERE tag IN ({','.join('?' * len(tags))})", list(tags)).fetchall()
+                f"SELECT ROWID, tag FROM tags WHERE tag IN ({','.join('?' * len(tags))})", list(tags)
+            ).fetchall()
         except sqlite3.DatabaseError as e:
-            raise DataError(f"{db_path}: not a Last.fm tag database ({e}); "
-                            "expected tables tids, tags, tid_tag") from None
+            raise DataError(
+                f"{db_path}: not a Last.fm tag database ({e}); expected tables tids, tags, tid_tag"
+            ) from None
         col_of_tag = {rowid: tags.index(name) for rowid, name in tag_rows}
         row_of_id = {t: i for i, t in enumerate(msd_ids)}
         # tids ROWID -> our row (-1: not asked for); the real table has 505,216 tracks, we want <= 242,854
@@ -111,8 +116,10 @@ def labels_from_db(db_path, msd_ids, tags) -> tuple[np.ndarray, np.ndarray]:
             col_lut = np.full(max(col_of_tag) + 1, -1, dtype=np.int64)
             for rowid, col in col_of_tag.items():
                 col_lut[rowid] = col
-            q = (f"SELECT tid, tag FROM tid_tag WHERE val > {THRESHOLD} "
-                 f"AND tag IN ({','.join(str(int(r)) for r in col_of_tag)})")
+            q = (
+                f"SELECT tid, tag FROM tid_tag WHERE val > {THRESHOLD} "
+                f"AND tag IN ({','.join(str(int(r)) for r in col_of_tag)})"
+            )
             pairs = np.array(con.execute(q).fetchall(), dtype=np.int64).reshape(-1, 2)
             pairs = pairs[(pairs[:, 0] >= 0) & (pairs[:, 0] <= max_rowid)]  # a dangling tid reference is ignored
             rows, cols = row_of_rowid[pairs[:, 0]], col_lut[pairs[:, 1]]
@@ -156,8 +163,9 @@ def _files_under(root: Path) -> set[str]:
     return found
 
 
-def read(root, splits_dir=None, audio_root=None, id_map_csv=None,
-         tags_db=None) -> tuple[list[str], list[Item], list[str]]:
+def read(
+    root, splits_dir=None, audio_root=None, id_map_csv=None, tags_db=None
+) -> tuple[list[str], list[Item], list[str]]:
     """Read an MSD copy. Returns (tags, items, problems).
 
     Defaults [D]: splits_dir = `<root>/splits` when it holds Choi's lists, else the shipped ones (default_splits_dir),
@@ -178,16 +186,24 @@ def read(root, splits_dir=None, audio_root=None, id_map_csv=None,
     all_ids = [t for s in SPLITS for t in lists[s].msd_ids]
     if tags_db.is_file():
         y_all, in_db = labels_from_db(tags_db, all_ids, tags)
-        report.summary(f"tracks not in {tags_db.name}: kept with no tags",
-                       [all_ids[i] for i in np.flatnonzero(~in_db)], total=len(all_ids))
+        report.summary(
+            f"tracks not in {tags_db.name}: kept with no tags",
+            [all_ids[i] for i in np.flatnonzero(~in_db)],
+            total=len(all_ids),
+        )
         # Choi's lists hold only tracks with a top-50 tag: a different db copy would show here
-        report.summary("tracks with no top-50 tag > 50 in the db: kept as all-negative",
-                       [all_ids[i] for i in np.flatnonzero(in_db & (y_all.sum(1) == 0))], total=len(all_ids))
+        report.summary(
+            "tracks with no top-50 tag > 50 in the db: kept as all-negative",
+            [all_ids[i] for i in np.flatnonzero(in_db & (y_all.sum(1) == 0))],
+            total=len(all_ids),
+        )
     else:
         ys = [read_y(splits_dir, s) for s in SPLITS]
         if any(y is None for y in ys):
-            raise DataFileMissing(f"{tags_db}: Last.fm tag database not found, and {splits_dir} lacks "
-                                  "train_y.npy/valid_y.npy/test_y.npy to fall back on: pass tags_db")
+            raise DataFileMissing(
+                f"{tags_db}: Last.fm tag database not found, and {splits_dir} lacks "
+                "train_y.npy/valid_y.npy/test_y.npy to fall back on: pass tags_db"
+            )
         for s, y in zip(SPLITS, ys):
             if len(y) != len(lists[s]):
                 raise DataError(f"{splits_dir}/{s}_y.npy has {len(y)} rows, {s}_x_msd_id.txt {len(lists[s])}")
@@ -268,7 +284,12 @@ def label_check_report(checks: dict[str, LabelCheck], splits_dir) -> tuple[str, 
     for s, c in checks.items():
         parts.append(f"{s} {c.mismatched:,} of {c.compared:,} tracks differ")
         if c.mismatched:
-            problems.append(Problem(f"labels ({s})", f"{c.mismatched:,} of {c.compared:,} tracks' labels from the db "
-                                                     f"differ from Choi's {s}_y.npy (first: "
-                                                     f"{', '.join(c.first_mismatches)})"))
+            problems.append(
+                Problem(
+                    f"labels ({s})",
+                    f"{c.mismatched:,} of {c.compared:,} tracks' labels from the db "
+                    f"differ from Choi's {s}_y.npy (first: "
+                    f"{', '.join(c.first_mismatches)})",
+                )
+            )
     return f"MSD labels from the db checked against Choi's y files in {splits_dir}: {'; '.join(parts)}", problems

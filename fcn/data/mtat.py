@@ -6,6 +6,7 @@ Facts (PAPER.md, Datasets): `annotations_final.csv` is tab-separated with every 
 lists (15,244 / 1,529 / 4,332 clips with at least one top-50 tag), read from the plain-text `*_list_pub.txt` files
 whose entries are `<folder>/<clip>.npy`. Those lists ship with the package (fcn/data/splits/mtat, fcn.data.lists).
 """
+
 from __future__ import annotations
 
 import csv
@@ -65,7 +66,8 @@ def find_splits_dir(root) -> Path:
             return d
     raise DataFileMissing(
         f"clean split lists ({', '.join(CLEAN_LISTS.values())}) not found in {' or '.join(map(str, tried))}: "
-        "pass the folder that holds them (e.g. won_sota_split/mtat) as splits_dir / --splits-dir")
+        "pass the folder that holds them (e.g. won_sota_split/mtat) as splits_dir / --splits-dir"
+    )
 
 
 def read_clean_lists(splits_dir) -> dict[str, list[str]]:

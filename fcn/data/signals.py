@@ -9,6 +9,7 @@ key and gain jitter, confusing non-tag sounds and background noise keep it from 
 Slot k is tag k of the data set's top-50 list (MTAT_TOP50 or MSD_TOP50): the flavour comments follow MTAT's names.
 All energy is kept below 5.8 kHz, because the clips are analysed at 12 kHz (Nyquist 6 kHz, PAPER.md).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -28,8 +29,22 @@ TAG_FREQ = 0.25 * np.arange(1, N_SLOTS + 1, dtype=np.float64) ** -ZIPF_ALPHA
 # female vocal / female voice / woman, male with male vocal / male voice / man, vocal with vocals / voice / singing,
 # choir-choral, classical-classic, beat-beats, no vocals with no vocal / no voice, techno-electronic, opera-classical.
 PAIRS = (
-    (15, 40, .5), (15, 48, .4), (15, 26, .4), (18, 27, .5), (18, 39, .4), (18, 33, .4), (13, 20, .5), (13, 36, .4),
-    (13, 19, .4), (35, 49, .6), (1, 34, .12), (11, 41, .3), (21, 28, .5), (21, 44, .4), (3, 6, .5), (17, 1, .5),
+    (15, 40, 0.5),
+    (15, 48, 0.4),
+    (15, 26, 0.4),
+    (18, 27, 0.5),
+    (18, 39, 0.4),
+    (18, 33, 0.4),
+    (13, 20, 0.5),
+    (13, 36, 0.4),
+    (13, 19, 0.4),
+    (35, 49, 0.6),
+    (1, 34, 0.12),
+    (11, 41, 0.3),
+    (21, 28, 0.5),
+    (21, 44, 0.4),
+    (3, 6, 0.5),
+    (17, 1, 0.5),
 )
 
 
@@ -46,8 +61,13 @@ def _base_freq() -> np.ndarray:
 BASE_FREQ = _base_freq()
 
 # Vowel formants (F1, F2, F3) in Hz, textbook averages.
-VOWELS = {"a": (800, 1200, 2500), "e": (400, 2000, 2600), "i": (300, 2300, 3000), "o": (450, 800, 2500),
-          "u": (325, 700, 2500)}
+VOWELS = {
+    "a": (800, 1200, 2500),
+    "e": (400, 2000, 2600),
+    "i": (300, 2300, 3000),
+    "o": (450, 800, 2500),
+    "u": (325, 700, 2500),
+}
 
 
 def _tone(f0, spread, rate, tilt, cut, odd=False, pluck=0.0, vib=(0.0, 0.0)):
@@ -77,56 +97,56 @@ def _sweep(lo, hi, rate):
 # One signature per slot. tone: pulse-train melody (f0 Hz, spread semitones, notes/s) through a spectral tilt (dB/oct)
 # and low-pass `cut`; odd = odd harmonics only; pluck = note decay time (s); vib = (rate Hz, depth).
 SIGNATURES = (
-    _tone(196, 7, 4, -6, 3000, pluck=.25),                  # 0 guitar: plucked mid notes
-    _tone(392, 5, 1.5, -9, 3500, vib=(5, .004)),            # 1 classical: soft sustained line
-    _noise(100, 400, am=.5),                                # 2 slow: low swelling noise
-    _perc(40, 160, 2.13, .12),                              # 3 techno: four-on-the-floor kick, 128 bpm
-    _tone(294, 5, 1, -4, 4500, vib=(6, .008)),              # 4 strings: bright bowed line
-    _perc(200, 2500, 4, .06),                               # 5 drums: snare-like bursts
-    _am(880, 8, partials=5, odd=True),                      # 6 electronic: square-ish tone, 8 Hz gating
-    _tone(110, 5, 2, -3, 2500, odd=True),                   # 7 rock: low buzzy power chord
-    _perc(2500, 5500, 8, .03),                              # 8 fast: hi-hat sixteenths
-    _tone(262, 12, 3, -8, 4000, pluck=.6),                  # 9 piano: decaying wide-range notes
-    _am(220, .3, partials=3, depth=.5),                     # 10 ambient: slow-breathing low pad
-    _perc(80, 300, 2, .2),                                  # 11 beat: deep slow thumps
-    _tone(660, 7, 2, -5, 5000, vib=(6, .01)),               # 12 violin: high line with vibrato
-    _voice(200, "a"),                                       # 13 vocal
-    _tone(440, 7, 4, 0, 2000, odd=True),                    # 14 synth: square lead
-    _voice(300, "e"),                                       # 15 female
-    _tone(147, 0, .5, -2, 5500),                            # 16 indian: bright buzzing drone
-    _voice(440, "o", vib=(5.5, .03), rate=1),               # 17 opera: wide vibrato
-    _voice(120, "a"),                                       # 18 male
-    _voice(250, "i"),                                       # 19 singing
-    _voice(160, "u"),                                       # 20 vocals
-    _noise(1500, 2200),                                     # 21 no vocals: steady hiss band
-    _tone(523, 12, 6, -1, 5500, pluck=.15),                 # 22 harpsichord: bright quick plucks
-    _noise(4000, 5700),                                     # 23 loud: high noise band
-    _am(1760, .5, partials=1),                              # 24 quiet: soft high sine, slow swell
-    _tone(784, 7, 2, -18, 3000, vib=(5, .005)),             # 25 flute: near-sine high line
-    _voice(260, "o"),                                       # 26 woman
-    _voice(140, "e"),                                       # 27 male vocal
-    _perc(1000, 2000, 3, .02),                              # 28 no vocal: clicks
-    _am(523, 4, partials=3),                                # 29 pop: 4 Hz pulsing chord tone
-    _noise(200, 300),                                       # 30 soft: low steady rumble
-    _tone(220, 5, 3, -1, 5000, pluck=.8, vib=(1, .02)),     # 31 sitar: bending bright plucks
-    _tone(587, 10, 5, -6, 4000),                            # 32 solo: busy mid-high line
-    _voice(100, "o"),                                       # 33 man
-    _tone(349, 5, 1, -8, 3000, odd=True),                   # 34 classic: clarinet-like line
-    _voice(220, "a", rate=.7, n=3),                         # 35 choir: three detuned voices
-    _voice(180, "i", vib=(0, 0), rate=6),                   # 36 voice: speech-like fast pitch changes
-    _sweep(300, 900, .2),                                   # 37 new age: slow glide
-    _perc(40, 120, 2, .25),                                 # 38 dance: long low kick
-    _voice(130, "u"),                                       # 39 male voice
-    _voice(330, "a"),                                       # 40 female vocal
-    _perc(500, 1500, 6, .05),                               # 41 beats: mid ticks
-    _tone(330, 14, 8, -10, 3000, pluck=.4),                 # 42 harp: fast arpeggios
-    _tone(131, 7, 1, -5, 3000, vib=(5, .008)),              # 43 cello: low bowed line
-    _am(2500, 12, partials=1),                              # 44 no voice: 12 Hz trill tone
-    _sweep(500, 3000, 1.5),                                 # 45 weird: fast wide sweeps
-    _tone(247, 7, 6, -3, 4500, pluck=.1),                   # 46 country: banjo-like rolls
-    _tone(82, 4, 4, 0, 3500, odd=True),                     # 47 metal: very low distorted riff
-    _voice(280, "u"),                                       # 48 female voice
-    _voice(330, "o", rate=.7, n=3),                         # 49 choral: three detuned high voices
+    _tone(196, 7, 4, -6, 3000, pluck=0.25),  # 0 guitar: plucked mid notes
+    _tone(392, 5, 1.5, -9, 3500, vib=(5, 0.004)),  # 1 classical: soft sustained line
+    _noise(100, 400, am=0.5),  # 2 slow: low swelling noise
+    _perc(40, 160, 2.13, 0.12),  # 3 techno: four-on-the-floor kick, 128 bpm
+    _tone(294, 5, 1, -4, 4500, vib=(6, 0.008)),  # 4 strings: bright bowed line
+    _perc(200, 2500, 4, 0.06),  # 5 drums: snare-like bursts
+    _am(880, 8, partials=5, odd=True),  # 6 electronic: square-ish tone, 8 Hz gating
+    _tone(110, 5, 2, -3, 2500, odd=True),  # 7 rock: low buzzy power chord
+    _perc(2500, 5500, 8, 0.03),  # 8 fast: hi-hat sixteenths
+    _tone(262, 12, 3, -8, 4000, pluck=0.6),  # 9 piano: decaying wide-range notes
+    _am(220, 0.3, partials=3, depth=0.5),  # 10 ambient: slow-breathing low pad
+    _perc(80, 300, 2, 0.2),  # 11 beat: deep slow thumps
+    _tone(660, 7, 2, -5, 5000, vib=(6, 0.01)),  # 12 violin: high line with vibrato
+    _voice(200, "a"),  # 13 vocal
+    _tone(440, 7, 4, 0, 2000, odd=True),  # 14 synth: square lead
+    _voice(300, "e"),  # 15 female
+    _tone(147, 0, 0.5, -2, 5500),  # 16 indian: bright buzzing drone
+    _voice(440, "o", vib=(5.5, 0.03), rate=1),  # 17 opera: wide vibrato
+    _voice(120, "a"),  # 18 male
+    _voice(250, "i"),  # 19 singing
+    _voice(160, "u"),  # 20 vocals
+    _noise(1500, 2200),  # 21 no vocals: steady hiss band
+    _tone(523, 12, 6, -1, 5500, pluck=0.15),  # 22 harpsichord: bright quick plucks
+    _noise(4000, 5700),  # 23 loud: high noise band
+    _am(1760, 0.5, partials=1),  # 24 quiet: soft high sine, slow swell
+    _tone(784, 7, 2, -18, 3000, vib=(5, 0.005)),  # 25 flute: near-sine high line
+    _voice(260, "o"),  # 26 woman
+    _voice(140, "e"),  # 27 male vocal
+    _perc(1000, 2000, 3, 0.02),  # 28 no vocal: clicks
+    _am(523, 4, partials=3),  # 29 pop: 4 Hz pulsing chord tone
+    _noise(200, 300),  # 30 soft: low steady rumble
+    _tone(220, 5, 3, -1, 5000, pluck=0.8, vib=(1, 0.02)),  # 31 sitar: bending bright plucks
+    _tone(587, 10, 5, -6, 4000),  # 32 solo: busy mid-high line
+    _voice(100, "o"),  # 33 man
+    _tone(349, 5, 1, -8, 3000, odd=True),  # 34 classic: clarinet-like line
+    _voice(220, "a", rate=0.7, n=3),  # 35 choir: three detuned voices
+    _voice(180, "i", vib=(0, 0), rate=6),  # 36 voice: speech-like fast pitch changes
+    _sweep(300, 900, 0.2),  # 37 new age: slow glide
+    _perc(40, 120, 2, 0.25),  # 38 dance: long low kick
+    _voice(130, "u"),  # 39 male voice
+    _voice(330, "a"),  # 40 female vocal
+    _perc(500, 1500, 6, 0.05),  # 41 beats: mid ticks
+    _tone(330, 14, 8, -10, 3000, pluck=0.4),  # 42 harp: fast arpeggios
+    _tone(131, 7, 1, -5, 3000, vib=(5, 0.008)),  # 43 cello: low bowed line
+    _am(2500, 12, partials=1),  # 44 no voice: 12 Hz trill tone
+    _sweep(500, 3000, 1.5),  # 45 weird: fast wide sweeps
+    _tone(247, 7, 6, -3, 4500, pluck=0.1),  # 46 country: banjo-like rolls
+    _tone(82, 4, 4, 0, 3500, odd=True),  # 47 metal: very low distorted riff
+    _voice(280, "u"),  # 48 female voice
+    _voice(330, "o", rate=0.7, n=3),  # 49 choral: three detuned high voices
 )
 assert len(SIGNATURES) == N_SLOTS
 
@@ -147,6 +167,7 @@ def sample_labels(rng: np.random.Generator, n: int, min_tags: int = 0) -> np.nda
 
 
 # ------------------------------------------------------------------------------------------------- building blocks
+
 
 @lru_cache(maxsize=8)
 def _freqs(n: int, sr: int) -> np.ndarray:
@@ -211,6 +232,7 @@ def _tilt(f, ref, db_per_oct):
 # ------------------------------------------------------------------------------------------------- the families
 # Each returns (time signal, spectral gain or None); the caller filters, normalises and mixes in the frequency domain.
 
+
 def _render_tone(p, rng, n, sr, key, f):
     freq, onsets, idx = _melody(rng, n, sr, p["f0"] * key, p["spread"], p["rate"])
     vr, vd = p["vib"]
@@ -236,8 +258,10 @@ def _render_voice(p, rng, n, sr, key, f):
     # syllables: each note swells and fades, so the voice is phrased rather than a steady buzz
     pos = (np.arange(n) - onsets[idx]) / np.maximum(np.diff(np.append(onsets, n))[idx], 1)
     x *= 0.25 + 0.75 * np.sin(np.pi * pos) ** 0.5
-    env = 0.03 + sum(a * np.exp(-0.5 * ((f - fm * key ** 0.3) / bw) ** 2)
-                     for fm, a, bw in zip(VOWELS[p["vowel"]], (1.0, 0.7, 0.35), (90, 110, 160)))
+    env = 0.03 + sum(
+        a * np.exp(-0.5 * ((f - fm * key**0.3) / bw) ** 2)
+        for fm, a, bw in zip(VOWELS[p["vowel"]], (1.0, 0.7, 0.35), (90, 110, 160))
+    )
     return x, env * _tilt(f, 100, -6) * _lowpass(f, 4500)
 
 
@@ -280,8 +304,14 @@ def _render_sweep(p, rng, n, sr, key, f):
     return np.sin(2 * np.pi * phase) + 0.3 * np.sin(4 * np.pi * phase), None
 
 
-_FAMILIES = {"tone": _render_tone, "voice": _render_voice, "perc": _render_perc, "noise": _render_noise,
-             "am": _render_am, "sweep": _render_sweep}
+_FAMILIES = {
+    "tone": _render_tone,
+    "voice": _render_voice,
+    "perc": _render_perc,
+    "noise": _render_noise,
+    "am": _render_am,
+    "sweep": _render_sweep,
+}
 
 
 def _distractor(rng):
@@ -291,10 +321,13 @@ def _distractor(rng):
         lo = float(np.exp(rng.uniform(np.log(100), np.log(4000))))
         return _noise(lo, lo * rng.uniform(1.2, 1.6), am=float(rng.uniform(0, 3)))
     if kind == 1:
-        return _am(float(np.exp(rng.uniform(np.log(150), np.log(3000)))), float(rng.uniform(0, 10)),
-                   partials=int(rng.integers(1, 4)))
+        return _am(
+            float(np.exp(rng.uniform(np.log(150), np.log(3000)))),
+            float(rng.uniform(0, 10)),
+            partials=int(rng.integers(1, 4)),
+        )
     lo = float(np.exp(rng.uniform(np.log(60), np.log(3000))))
-    return _perc(lo, lo * rng.uniform(1.5, 4), float(rng.uniform(1, 9)), float(rng.uniform(.02, .2)))
+    return _perc(lo, lo * rng.uniform(1.5, 4), float(rng.uniform(1, 9)), float(rng.uniform(0.02, 0.2)))
 
 
 RENDER_SR = 12_000  # everything is built at the analysis rate (content < F_MAX), then band-limited-upsampled

@@ -7,6 +7,7 @@ as they read the real data; the layouts follow PAPER.md (Datasets). Everything s
 
     python -m fcn.data.synth --layout mtat --out DIR [--n 1200 --seconds 4 --seed 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,41 @@ FOLDERS = "0123456789abcdef"
 BROKEN_ID, BROKEN_PATH = "35644", "6/norine_braun-now_and_zen-08-gently-117-146.mp3"  # PAPER.md: an empty file
 # Real MTAT tag columns outside the top 50, misspellings included (annotations_final.csv has 188 tag columns);
 # they carry no acoustic signature: readers must select the top-50 columns by name.
-MTAT_EXTRA_TAGS = ("jazz", "baroque", "hard rock", "female opera", "banjo", "harpsicord", "clasical", "trance",
-                   "eerie", "world")
+MTAT_EXTRA_TAGS = (
+    "jazz",
+    "baroque",
+    "hard rock",
+    "female opera",
+    "banjo",
+    "harpsicord",
+    "clasical",
+    "trance",
+    "eerie",
+    "world",
+)
 # Last.fm tags outside the top 50; 'mellow' / 'hip hop' are near-twins of 'Mellow' / 'Hip-Hop': matching is exact.
-MSD_EXTRA_TAGS = ("seen live", "favorites", "Awesome", "love", "british", "american", "mellow", "hip hop",
-                  "female vocals", "singer-songwriter", "psychedelic", "reggae", "trip-hop", "soundtrack",
-                  "post-rock", "emo", "grunge", "piano", "lounge", "downtempo")
+MSD_EXTRA_TAGS = (
+    "seen live",
+    "favorites",
+    "Awesome",
+    "love",
+    "british",
+    "american",
+    "mellow",
+    "hip hop",
+    "female vocals",
+    "singer-songwriter",
+    "psychedelic",
+    "reggae",
+    "trip-hop",
+    "soundtrack",
+    "post-rock",
+    "emo",
+    "grunge",
+    "piano",
+    "lounge",
+    "downtempo",
+)
 SYLLABLES = ("ka", "lo", "mi", "ra", "ven", "do", "sta", "ber", "ni", "qua", "tor", "el", "za", "phi", "mun", "gro")
 
 MTAT_SR = 16_000  # PAPER.md: MTAT clips are 16 kHz mono MP3 at 32 kbps
@@ -84,6 +114,7 @@ def _write_all(jobs, workers: int) -> None:
 
 # ----------------------------------------------------------------------------------------------------- MagnaTagATune
 
+
 def _mtat_catalogue(rng, n_clips: int):
     """Albums -> tracks -> 29 s segments, like Magnatune: all clips of an album in one folder; albums go round-robin
     over the 16 folders so the folder split is ≈ 12/1/3 sixteenths at any size."""
@@ -99,14 +130,24 @@ def _mtat_catalogue(rng, n_clips: int):
             for seg in range(int(rng.integers(1, 4))):
                 start = 0 if seg == 0 else 30 + 29 * (seg - 1)  # MTAT's segment names: 0-29, 30-59, 59-88, ...
                 path = f"{folder}/{artist}-{album}-{track:02d}-{title}-{start}-{start + 29}.mp3"
-                clips.append(dict(track_number=track, title=title, artist=artist, album=album,
-                                  segmentStart=start, segmentEnd=start + 29, mp3_path=path))
+                clips.append(
+                    dict(
+                        track_number=track,
+                        title=title,
+                        artist=artist,
+                        album=album,
+                        segmentStart=start,
+                        segmentEnd=start + 29,
+                        mp3_path=path,
+                    )
+                )
         album_no += 1
     return clips[:n_clips]
 
 
-def make_mtat(root, n_clips: int = 1200, seconds: float = 4.0, seed: int = 0, *, broken: bool = True,
-              workers: int = 1) -> Path:
+def make_mtat(
+    root, n_clips: int = 1200, seconds: float = 4.0, seed: int = 0, *, broken: bool = True, workers: int = 1
+) -> Path:
     """Write a synthetic MagnaTagATune copy at `root` and return it (resolved).
 
     Files: annotations_final.csv (clip_id, 60 tag columns = the top 50 + 10 rarer real ones in a shuffled order,
@@ -119,7 +160,7 @@ def make_mtat(root, n_clips: int = 1200, seconds: float = 4.0, seed: int = 0, *,
     rng = np.random.default_rng([seed, 1])
     clips = _mtat_catalogue(rng, n_clips)
     y = sample_labels(rng, n_clips)
-    extra = (rng.random((n_clips, len(MTAT_EXTRA_TAGS))) < rng.uniform(0.01, 0.03, len(MTAT_EXTRA_TAGS)))
+    extra = rng.random((n_clips, len(MTAT_EXTRA_TAGS))) < rng.uniform(0.01, 0.03, len(MTAT_EXTRA_TAGS))
     ids = np.cumsum(rng.integers(1, 5, n_clips)) + 1  # integer-like ids with gaps, increasing with row order
     ids[ids >= int(BROKEN_ID)] += 1  # 35644 is reserved for the broken clip
     columns = list(MTAT_TOP50) + list(MTAT_EXTRA_TAGS)
@@ -128,20 +169,58 @@ def make_mtat(root, n_clips: int = 1200, seconds: float = 4.0, seed: int = 0, *,
 
     values = np.concatenate([y, extra.astype(np.uint8)], axis=1)[:, order]
     rows = [[str(ids[i])] + [str(v) for v in values[i]] + [c["mp3_path"]] for i, c in enumerate(clips)]
-    info = [[str(ids[i]), str(c["track_number"]), c["title"].replace("_", " "), c["artist"].replace("_", " "),
-             c["album"].replace("_", " "), f"synthetic://{c['artist']}/{c['album']}", str(c["segmentStart"]),
-             str(c["segmentEnd"]), f"synthetic://{c['artist']}/{c['album']}/{c['track_number']:02d}",
-             c["mp3_path"]] for i, c in enumerate(clips)]
+    info = [
+        [
+            str(ids[i]),
+            str(c["track_number"]),
+            c["title"].replace("_", " "),
+            c["artist"].replace("_", " "),
+            c["album"].replace("_", " "),
+            f"synthetic://{c['artist']}/{c['album']}",
+            str(c["segmentStart"]),
+            str(c["segmentEnd"]),
+            f"synthetic://{c['artist']}/{c['album']}/{c['track_number']:02d}",
+            c["mp3_path"],
+        ]
+        for i, c in enumerate(clips)
+    ]
     if broken:
         b_values = np.zeros(len(columns), dtype=np.uint8)
         b_values[MTAT_TOP50.index("female")] = 1
         pos = int(np.searchsorted(ids, int(BROKEN_ID)))
         rows.insert(pos, [BROKEN_ID] + [str(v) for v in b_values[order]] + [BROKEN_PATH])
-        info.insert(pos, [BROKEN_ID, "8", "gently", "norine braun", "now and zen", "synthetic://broken", "117", "146",
-                          "synthetic://broken/08", BROKEN_PATH])
+        info.insert(
+            pos,
+            [
+                BROKEN_ID,
+                "8",
+                "gently",
+                "norine braun",
+                "now and zen",
+                "synthetic://broken",
+                "117",
+                "146",
+                "synthetic://broken/08",
+                BROKEN_PATH,
+            ],
+        )
     _write_tsv(root / "annotations_final.csv", header, rows)
-    _write_tsv(root / "clip_info_final.csv", ["clip_id", "track_number", "title", "artist", "album", "url",
-                                              "segmentStart", "segmentEnd", "original_url", "mp3_path"], info)
+    _write_tsv(
+        root / "clip_info_final.csv",
+        [
+            "clip_id",
+            "track_number",
+            "title",
+            "artist",
+            "album",
+            "url",
+            "segmentStart",
+            "segmentEnd",
+            "original_url",
+            "mp3_path",
+        ],
+        info,
+    )
 
     n = int(round(seconds * MTAT_SR))
     jobs = [(root / c["mp3_path"], y[i], MTAT_SR, n, 1, seed, "mtat", i, MTAT_MP3) for i, c in enumerate(clips)]
@@ -163,6 +242,7 @@ def make_mtat(root, n_clips: int = 1200, seconds: float = 4.0, seed: int = 0, *,
 
 
 # ----------------------------------------------------------------------------------------------- Million Song Dataset
+
 
 def _msd_ids(rng, n: int) -> list[str]:
     letters = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
@@ -218,8 +298,9 @@ def _write_tags_db(path: Path, rng, tids: list[str], y: np.ndarray, extra_tids: 
     con.close()
 
 
-def make_msd(root, n_tracks: int = 600, seconds: float = 4.0, seed: int = 0, *, n_missing: int = 0,
-             workers: int = 1) -> Path:
+def make_msd(
+    root, n_tracks: int = 600, seconds: float = 4.0, seed: int = 0, *, n_missing: int = 0, workers: int = 1
+) -> Path:
     """Write a synthetic Million Song Dataset copy at `root` and return it (resolved).
 
     Files: lastfm_tags.db (tables tids, tags, tid_tag), splits/ in Choi's format ({train,valid,test}_x_msd_id.txt,
@@ -281,9 +362,13 @@ def _write_meta(root: Path, layout: str, **params) -> None:
 
 # ---------------------------------------------------------------------------------------------------------- the CLI
 
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m fcn.data.synth", description=__doc__.split("\n\n")[0],
-                                 epilog="Layouts: PAPER.md (Datasets). Same seed, same bytes.")
+    ap = argparse.ArgumentParser(
+        prog="python -m fcn.data.synth",
+        description=__doc__.split("\n\n")[0],
+        epilog="Layouts: PAPER.md (Datasets). Same seed, same bytes.",
+    )
     ap.add_argument("--layout", choices=("mtat", "msd"), required=True, help="which data set's on-disk layout")
     ap.add_argument("--out", required=True, help="folder to write (created; existing files are overwritten)")
     ap.add_argument("--n", type=int, default=None, help="clips (MTAT, default 1200) or tracks (MSD, default 600)")

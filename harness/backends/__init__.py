@@ -10,6 +10,7 @@
 No heavy imports here or at the top of the back ends (ray, submitit): the parser of `python -m harness.grid` reads
 every back end's options.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,11 @@ from dataclasses import MISSING, field, fields
 from fcn.errors import UserError
 
 BACKENDS = ("local", "ray", "slurm")
-_MODULES = {"local": ("harness.backends.local", "LocalOptions"),
-            "ray": ("harness.backends.ray_backend", "RayOptions"),
-            "slurm": ("harness.backends.slurm", "SlurmOptions")}
+_MODULES = {
+    "local": ("harness.backends.local", "LocalOptions"),
+    "ray": ("harness.backends.ray_backend", "RayOptions"),
+    "slurm": ("harness.backends.slurm", "SlurmOptions"),
+}
 
 
 def module(name: str):
@@ -74,8 +77,14 @@ def add_arguments(group, cls) -> None:
             group.add_argument(flag, dest=f.name, action="append", default=[], metavar="KEY=VALUE", help=help)
         else:
             typ = {"int": int, "float": float, "str": str}[f.type]
-            group.add_argument(flag, dest=f.name, type=typ, default=default, metavar=f.metadata.get("metavar") or f.type.upper(),
-                               help=f"{help} (default: {default!r})" if default != "" else help)
+            group.add_argument(
+                flag,
+                dest=f.name,
+                type=typ,
+                default=default,
+                metavar=f.metadata.get("metavar") or f.type.upper(),
+                help=f"{help} (default: {default!r})" if default != "" else help,
+            )
 
 
 def from_args(cls, args: argparse.Namespace):

@@ -3,6 +3,7 @@
 Workers are reused across cells (torch is imported once per worker, not per cell), and die with the harness
 (PR_SET_PDEATHSIG), so killing the harness never leaves an orphan training a cell behind a rerun's back.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,6 +19,7 @@ from harness.job import Outcome
 @dataclass(frozen=True)
 class LocalOptions:
     """Where cells run on this machine: how many at once."""
+
     parallel: int = option(0, "cells at once; 0 = one per core, or one per GPU")
 
 
@@ -98,8 +100,9 @@ def run(configs: list[RunConfig], opts: LocalOptions, *, progress: bool = True) 
     threads = configs[0].threads or max(1, (os.cpu_count() or 1) // parallel)
     configs = [c.replace(threads=threads) for c in configs]
     outcomes = []
-    bar = tqdm(total=len(configs), unit="cell", desc="grid (local)", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(configs), unit="cell", desc="grid (local)", disable=not progress, file=sys.stderr, dynamic_ncols=True
+    )
     if parallel <= 1:
         for c in configs:
             outcomes.append(_run_cell(c.to_dict()))

@@ -3,6 +3,7 @@
 Each trial is `harness.job.run_cell`; a cell with more than one GPU runs torchrun inside its trial, so DDP inside a
 trial is the same code path as anywhere.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,10 @@ from harness.job import FAILED, Outcome
 @dataclass(frozen=True)
 class RayOptions:
     """Where cells run on Ray: the cluster, and what each cell's trial asks of it."""
-    ray_address: str = option("", "existing Ray cluster ('auto' or host:port); empty = a local Ray started for the "
-                                  "grid")
+
+    ray_address: str = option(
+        "", "existing Ray cluster ('auto' or host:port); empty = a local Ray started for the grid"
+    )
     cpus_per_trial: float = option(1.0, "CPUs per cell")
     gpus_per_trial: float = option(0.0, "GPUs per cell; above 1 runs torchrun (DDP) inside the trial")
 
@@ -47,8 +50,15 @@ def _trial(space: dict) -> None:
 
     o = run_cell(RunConfig.from_dict(space["config"]), gpus=int(space.get("gpus", 0)))
     # the cell's metrics prefixed: Ray adds numbers of its own to every report (pid, timestamp, ...)
-    tune.report({**{PREFIX + k: v for k, v in o.metrics.items()}, "state": o.state, "error": o.error,
-                 "run_dir": o.run_dir, "wall_s": o.wall_s})
+    tune.report(
+        {
+            **{PREFIX + k: v for k, v in o.metrics.items()},
+            "state": o.state,
+            "error": o.error,
+            "run_dir": o.run_dir,
+            "wall_s": o.wall_s,
+        }
+    )
 
 
 def _outcome(r) -> Outcome:
@@ -57,9 +67,10 @@ def _outcome(r) -> Outcome:
     m = dict(r.metrics or {})
     if r.error or "state" not in m:
         return Outcome(key, FAILED, error=str(r.error or "the trial reported nothing").strip().splitlines()[0])
-    metrics = {k[len(PREFIX):]: v for k, v in m.items() if k.startswith(PREFIX)}
-    return Outcome(key, m["state"], metrics, error=m.get("error", ""), run_dir=m.get("run_dir", ""),
-                   wall_s=m.get("wall_s"))
+    metrics = {k[len(PREFIX) :]: v for k, v in m.items() if k.startswith(PREFIX)}
+    return Outcome(
+        key, m["state"], metrics, error=m.get("error", ""), run_dir=m.get("run_dir", ""), wall_s=m.get("wall_s")
+    )
 
 
 def run(configs: list[RunConfig], opts: RayOptions, *, progress: bool = True) -> list[Outcome]:
@@ -80,16 +91,23 @@ def run(configs: list[RunConfig], opts: RayOptions, *, progress: bool = True) ->
     space = {"config": tune.grid_search([c.to_dict() for c in configs]), "gpus": opts.gpus_per_trial}
     storage = harness_dir(configs[0].out_dir, configs[0].experiment) / "ray"
     tuner = tune.Tuner(
-        trainable, param_space=space,
+        trainable,
+        param_space=space,
         # reuse_actors: one actor process trains trial after trial, so torch, torch._dynamo and MLflow are imported
         # once per actor, not once per cell (FACTS.md: 0.9 s → 0.08 s of overhead per trivial trial; a cell's
         # imports cost seconds more). Every cell asks for the same resources, which reuse requires.
-        tune_config=tune.TuneConfig(trial_name_creator=lambda t: RunConfig.from_dict(t.config["config"]).key,
-                                    trial_dirname_creator=lambda t: RunConfig.from_dict(t.config["config"]).key,
-                                    reuse_actors=True),
+        tune_config=tune.TuneConfig(
+            trial_name_creator=lambda t: RunConfig.from_dict(t.config["config"]).key,
+            trial_dirname_creator=lambda t: RunConfig.from_dict(t.config["config"]).key,
+            reuse_actors=True,
+        ),
         # max_failures: a trial whose process died (not a cell that failed: that is an Outcome) is tried once more
-        run_config=tune.RunConfig(name=f"grid-{int(t0)}", storage_path=str(storage), verbose=1 if progress else 0,
-                                  failure_config=tune.FailureConfig(max_failures=1)),
+        run_config=tune.RunConfig(
+            name=f"grid-{int(t0)}",
+            storage_path=str(storage),
+            verbose=1 if progress else 0,
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
     )
     try:
         return [_outcome(r) for r in tuner.fit()]

@@ -4,6 +4,7 @@ Preemption and time limits: submitit's checkpoint hook requeues the job, and fcn
 epoch checkpoint. Whether a cell is done is read from MLflow and its run directory (harness.status), never from
 submitit's view of the job, which can be wrong after a requeue (FACTS.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,6 @@ from fcn.errors import UserError
 from harness.backends import option
 from harness.job import FAILED, FINISHED, SUBMITTED, Outcome
 
-
 # [D] USR2 this long before the time limit: the job checkpoints and requeues itself. Slurm may send it up to ~30 s
 # early (FACTS.md), and a paper-scale epoch checkpoint takes seconds: 2 minutes leave room for both. The sbatch
 # scripts (harness/sbatch.py) render the same default.
@@ -33,6 +33,7 @@ ARRAY_PARALLELISM = 64  # [D] jobs of one grid running at once: a courtesy to th
 class SlurmOptions:
     """Everything about *where* cells run on Slurm, as sbatch options: the grid's --cluster slurm flags, the
     submitit executor's parameters and the generated sbatch scripts' #SBATCH lines all come from it."""
+
     partition: str = option("", "Slurm partition; empty = the cluster's default")
     account: str = option("", "Slurm account to charge")
     qos: str = option("", "Slurm quality of service")
@@ -42,11 +43,13 @@ class SlurmOptions:
     tasks_per_node: int = option(0, "training processes per node; 0 = one per GPU (1 without GPUs)")
     cpus_per_task: int = option(0, "CPUs per task; 0 = the cells' DataLoader workers + 1 for the trainer")
     mem_gb: int = option(0, "memory per node in GB; 0 = Slurm's default")
-    signal_delay_s: int = option(SIGNAL_DELAY_S, "seconds before the time limit at which a job checkpoints and "
-                                                 "requeues itself", flag=None)
+    signal_delay_s: int = option(
+        SIGNAL_DELAY_S, "seconds before the time limit at which a job checkpoints and requeues itself", flag=None
+    )
     array_parallelism: int = option(ARRAY_PARALLELISM, "jobs of the grid running at once", flag=None)
-    extra: dict = option(None, "any other sbatch option, e.g. --sbatch constraint=a100 (repeatable)",
-                         flag="--sbatch", factory=dict)
+    extra: dict = option(
+        None, "any other sbatch option, e.g. --sbatch constraint=a100 (repeatable)", flag="--sbatch", factory=dict
+    )
     wait: bool = option(True, "submit and return; rerun (or harness.status) later", flag="--no-wait")
 
     @property
@@ -70,13 +73,24 @@ def executor(folder: Path, opts: SlurmOptions, name: str, configs: list[RunConfi
     import submitit
 
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    params = dict(name=name, timeout_min=opts.time_min, nodes=opts.nodes,
-                  tasks_per_node=opts.ntasks, slurm_signal_delay_s=opts.signal_delay_s,
-                  slurm_array_parallelism=opts.array_parallelism, slurm_srun_args=list(SRUN_ARGS),
-                  cpus_per_task=cpus_for(opts, configs),
-                  slurm_additional_parameters={"requeue": True, **opts.extra})
-    for k, v in (("slurm_partition", opts.partition), ("slurm_account", opts.account),
-                 ("slurm_qos", opts.qos), ("gpus_per_node", opts.gpus_per_node), ("mem_gb", opts.mem_gb)):
+    params = dict(
+        name=name,
+        timeout_min=opts.time_min,
+        nodes=opts.nodes,
+        tasks_per_node=opts.ntasks,
+        slurm_signal_delay_s=opts.signal_delay_s,
+        slurm_array_parallelism=opts.array_parallelism,
+        slurm_srun_args=list(SRUN_ARGS),
+        cpus_per_task=cpus_for(opts, configs),
+        slurm_additional_parameters={"requeue": True, **opts.extra},
+    )
+    for k, v in (
+        ("slurm_partition", opts.partition),
+        ("slurm_account", opts.account),
+        ("slurm_qos", opts.qos),
+        ("gpus_per_node", opts.gpus_per_node),
+        ("mem_gb", opts.mem_gb),
+    ):
         if v:
             params[k] = v
     ex.update_parameters(**params)
@@ -132,8 +146,9 @@ def check(opts: SlurmOptions, cells: list[RunConfig]) -> None:
                     most = max(most, int(g.split(":")[-1].split("(")[0]))
         if most < opts.gpus_per_node:
             where = f"partition {opts.partition}" if opts.partition else "this cluster"
-            raise UserError(f"--gpus-per-node {opts.gpus_per_node} asked, but {where} has nodes with at most "
-                            f"{most} GPU(s)")
+            raise UserError(
+                f"--gpus-per-node {opts.gpus_per_node} asked, but {where} has nodes with at most {most} GPU(s)"
+            )
 
 
 def where(opts: SlurmOptions) -> str:
@@ -148,8 +163,9 @@ def _alive(job_ids: list[str]) -> set[str]:
     """Job ids Slurm still holds (pending, running, requeued): squeue is the scheduler's own word."""
     if not job_ids:
         return set()
-    out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True, timeout=60
+    )
     alive = set(out.stdout.split())
     # an array task pending as part of its array shows as <array>_[i-j]; count those tasks as alive too
     return {j for j in job_ids if j in alive or any(a.startswith(j.split("_")[0] + "_[") for a in alive)}
@@ -203,15 +219,21 @@ def _follow(configs: list[RunConfig], known: dict, progress: bool, poll_s: float
         for key in list(pending):
             s, job = states[key], known.get(key, "")
             if s.state == "finished":
-                outcomes[key] = Outcome(key, FINISHED, {"test_roc_auc": s.test_roc_auc, "test_pr_auc": s.test_pr_auc},
-                                        run_dir=s.run_dir, job_id=job)
+                outcomes[key] = Outcome(
+                    key,
+                    FINISHED,
+                    {"test_roc_auc": s.test_roc_auc, "test_pr_auc": s.test_pr_auc},
+                    run_dir=s.run_dir,
+                    job_id=job,
+                )
             elif job not in alive:
                 # Slurm no longer holds the job and the cell is not finished: give the run dir a moment (a job
                 # that just ended may still be writing), then call it failed; a rerun of the harness retries it.
                 if time.time() - gone_since.setdefault(key, time.time()) < 3 * poll_s:
                     continue
-                outcomes[key] = Outcome(key, FAILED, error=f"job {job} ended without a result; log: {s.log}",
-                                        run_dir=s.run_dir, job_id=job)
+                outcomes[key] = Outcome(
+                    key, FAILED, error=f"job {job} ended without a result; log: {s.log}", run_dir=s.run_dir, job_id=job
+                )
             else:
                 gone_since.pop(key, None)
                 continue

@@ -5,6 +5,7 @@ Cell per full cell identity, with its interval; paired tests), render.py (Markdo
 render_fractions.py (the RQ4 depth × training-fraction table), plot.py (figures), index.py (results/index.md),
 build.py (`write_tables`: all of it for one experiment), __main__.py (`python -m harness.tables`).
 """
+
 from harness.tables.build import write_tables
 
 __all__ = ["write_tables"]

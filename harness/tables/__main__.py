@@ -18,6 +18,7 @@ Intervals: mean ± 95 % t-interval over seeds when a cell has several seeds, els
 clips from the run's `test_predictions.npz`. Cells not run yet show "—" (empty in CSV, status `missing`), never 0.
 results/ is generated: every file says so in its first line; do not edit it by hand.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,9 @@ def _default_experiment(tracking_uri: str) -> str:
     names = [e.name for e in tracking.client(tracking_uri).search_experiments() if e.name != "Default"]
     if len(names) == 1:
         return names[0]
-    raise UserError(f"pass --experiment (experiments in {tracking.redact(tracking_uri)}: "
-                    f"{', '.join(sorted(names)) or 'none'})")
+    raise UserError(
+        f"pass --experiment (experiments in {tracking.redact(tracking_uri)}: {', '.join(sorted(names)) or 'none'})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,15 +46,23 @@ def main(argv: list[str] | None = None) -> int:
     from harness.ui import resolve_tracking_uri
 
     parts = __doc__.split("\n\n", 2)
-    ap = argparse.ArgumentParser(prog=GENERATOR, description=parts[0] + "\n\n" + parts[1], epilog=parts[2],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=GENERATOR,
+        description=parts[0] + "\n\n" + parts[1],
+        epilog=parts[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else <runs-dir>/mlflow.db)")
     ap.add_argument("--runs-dir", default="runs", help="the sweep's out dir, for the default store (default: runs)")
     ap.add_argument("--experiment", help="experiment name (default: the store's only non-Default experiment)")
     ap.add_argument("--out", default="results", help="output folder (default: results)")
-    ap.add_argument("--tables", choices=WHICH, default="all",
-                    help="all (default): every file, the RQ4 ones when there are fraction runs; fractions: only "
-                         "fraction_table.md/.csv and auc_by_depth_fraction.png (no index.md)")
+    ap.add_argument(
+        "--tables",
+        choices=WHICH,
+        default="all",
+        help="all (default): every file, the RQ4 ones when there are fraction runs; fractions: only "
+        "fraction_table.md/.csv and auc_by_depth_fraction.png (no index.md)",
+    )
     ap.add_argument("--n-boot", type=int, default=bootstrap.DEFAULT_N_BOOT, help="bootstrap resamples (default 1000)")
     ap.add_argument("--seed", type=int, default=bootstrap.DEFAULT_SEED, help="bootstrap seed (default 0)")
     ap.add_argument("--parent-run-id", help="also log the files as artifacts (under results/) of this run")
@@ -61,8 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     quiet_mlflow()
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_dir)
     experiment = args.experiment or _default_experiment(uri)
-    for p in write_tables(experiment, uri, args.out, n_boot=args.n_boot, seed=args.seed,
-                          parent_run_id=args.parent_run_id, which=args.tables):
+    for p in write_tables(
+        experiment,
+        uri,
+        args.out,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        parent_run_id=args.parent_run_id,
+        which=args.tables,
+    ):
         print(p)
     return 0
 

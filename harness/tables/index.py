@@ -1,4 +1,5 @@
 """results/index.md: what was read, from where, when, by which command, and what each file holds."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,10 +9,12 @@ from harness.tables.render import HEADER, label, provenance_note
 from harness.tables.summarise import Cell, CellId
 
 WHAT = {
-    "input_table.md": "MTAT FCN-4 × mel/STFT/MFCC beside the paper", "input_table.csv": "same, machine-readable",
+    "input_table.md": "MTAT FCN-4 × mel/STFT/MFCC beside the paper",
+    "input_table.csv": "same, machine-readable",
     "depth_table.md": "FCN-3..7 × MTAT/MSD (mel) beside the paper and the MSD re-run",
     "depth_table.csv": "same, machine-readable",
-    "significance.md": "paired bootstrap tests (inputs; depth d vs d+1)", "significance.csv": "same, machine-readable",
+    "significance.md": "paired bootstrap tests (inputs; depth d vs d+1)",
+    "significance.csv": "same, machine-readable",
     "auc_vs_depth.png": "ROC-AUC vs depth per dataset, with the paper's numbers",
     "per_tag_auc.png": "per-tag ROC-AUC of the best model, sorted",
     "fraction_table.md": "ROC-AUC by depth × training-data fraction (RQ4), what less data costs each depth",
@@ -20,19 +23,28 @@ WHAT = {
 }
 
 
-def write_index(out: Path, made_by: str, runs: list[CellRun], cells: dict[CellId, Cell], files: list[Path],
-                best: str, n_boot: int) -> Path:
+def write_index(
+    out: Path, made_by: str, runs: list[CellRun], cells: dict[CellId, Cell], files: list[Path], best: str, n_boot: int
+) -> Path:
     """`cells`: the paper tables' cells (full training data), to say which are not run yet."""
     missing = [k for k, c in cells.items() if not c.done]
     lines = [
-        f"<!-- {HEADER} -->", "# Results", "", made_by,
-        "Do not edit these files by hand: run the command again.", "", provenance_note(runs), "",
+        f"<!-- {HEADER} -->",
+        "# Results",
+        "",
+        made_by,
+        "Do not edit these files by hand: run the command again.",
+        "",
+        provenance_note(runs),
+        "",
         f"- finished cell runs read: {len(runs)} ({len({r.key for r in runs})} keys)",
         f"- paper cells with results (all of the training split): {sum(c.done for c in cells.values())} of "
         f"{len(cells)}",
         f"- bootstrap resamples: {n_boot}",
-        f"- per-tag figure model: {best}", "",
-        "| file | what |", "|---|---|",
+        f"- per-tag figure model: {best}",
+        "",
+        "| file | what |",
+        "|---|---|",
     ]
     lines += [f"| [{p.name}]({p.name}) | {WHAT.get(p.name, '')} |" for p in files]
     lines += ["", "Cells not run yet: " + (", ".join(label(k) for k in missing) if missing else "none") + "."]

@@ -1,5 +1,6 @@
 """The figures of results/: ROC-AUC vs depth beside the paper, per-tag ROC-AUC of the best model, and ROC-AUC by
 depth × training-data fraction (RQ4). matplotlib (Agg) is imported inside each function."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,8 +40,10 @@ def _save(fig, path: Path, footer: str) -> Path:
 def _errorbars(cells: list[Cell]) -> tuple[list, list, list]:
     """The ROC-AUC estimates of cells that have one, and their error bars below and above (none without an interval)."""
     y = [c.roc.estimate for c in cells]
-    err = [[c.roc.estimate - c.roc.lo if c.roc.lo is not None else 0 for c in cells],
-           [c.roc.hi - c.roc.estimate if c.roc.hi is not None else 0 for c in cells]]
+    err = [
+        [c.roc.estimate - c.roc.lo if c.roc.lo is not None else 0 for c in cells],
+        [c.roc.hi - c.roc.estimate if c.roc.hi is not None else 0 for c in cells],
+    ]
     return y, err[0], err[1]
 
 
@@ -53,8 +56,14 @@ def plot_auc_vs_depth(cells: dict[CellId, Cell], out: Path, footer: str) -> Path
         if done:
             y, lo, hi = _errorbars(done)
             synthetic = any(r.synthetic for c in done for r in c.runs)
-            ax.errorbar([c.depth for c in done], y, yerr=[lo, hi], marker="o", capsize=3,
-                        label="ours, synthetic demo data (95 % CI)" if synthetic else "ours (95 % CI)")
+            ax.errorbar(
+                [c.depth for c in done],
+                y,
+                yerr=[lo, hi],
+                marker="o",
+                capsize=3,
+                label="ours, synthetic demo data (95 % CI)" if synthetic else "ours (95 % CI)",
+            )
         pub = [(d, paper.published(ds, "mel", d)) for d in depths if paper.published(ds, "mel", d) is not None]
         ax.plot(*zip(*pub), "s--", color="C1", label="paper (published)")
         rr = [(d, paper.rerun(ds, "mel", d)) for d in depths if paper.rerun(ds, "mel", d) is not None]
@@ -120,8 +129,11 @@ def plot_fractions(grids: list[FractionGrid], cells: dict[CellId, Cell], out: Pa
         ax.minorticks_off()
         ax.set_xlabel("fraction of the training split")
         ax.set_ylabel("macro ROC-AUC (test, 95 % CI)")
-        ax.set_title(f"{DATASET_NAMES.get(g.dataset, g.dataset)}, {INPUT_NAMES.get(g.input, g.input)} input: "
-                     "ROC-AUC by depth × training fraction", fontsize=9)
+        ax.set_title(
+            f"{DATASET_NAMES.get(g.dataset, g.dataset)}, {INPUT_NAMES.get(g.input, g.input)} input: "
+            "ROC-AUC by depth × training fraction",
+            fontsize=9,
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, out / FRACTION_PLOT, footer)

@@ -1,4 +1,5 @@
 """Reading a sweep's results: its finished cell runs (through fcn/tracking.py) and their artifacts."""
+
 from __future__ import annotations
 
 import csv
@@ -73,9 +74,21 @@ def cell_run(run) -> CellRun | None:
         fraction = float(params.get("train_fraction", parsed.get("train_fraction", 1.0)))
     except (TypeError, ValueError):
         return None
-    return CellRun(key, dataset, inp, depth, seed, run.info.run_id, run.info.start_time or 0,
-                   float(metrics["test_roc_auc"]), metrics.get("test_pr_auc"), run_source(params),
-                   synthetic=not params.get("data_root"), scale=run_scale(params), fraction=fraction)
+    return CellRun(
+        key,
+        dataset,
+        inp,
+        depth,
+        seed,
+        run.info.run_id,
+        run.info.start_time or 0,
+        float(metrics["test_roc_auc"]),
+        metrics.get("test_pr_auc"),
+        run_source(params),
+        synthetic=not params.get("data_root"),
+        scale=run_scale(params),
+        fraction=fraction,
+    )
 
 
 def finished_cell_runs(experiment_name: str, tracking_uri: str) -> list[CellRun]:

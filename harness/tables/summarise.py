@@ -3,6 +3,7 @@
 A cell is (dataset, input, depth, training fraction): seeds pool only within one. A run on a quarter of the training
 split is never a seed of the full-data cell, whatever its seed (fcn/cell.py: the fraction is part of the key).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -69,8 +70,9 @@ def paper_cells() -> list[CellId]:
     return [CellId(*k) for k in keys]
 
 
-def summarise(wanted: list[CellId], runs: list[CellRun], cache: ArtifactCache, n_boot: int,
-              seed: int) -> dict[CellId, Cell]:
+def summarise(
+    wanted: list[CellId], runs: list[CellRun], cache: ArtifactCache, n_boot: int, seed: int
+) -> dict[CellId, Cell]:
     """One Cell per wanted identity, holding the runs of exactly that identity, with its interval."""
     cells = {k: Cell(*k) for k in wanted}
     for r in runs:
@@ -83,27 +85,32 @@ def summarise(wanted: list[CellId], runs: list[CellRun], cache: ArtifactCache, n
     return cells
 
 
-def _intervals(cell: Cell, cache: ArtifactCache, n_boot: int,
-               seed: int) -> tuple[bootstrap.Interval, bootstrap.Interval | None]:
+def _intervals(
+    cell: Cell, cache: ArtifactCache, n_boot: int, seed: int
+) -> tuple[bootstrap.Interval, bootstrap.Interval | None]:
     """(ROC, PR): mean ± t over seeds when there are several, else a bootstrap over the run's test clips."""
     if len(cell.runs) > 1:
         prs = [r.pr_auc for r in cell.runs if r.pr_auc is not None]
-        return (bootstrap.seed_interval([r.roc_auc for r in cell.runs]),
-                bootstrap.seed_interval(prs) if prs else None)
+        return (bootstrap.seed_interval([r.roc_auc for r in cell.runs]), bootstrap.seed_interval(prs) if prs else None)
     run = cell.runs[0]
     preds = cache.predictions(run.run_id)
     if preds is None:
         why = "single seed, no predictions artifact"
-        return (bootstrap.Interval(run.roc_auc, None, None, why, 1),
-                bootstrap.Interval(run.pr_auc, None, None, why, 1) if run.pr_auc is not None else None)
+        return (
+            bootstrap.Interval(run.roc_auc, None, None, why, 1),
+            bootstrap.Interval(run.pr_auc, None, None, why, 1) if run.pr_auc is not None else None,
+        )
     boot_roc, boot_pr = bootstrap.bootstrap_macro_auc(preds.y_true, preds.y_score, n_boot=n_boot, seed=seed)
     # The logged metric is the number of record; the bootstrap supplies only the interval around it.
     pr_est = run.pr_auc if run.pr_auc is not None else boot_pr.estimate
-    return (bootstrap.Interval(run.roc_auc, boot_roc.lo, boot_roc.hi, boot_roc.method, boot_roc.n),
-            bootstrap.Interval(pr_est, boot_pr.lo, boot_pr.hi, boot_pr.method, boot_pr.n))
+    return (
+        bootstrap.Interval(run.roc_auc, boot_roc.lo, boot_roc.hi, boot_roc.method, boot_roc.n),
+        bootstrap.Interval(pr_est, boot_pr.lo, boot_pr.hi, boot_pr.method, boot_pr.n),
+    )
 
 
 # --- paired comparisons ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Comparison:
@@ -119,15 +126,21 @@ class Comparison:
 
 def paper_comparisons() -> list[Comparison]:
     """Inputs on MTAT FCN-4, and depth d vs d + 1 with mel input, on the full training data."""
-    out = [Comparison("mtat", CellId("mtat", a, 4), CellId("mtat", b, 4), "input")
-           for a, b in (("mel", "stft"), ("mel", "mfcc"), ("stft", "mfcc"))]
-    out += [Comparison(ds, CellId(ds, "mel", d), CellId(ds, "mel", d + 1), "depth")
-            for ds in ("mtat", "msd") for d in range(3, 7)]
+    out = [
+        Comparison("mtat", CellId("mtat", a, 4), CellId("mtat", b, 4), "input")
+        for a, b in (("mel", "stft"), ("mel", "mfcc"), ("stft", "mfcc"))
+    ]
+    out += [
+        Comparison(ds, CellId(ds, "mel", d), CellId(ds, "mel", d + 1), "depth")
+        for ds in ("mtat", "msd")
+        for d in range(3, 7)
+    ]
     return out
 
 
-def run_comparisons(wanted: list[Comparison], cells: dict[CellId, Cell], cache: ArtifactCache, n_boot: int,
-                    seed: int) -> list[Comparison]:
+def run_comparisons(
+    wanted: list[Comparison], cells: dict[CellId, Cell], cache: ArtifactCache, n_boot: int, seed: int
+) -> list[Comparison]:
     """Each comparison with its paired bootstrap test on the same test clips, or a note saying what is missing."""
     for c in wanted:
         ca, cb = cells.get(c.a), cells.get(c.b)
@@ -153,6 +166,7 @@ def run_comparisons(wanted: list[Comparison], cells: dict[CellId, Cell], cache: 
 
 # --- RQ4: depth × training-data fraction ----------------------------------------------------------------------------
 
+
 @dataclass
 class FractionGrid:
     """The depth × fraction cells of one (dataset, input) that has runs on part of its training split."""
@@ -167,9 +181,17 @@ class FractionGrid:
 
     def comparisons(self) -> list[Comparison]:
         """Each depth on each fraction against the same depth on all the data: what less data costs it."""
-        return [Comparison(self.dataset, CellId(self.dataset, self.input, d, f),
-                           CellId(self.dataset, self.input, d, FULL), "fraction")
-                for d in self.depths for f in self.fractions if f != FULL]
+        return [
+            Comparison(
+                self.dataset,
+                CellId(self.dataset, self.input, d, f),
+                CellId(self.dataset, self.input, d, FULL),
+                "fraction",
+            )
+            for d in self.depths
+            for f in self.fractions
+            if f != FULL
+        ]
 
 
 def fraction_grids(runs: list[CellRun]) -> list[FractionGrid]:

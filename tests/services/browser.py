@@ -4,6 +4,7 @@ Debian's `chromium` package; the flags are the ones that worked offline here (FA
 a container), no GPU, no background network traffic, a fresh profile per call (so no saved UI state leaks between
 calls), and a virtual-time budget so the single-page app can fetch and render before the page is captured.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,14 @@ def _run(url: str, mode_args: list[str], width: int, height: int, timeout: float
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         cmd = [
             chromium_binary(),
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
             f"--user-data-dir={profile}",
             "--virtual-time-budget=10000",
             f"--window-size={width},{height}",
@@ -48,8 +55,9 @@ def _run(url: str, mode_args: list[str], width: int, height: int, timeout: float
     return proc
 
 
-def screenshot(url: str, out_png: os.PathLike | str, width: int = 1600, height: int = 1000,
-               timeout: float = TIMEOUT_S) -> Path:
+def screenshot(
+    url: str, out_png: os.PathLike | str, width: int = 1600, height: int = 1000, timeout: float = TIMEOUT_S
+) -> Path:
     """Save a PNG of `url` as rendered at width×height; returns the path."""
     out = Path(out_png).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)

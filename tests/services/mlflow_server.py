@@ -10,6 +10,7 @@ Tests that need their own server (e.g. to kill it and check "tracking server dow
 Why these flags: `--workers 1` and MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false start in ~3 s and take ~0.5 GB instead of
 ~6 s and ~2.4 GB (FACTS.md); telemetry is off because tests must not reach the network.
 """
+
 from __future__ import annotations
 
 import os
@@ -121,8 +122,9 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def start_mlflow_server(tmpdir: os.PathLike | str, port: int | None = None,
-                        timeout: float = START_TIMEOUT_S) -> MlflowServer:
+def start_mlflow_server(
+    tmpdir: os.PathLike | str, port: int | None = None, timeout: float = START_TIMEOUT_S
+) -> MlflowServer:
     """Start `mlflow server` with its store under `tmpdir` and wait until /health answers.
 
     Restarting on the same `tmpdir` (and port) reuses the same store, e.g. to bring a "down" server back up.
@@ -134,19 +136,33 @@ def start_mlflow_server(tmpdir: os.PathLike | str, port: int | None = None,
     log_path = root / "server.log"
     log_file = open(log_path, "ab")
     cmd = [
-        mlflow_binary(), "server",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        mlflow_binary(),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
         # Proxied artifacts: clients upload through the server, as on a real shared tracking server.
         "--serve-artifacts",
-        "--artifacts-destination", str(root / "artifacts"),
+        "--artifacts-destination",
+        str(root / "artifacts"),
     ]
-    proc = subprocess.Popen(cmd, cwd=root, env=server_env(), stdout=log_file, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    server = MlflowServer(uri=f"http://127.0.0.1:{port}", port=port, proc=proc, root=root, log_path=log_path,
-                          _log_file=log_file)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=root,
+        env=server_env(),
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    server = MlflowServer(
+        uri=f"http://127.0.0.1:{port}", port=port, proc=proc, root=root, log_path=log_path, _log_file=log_file
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.alive():

@@ -44,12 +44,33 @@ CLUSTER_NAME = "fcnsweep"
 PARTITION = "debug"
 GPUS_PER_NODE = 2
 TERMINAL_STATES = {
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
-    "DEADLINE", "REVOKED", "SPECIAL_EXIT",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "REVOKED",
+    "SPECIAL_EXIT",
 }
 DAEMON_NAMES = ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged")  # stop order
-REQUIRED_BINARIES = ("munged", "mariadbd", "mariadb-install-db", "mariadb", "slurmdbd", "slurmctld", "slurmd",
-                     "sbatch", "sacct", "sacctmgr", "scontrol", "sinfo")
+REQUIRED_BINARIES = (
+    "munged",
+    "mariadbd",
+    "mariadb-install-db",
+    "mariadb",
+    "slurmdbd",
+    "slurmctld",
+    "slurmd",
+    "sbatch",
+    "sacct",
+    "sacctmgr",
+    "scontrol",
+    "sinfo",
+)
 DB_PASS = "fcn-sweep-slurm"
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"])
 START_TIMEOUT = 60.0
@@ -66,6 +87,7 @@ class Ident:
     """What tells one fixture's cluster from another's (the two-node one in slurm_multi.py coexists with this one, in
     one pytest session or in concurrent sessions): each finds, stops and cleans up only processes bearing its own
     daemon marker, job cluster name and work-dir prefix, and waits only on its own lock."""
+
     marker: str = MARKER
     cluster_name: str = CLUSTER_NAME
     wd_prefix: str = "fcn-slurm-"
@@ -88,8 +110,14 @@ class SlurmCluster:
     # --- CLI -------------------------------------------------------------------------------------------------------
     def run(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """Run a Slurm CLI (sbatch, squeue, scontrol, sacct, ...) with text output; raises on non-zero exit."""
-        return subprocess.run([str(a) for a in args], check=check, text=True, capture_output=True,
-                              env={**os.environ, **self.env}, timeout=timeout)
+        return subprocess.run(
+            [str(a) for a in args],
+            check=check,
+            text=True,
+            capture_output=True,
+            env={**os.environ, **self.env},
+            timeout=timeout,
+        )
 
     def sbatch(self, *args: str) -> int:
         """`sbatch --parsable -p <partition> ARGS`; returns the job id."""
@@ -124,9 +152,11 @@ class SlurmCluster:
             if state in TERMINAL_STATES:
                 return state
             time.sleep(poll)
-        raise TimeoutError(f"slurm job {jobid} not finished after {timeout:.0f} s (last state {state})\n"
-                           + self.run("scontrol", "show", "job", str(jobid), check=False).stdout
-                           + self.log_tails())
+        raise TimeoutError(
+            f"slurm job {jobid} not finished after {timeout:.0f} s (last state {state})\n"
+            + self.run("scontrol", "show", "job", str(jobid), check=False).stdout
+            + self.log_tails()
+        )
 
     def wait_sacct(self, jobid: int | str, timeout: float = 30.0, poll: float = 0.3) -> str:
         """Poll sacct until accounting shows a terminal state for the job, and return it."""
@@ -161,6 +191,7 @@ class SlurmCluster:
 # --------------------------------------------------------------------------------------------------------------------
 # helpers
 
+
 def _log_tails(workdir: Path, lines: int = 25) -> str:
     """The last lines of each daemon's log (a daemon's stdout only where it has no log file: -D duplicates it)."""
     logs = sorted((workdir / "log").glob("*.log")) + [workdir / "mysql" / "mysqld.err"]
@@ -188,8 +219,9 @@ def _missing_requirements() -> str | None:
         except KeyError:
             missing.append(f"user {user}")
     if missing:
-        return ("Slurm/munge/MariaDB not installed (missing: " + ", ".join(missing)
-                + "); run `sudo .ci/install_system.sh`")
+        return (
+            "Slurm/munge/MariaDB not installed (missing: " + ", ".join(missing) + "); run `sudo .ci/install_system.sh`"
+        )
     return None
 
 
@@ -297,8 +329,9 @@ def _terminate(pids: list[int], timeout: float = 10.0) -> None:
                 pass
 
 
-def _kill_cluster_processes(wd: Path | None, procs: dict[str, subprocess.Popen] | None = None,
-                            ident: Ident = SINGLE) -> None:
+def _kill_cluster_processes(
+    wd: Path | None, procs: dict[str, subprocess.Popen] | None = None, ident: Ident = SINGLE
+) -> None:
     """Stop, in order: slurmd, job steps and job processes, slurmctld, slurmdbd, mariadbd, munged.
     `procs`: the Popen handles of a live session (also reaped); leftovers of other sessions are found in /proc."""
     procs = procs or {}
@@ -360,8 +393,10 @@ class _Lock:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     self.fh.close()
-                    raise SlurmStartError(f"another test session holds {run_dir}/lock (a Slurm test cluster is "
-                                          f"running) for more than {timeout:.0f} s")
+                    raise SlurmStartError(
+                        f"another test session holds {run_dir}/lock (a Slurm test cluster is "
+                        f"running) for more than {timeout:.0f} s"
+                    )
                 time.sleep(1.0)
 
     def release(self) -> None:
@@ -376,14 +411,16 @@ def _wait(cond, timeout: float, what: str, workdir: Path, procs: dict[str, subpr
             return
         for name, p in procs.items():
             if p.poll() is not None:
-                raise SlurmStartError(f"{name} exited with {p.returncode} while waiting for {what}\n"
-                                      + _log_tails(workdir))
+                raise SlurmStartError(
+                    f"{name} exited with {p.returncode} while waiting for {what}\n" + _log_tails(workdir)
+                )
         time.sleep(0.1)
     raise SlurmStartError(f"timed out after {timeout:.0f} s waiting for {what}\n" + _log_tails(workdir))
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # configuration
+
 
 def _node_line() -> tuple[str, int]:
     """`slurmd -C`'s NodeName line (real CPUs, sockets, memory) minus UpTime, and the CPU count."""
@@ -404,8 +441,8 @@ ClusterName={CLUSTER_NAME}
 SlurmctldHost={node}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
-SlurmctldPort={ports['slurmctld']}
-SlurmdPort={ports['slurmd']}
+SlurmctldPort={ports["slurmctld"]}
+SlurmdPort={ports["slurmd"]}
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_sock},cred_expire=10
@@ -437,7 +474,7 @@ JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
-AccountingStoragePort={ports['slurmdbd']}
+AccountingStoragePort={ports["slurmdbd"]}
 AccountingStoragePass={munge_sock}
 AccountingStorageTRES=gres/gpu
 {node_line} NodeAddr=127.0.0.1 Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN
@@ -446,7 +483,8 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     (CONF_DIR / "slurm.conf").write_text(slurm_conf)
     os.chmod(CONF_DIR / "slurm.conf", 0o644)
     (CONF_DIR / "gres.conf").write_text(
-        f"{CONF_HEADER} {wd}\nAutoDetect=off\nName=gpu File={wd}/dev/nvidia[0-{GPUS_PER_NODE - 1}]\n")
+        f"{CONF_HEADER} {wd}\nAutoDetect=off\nName=gpu File={wd}/dev/nvidia[0-{GPUS_PER_NODE - 1}]\n"
+    )
     dbd = CONF_DIR / "slurmdbd.conf"
     dbd.unlink(missing_ok=True)
     fd = os.open(dbd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -457,14 +495,14 @@ AuthType=auth/munge
 AuthInfo=socket={munge_sock}
 DbdAddr=127.0.0.1
 DbdHost={node}
-DbdPort={ports['slurmdbd']}
+DbdPort={ports["slurmdbd"]}
 SlurmUser=root
 DebugLevel=info
 LogFile={wd}/log/slurmdbd.log
 PidFile={wd}/run/slurmdbd.pid
 StorageType=accounting_storage/mysql
 StorageHost=127.0.0.1
-StoragePort={ports['mariadb']}
+StoragePort={ports["mariadb"]}
 StorageUser=slurm
 StoragePass={DB_PASS}
 StorageLoc=slurm_acct_db
@@ -510,9 +548,17 @@ def _mariadb_template() -> Path:
         mysql.mkdir()
         shutil.chown(mysql, "mysql", "mysql")
         (build / "my.cnf").write_text(_my_cnf(mysql, 0))
-        p = subprocess.run([_bin("mariadb-install-db"), f"--defaults-file={build}/my.cnf", "--user=mysql",
-                            "--auth-root-authentication-method=socket", "--skip-test-db"],
-                           text=True, capture_output=True)
+        p = subprocess.run(
+            [
+                _bin("mariadb-install-db"),
+                f"--defaults-file={build}/my.cnf",
+                "--user=mysql",
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+            ],
+            text=True,
+            capture_output=True,
+        )
         if p.returncode != 0 or not (mysql / "data" / "mysql").is_dir():
             raise SlurmStartError("mariadb-install-db failed:\n" + p.stdout[-2000:] + p.stderr[-2000:])
         shutil.rmtree(template, ignore_errors=True)
@@ -525,22 +571,44 @@ def _mariadb_template() -> Path:
 # --------------------------------------------------------------------------------------------------------------------
 # start / stop
 
-def _spawn(name: str, argv: list[str], wd: Path, procs: dict[str, subprocess.Popen], ident: Ident = SINGLE,
-           env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+
+def _spawn(
+    name: str,
+    argv: list[str],
+    wd: Path,
+    procs: dict[str, subprocess.Popen],
+    ident: Ident = SINGLE,
+    env: dict[str, str] | None = None,
+    **kw,
+) -> subprocess.Popen:
     out = open(wd / "log" / f"{name}.stdout", "ab")
     env = {**os.environ, **(env or {}), ident.marker: str(wd)}
     argv = [_bin(argv[0]), *argv[1:]]
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                         start_new_session=True, cwd=wd, **kw)
+    p = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        cwd=wd,
+        **kw,
+    )
     out.close()
     procs[name] = p
-    (ident.run_dir / "registry.json").write_text(json.dumps(
-        {"owner_pid": os.getpid(), "workdir": str(wd), "pids": {k: v.pid for k, v in procs.items()}}))
+    (ident.run_dir / "registry.json").write_text(
+        json.dumps({"owner_pid": os.getpid(), "workdir": str(wd), "pids": {k: v.pid for k, v in procs.items()}})
+    )
     return p
 
 
-def _start_munge_and_accounting(wd: Path, ports: dict[str, int], procs: dict[str, subprocess.Popen],
-                                ident: Ident = SINGLE, env: dict[str, str] | None = None) -> None:
+def _start_munge_and_accounting(
+    wd: Path,
+    ports: dict[str, int],
+    procs: dict[str, subprocess.Popen],
+    ident: Ident = SINGLE,
+    env: dict[str, str] | None = None,
+) -> None:
     """munged on its own socket (wd/munge), then MariaDB with a fresh datadir, then slurmdbd (its config is beside
     the slurm.conf that env SLURM_CONF, or /etc/slurm, names). Shared by both cluster fixtures."""
     # munged, on its own socket (AuthInfo=socket=... points Slurm at it)
@@ -555,9 +623,23 @@ def _start_munge_and_accounting(wd: Path, ports: dict[str, int], procs: dict[str
     shutil.chown(mdir, "munge", "munge")
     (wd / "log" / "munged.log").touch()
     shutil.chown(wd / "log" / "munged.log", "munge", "munge")
-    _spawn("munged", ["munged", "-F", f"--socket={mdir}/munge.socket.2", f"--pid-file={mdir}/munged.pid",
-                      f"--seed-file={mdir}/munged.seed", f"--log-file={wd}/log/munged.log"],
-           wd, procs, ident, user="munge", group="munge", extra_groups=[])
+    _spawn(
+        "munged",
+        [
+            "munged",
+            "-F",
+            f"--socket={mdir}/munge.socket.2",
+            f"--pid-file={mdir}/munged.pid",
+            f"--seed-file={mdir}/munged.seed",
+            f"--log-file={wd}/log/munged.log",
+        ],
+        wd,
+        procs,
+        ident,
+        user="munge",
+        group="munge",
+        extra_groups=[],
+    )
 
     # MariaDB with a fresh datadir (a copy of a per-machine template), TCP on 127.0.0.1 only
     mysql = wd / "mysql"
@@ -565,18 +647,30 @@ def _start_munge_and_accounting(wd: Path, ports: dict[str, int], procs: dict[str
     (wd / "my.cnf").write_text(_my_cnf(mysql, ports["mariadb"]))
     (wd / "init.sql").write_text(
         f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{DB_PASS}';\n"
-        "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';\n")
+        "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';\n"
+    )
     shutil.copytree(_mariadb_template(), mysql / "data", symlinks=True)
     for root, dirs, files in os.walk(mysql):
         for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
             shutil.chown(name, "mysql", "mysql")
-    _spawn("mariadbd", ["mariadbd", f"--defaults-file={wd}/my.cnf", "--user=mysql",
-                        f"--init-file={wd}/init.sql"], wd, procs, ident)
+    _spawn(
+        "mariadbd",
+        ["mariadbd", f"--defaults-file={wd}/my.cnf", "--user=mysql", f"--init-file={wd}/init.sql"],
+        wd,
+        procs,
+        ident,
+    )
     _wait(lambda: (mdir / "munge.socket.2").exists(), 20, "munged's socket", wd, procs)
 
     def db_ready() -> bool:
-        return subprocess.run([_bin("mariadb"), "-h127.0.0.1", f"-P{ports['mariadb']}", "-uslurm", f"-p{DB_PASS}",
-                               "-e", "SELECT 1"], capture_output=True).returncode == 0
+        return (
+            subprocess.run(
+                [_bin("mariadb"), "-h127.0.0.1", f"-P{ports['mariadb']}", "-uslurm", f"-p{DB_PASS}", "-e", "SELECT 1"],
+                capture_output=True,
+            ).returncode
+            == 0
+        )
+
     _wait(db_ready, 30, "MariaDB", wd, procs)
 
     _spawn("slurmdbd", ["slurmdbd", "-D"], wd, procs, ident, env=env)
@@ -602,13 +696,20 @@ def start_cluster(workdir: Path | None = None) -> SlurmCluster:
         _spawn("slurmctld", ["slurmctld", "-D", "-f", str(CONF_DIR / "slurm.conf")], wd, procs)
         _spawn("slurmd", ["slurmd", "-D", "-f", str(CONF_DIR / "slurm.conf")], wd, procs)
 
-        cluster = SlurmCluster(partition=PARTITION, node=node, workdir=wd,
-                               env={"SLURM_CONF": str(CONF_DIR / "slurm.conf")},
-                               gpus_per_node=GPUS_PER_NODE, cpus=cpus, procs=procs)
+        cluster = SlurmCluster(
+            partition=PARTITION,
+            node=node,
+            workdir=wd,
+            env={"SLURM_CONF": str(CONF_DIR / "slurm.conf")},
+            gpus_per_node=GPUS_PER_NODE,
+            cpus=cpus,
+            procs=procs,
+        )
 
         def node_idle() -> bool:
             r = cluster.run("sinfo", "-h", "-N", "-p", PARTITION, "-o", "%T", check=False, timeout=10)
             return r.returncode == 0 and r.stdout.strip() == "idle"
+
         try:
             _wait(node_idle, START_TIMEOUT, f"node {node} to be idle in sinfo", wd, procs)
         except SlurmStartError as e:

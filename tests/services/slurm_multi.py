@@ -40,12 +40,29 @@ from pathlib import Path
 import pytest
 
 from tests.services.slurm import (
-    DB_PASS, GPUS_PER_NODE, Ident, SlurmCluster, SlurmStartError, _bin, _free_ports, _kill_cluster_processes,
-    _Lock, _missing_requirements, _ours, _spawn, _start_munge_and_accounting, _terminate, _wait,
+    DB_PASS,
+    GPUS_PER_NODE,
+    Ident,
+    SlurmCluster,
+    SlurmStartError,
+    _bin,
+    _free_ports,
+    _kill_cluster_processes,
+    _Lock,
+    _missing_requirements,
+    _ours,
+    _spawn,
+    _start_munge_and_accounting,
+    _terminate,
+    _wait,
 )
 
-IDENT = Ident(marker="FCN_SWEEP_SLURM_MULTI_FIXTURE", cluster_name="fcnmulti", wd_prefix="fcn-mslurm-",
-              run_dir=Path("/run/fcn-sweep-slurm-multi"))
+IDENT = Ident(
+    marker="FCN_SWEEP_SLURM_MULTI_FIXTURE",
+    cluster_name="fcnmulti",
+    wd_prefix="fcn-mslurm-",
+    run_dir=Path("/run/fcn-sweep-slurm-multi"),
+)
 PARTITION = "multi"
 NODES = ("fcnode1", "fcnode2")
 BRIDGE = "fcnbr0"
@@ -125,6 +142,7 @@ class MultiSlurmCluster(SlurmCluster):
 # --------------------------------------------------------------------------------------------------------------------
 # helpers
 
+
 def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([_bin(args[0]), *args[1:]], check=check, text=True, capture_output=True, timeout=30)
 
@@ -159,8 +177,9 @@ def _missing() -> str | None:
     reason = _missing_requirements()
     if reason:
         return reason
-    missing = [b for b in MORE_BINARIES if shutil.which(b, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
-               is None]
+    missing = [
+        b for b in MORE_BINARIES if shutil.which(b, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None
+    ]
     return f"the two-node Slurm test cluster needs {', '.join(missing)} (iproute2, util-linux)" if missing else None
 
 
@@ -204,8 +223,12 @@ def _network_up() -> None:
         _sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", n)
         _sh("ip", "link", "set", host_end, "master", BRIDGE)
         _sh("ip", "link", "set", host_end, "up")
-        for cmd in (("addr", "add", f"{ADDRS[n]}/24", "dev", "eth0"), ("link", "set", "eth0", "up"),
-                    ("link", "set", "lo", "up"), ("route", "add", "default", "via", BRIDGE_ADDR)):
+        for cmd in (
+            ("addr", "add", f"{ADDRS[n]}/24", "dev", "eth0"),
+            ("link", "set", "eth0", "up"),
+            ("link", "set", "lo", "up"),
+            ("route", "add", "default", "via", BRIDGE_ADDR),
+        ):
             _sh("ip", "-n", n, *cmd)
 
 
@@ -230,6 +253,7 @@ def _stop_leftovers() -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # configuration and start
 
+
 def _write_configs(wd: Path, ports: dict[str, int]) -> Path:
     munge_sock = wd / "munge" / "munge.socket.2"
     etc = wd / "etc"
@@ -237,15 +261,17 @@ def _write_configs(wd: Path, ports: dict[str, int]) -> Path:
     host = _sh("hostname", "-s").stdout.strip() or "localhost"
     node_lines = "\n".join(
         f"NodeName={n} NodeAddr={ADDRS[n]} NodeHostname={n} CPUs={CPUS_PER_NODE} RealMemory={MEM_PER_NODE} "
-        f"Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN" for n in NODES)
+        f"Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN"
+        for n in NODES
+    )
     (etc / "slurm.conf").write_text(f"""\
 # Written by tests/services/slurm_multi.py for a throw-away two-node test cluster; state in {wd}
 ClusterName={IDENT.cluster_name}
 SlurmctldHost={host}({BRIDGE_ADDR})
 SlurmUser=root
 SlurmdUser=root
-SlurmctldPort={ports['slurmctld']}
-SlurmdPort={ports['slurmd']}
+SlurmctldPort={ports["slurmctld"]}
+SlurmdPort={ports["slurmd"]}
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_sock},cred_expire=10
@@ -279,14 +305,15 @@ JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
-AccountingStoragePort={ports['slurmdbd']}
+AccountingStoragePort={ports["slurmdbd"]}
 AccountingStoragePass={munge_sock}
 AccountingStorageTRES=gres/gpu
 {node_lines}
 PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
     (etc / "gres.conf").write_text(
-        f"AutoDetect=off\nNodeName={','.join(NODES)} Name=gpu File={wd}/dev/nvidia[0-{GPUS_PER_NODE - 1}]\n")
+        f"AutoDetect=off\nNodeName={','.join(NODES)} Name=gpu File={wd}/dev/nvidia[0-{GPUS_PER_NODE - 1}]\n"
+    )
     fd = os.open(etc / "slurmdbd.conf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(f"""\
@@ -294,14 +321,14 @@ AuthType=auth/munge
 AuthInfo=socket={munge_sock}
 DbdAddr=127.0.0.1
 DbdHost={host}
-DbdPort={ports['slurmdbd']}
+DbdPort={ports["slurmdbd"]}
 SlurmUser=root
 DebugLevel=info
 LogFile={wd}/log/slurmdbd.log
 PidFile={wd}/run/slurmdbd.pid
 StorageType=accounting_storage/mysql
 StorageHost=127.0.0.1
-StoragePort={ports['mariadb']}
+StoragePort={ports["mariadb"]}
 StorageUser=slurm
 StoragePass={DB_PASS}
 StorageLoc=slurm_acct_db
@@ -312,10 +339,18 @@ StorageLoc=slurm_acct_db
 
 def _start_slurmd(wd: Path, node: str, procs: dict[str, subprocess.Popen]) -> None:
     conf = wd / "etc" / "slurm.conf"
-    inner = (f"hostname {node} && mount --bind {wd}/resolv.conf /etc/resolv.conf && "
-             f"exec {_bin('slurmd')} -D -N {node} -f {conf}")
-    _spawn(f"slurmd@{node}", ["nsenter", f"--net=/run/netns/{node}", _bin("unshare"), "--uts", "--mount",
-                              "/bin/sh", "-c", inner], wd, procs, IDENT, env={"SLURM_CONF": str(conf)})
+    inner = (
+        f"hostname {node} && mount --bind {wd}/resolv.conf /etc/resolv.conf && "
+        f"exec {_bin('slurmd')} -D -N {node} -f {conf}"
+    )
+    _spawn(
+        f"slurmd@{node}",
+        ["nsenter", f"--net=/run/netns/{node}", _bin("unshare"), "--uts", "--mount", "/bin/sh", "-c", inner],
+        wd,
+        procs,
+        IDENT,
+        env={"SLURM_CONF": str(conf)},
+    )
 
 
 def start_multi_cluster() -> MultiSlurmCluster:
@@ -338,13 +373,21 @@ def start_multi_cluster() -> MultiSlurmCluster:
         _spawn("slurmctld", ["slurmctld", "-D", "-f", str(conf)], wd, procs, IDENT, env=env)
         for n in NODES:
             _start_slurmd(wd, n, procs)
-        cluster = MultiSlurmCluster(partition=PARTITION, node=NODES[0], workdir=wd, env=env,
-                                    gpus_per_node=GPUS_PER_NODE, cpus=CPUS_PER_NODE, procs=procs,
-                                    slurmd_port=ports["slurmd"])
+        cluster = MultiSlurmCluster(
+            partition=PARTITION,
+            node=NODES[0],
+            workdir=wd,
+            env=env,
+            gpus_per_node=GPUS_PER_NODE,
+            cpus=CPUS_PER_NODE,
+            procs=procs,
+            slurmd_port=ports["slurmd"],
+        )
 
         def nodes_idle() -> bool:
             r = cluster.run("sinfo", "-h", "-N", "-p", PARTITION, "-o", "%T", check=False, timeout=10)
             return r.returncode == 0 and r.stdout.split() == ["idle"] * len(NODES)
+
         try:
             _wait(nodes_idle, START_TIMEOUT, "both nodes to be idle in sinfo", wd, procs)
         except SlurmStartError as e:
