@@ -232,7 +232,7 @@ def _finished(rdir: Path, config: RunConfig, d: dist.Dist) -> dict | None:
 def _set_up(config: RunConfig, d: dist.Dist, rdir: Path, trial: str) -> Run:
     """The tracking server checked, the feature store (built if missing), the splits, a fresh model and optimiser."""
     from fcn import tracking
-    from fcn.run_store import ensure_store
+    from fcn.preprocess import ensure_feature_store
     from fcn.store import check_store
 
     uri = tracking.resolve_uri(config.tracking_uri, config.out_dir)
@@ -241,7 +241,7 @@ def _set_up(config: RunConfig, d: dist.Dist, rdir: Path, trial: str) -> Run:
     # Global rank 0 alone builds a missing store; the others wait for its finished file (not in a collective
     # barrier, which would time out during a paper-scale MSD build; not on the file lock alone, which some
     # shared file systems keep per node).
-    store = ensure_store(config, progress=d.main, build_here=d.main)
+    store = ensure_feature_store(config, progress=d.main, build_here=d.main)
     dist.barrier(d)
     meta = check_store(store, input=config.input, params=config.frontend, dataset=config.dataset)
     torch.manual_seed(config.seed)  # identical initial weights on every rank

@@ -19,8 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from fcn import flags
 from fcn.config import RunConfig
 from fcn.errors import UserError, run_cli
+from fcn.preprocess import ensure_feature_stores
 from harness import backends
 from harness.cells import add_grid_arguments, grid_from_args
 
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "slurm": "--cluster slurm (one job per cell, DDP over tasks = GPUs)",
     }
     for name in backends.BACKENDS:
-        backends.add_arguments(ap.add_argument_group(titles[name]), backends.options_class(name))
+        flags.add_arguments(ap.add_argument_group(titles[name]), backends.options_class(name))
     ap.add_argument(
         "--tracking-server",
         nargs="?",
@@ -123,13 +125,13 @@ def _with_tracking_server(args) -> int:
 def _backend(args):
     """The chosen back end's module and options; flags of a back end that was not chosen are an error."""
     for name in backends.BACKENDS:
-        other = backends.changed_flags(backends.options_class(name), args) if name != args.cluster else []
+        other = flags.changed_flags(backends.options_class(name), args) if name != args.cluster else []
         if other:
             raise UserError(
                 f"{', '.join(other)} need --cluster {name} (they say where cells run on it), not "
                 f"--cluster {args.cluster}"
             )
-    return backends.module(args.cluster), backends.from_args(backends.options_class(args.cluster), args)
+    return backends.module(args.cluster), flags.from_args(backends.options_class(args.cluster), args)
 
 
 def _main(args) -> int:
@@ -163,7 +165,7 @@ def _main(args) -> int:
         parent = _parent_run(uri, cells)
         todo = [c.replace(parent_run_id=parent) for c in todo]
         if args.cluster != "slurm" or not todo[0].data_root:
-            _prepare_stores(todo, progress=not args.quiet)
+            ensure_feature_stores(todo, progress=not args.quiet)
         outcomes = backend.run(todo, opts, progress=not args.quiet)
         if any(o.state == "submitted" for o in outcomes):
             print("submitted; rerun the same command or `python -m harness.status` to follow", file=sys.stderr)
@@ -218,18 +220,6 @@ def _resync(cells: list[RunConfig], states: dict) -> None:
         if s.state == "finished" and not s.synced:
             rdir = run_dir(c)
             sync_finished(finished_metrics(rdir), rdir, c)
-
-
-def _prepare_stores(cells: list[RunConfig], progress: bool) -> None:
-    """Build each distinct feature store once, here, before cells start (they would otherwise queue on its lock)."""
-    from fcn.run_store import ensure_store, store_path
-
-    seen = set()
-    for c in cells:
-        p = store_path(c)
-        if p not in seen:
-            seen.add(p)
-            ensure_store(c, progress=progress)
 
 
 def _finish_parent(uri: str, cells: list[RunConfig], all_done: bool) -> None:

@@ -28,9 +28,14 @@ import sys
 import time
 from pathlib import Path
 
+from fcn import flags
 from fcn.cell import harness_dir
 from fcn.config import RunConfig
 from fcn.errors import UserError, run_cli
+from fcn.preprocess import ensure_feature_stores
+from harness import launch
+from harness.backends.ray_backend import RayOptions
+from harness.cells import add_grid_arguments, grid_from_args
 
 # The recipe: what a search may change. The cell (data set, input, depth, seed, scale) is never searched.
 RECIPE_FIELDS = {"lr": float, "dropout": float, "batch_size": int}
@@ -203,23 +208,16 @@ def _fit(
     *,
     scheduler,
     storage: str,
-    address: str,
     cpus: float,
     gpus: float,
     progress: bool,
 ) -> dict[str, str]:
-    """Run trials on Ray Tune; mark the ones the scheduler stopped as pruned; returns {name: error} of failed ones."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster (FACTS.md)
-    import ray
+    """Run trials on Ray Tune (the session main opened); mark the ones the scheduler stopped as pruned; returns
+    {name: error} of failed ones."""
     from ray import tune
 
     from fcn.cell import run_dir
 
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     by_name = dict(trials)
 
     class MarkPruned(tune.Callback):
@@ -327,7 +325,6 @@ def search_cell(
     scheduler: str,
     grace: int,
     rf: float,
-    address: str,
     cpus: float,
     gpus: float,
     configs_out: Path,
@@ -370,7 +367,6 @@ def search_cell(
         trials,
         scheduler=_scheduler(scheduler, cell, grace, rf, keep),
         storage=storage,
-        address=address,
         cpus=cpus,
         gpus=gpus,
         progress=progress,
@@ -591,8 +587,6 @@ def write_report(s: dict, results: Path) -> list[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.grid import add_grid_arguments
-
     ap = argparse.ArgumentParser(
         prog=GENERATOR, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -613,30 +607,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--configs-out", default="", help="where <key>.json recipes go (default: <results>/search-recipes)")
     s.add_argument("--results", default="results", help="where search-<key>.md/.png go (default: results)")
     s.add_argument("--quiet", action="store_true", help="no progress output")
-    r = ap.add_argument_group("where trials run (Ray: local, or an existing cluster, e.g. slurm/ray_cluster.sh's)")
-    r.add_argument("--ray-address", default="", help="existing Ray cluster ('auto' or host:port); empty = local")
-    r.add_argument("--cpus-per-trial", type=float, default=1.0)
-    r.add_argument("--gpus-per-trial", type=float, default=0.0, help="at most 1: a trial is one process")
+    # the grid's Ray options (harness/backends/ray_backend.py), but a trial is one process: --gpus-per-trial <= 1
+    flags.add_arguments(
+        ap.add_argument_group("where trials run (Ray: local, or an existing cluster, e.g. slurm/ray_cluster.sh's)"),
+        RayOptions,
+    )
     add_grid_arguments(ap)
     return ap
 
 
 def main(argv=None) -> int:
     from fcn import tracking
-    from harness.grid import _prepare_stores, grid_from_args
 
     args = build_parser().parse_args(argv)
-    if args.gpus_per_trial > 1:
+    ray_opts = flags.from_args(RayOptions, args)
+    if ray_opts.gpus_per_trial > 1:
         raise UserError("a search trial is one process: --gpus-per-trial at most 1 (DDP trials are not supported)")
     cells = grid_from_args(args)
     tracking.check_reachable(cells[0].tracking_uri)
-    threads = cells[0].threads or max(1, int(args.cpus_per_trial))
+    threads = cells[0].threads or max(1, int(ray_opts.cpus_per_trial))
     cells = [c.replace(threads=threads) for c in cells]
     results = Path(args.results)
     configs_out = Path(args.configs_out) if args.configs_out else results / "search-recipes"
-    _prepare_stores(cells, progress=not args.quiet)
+    ensure_feature_stores(cells, progress=not args.quiet)
     failed = 0
-    try:
+    with launch.ray_session(ray_opts.ray_address):
         for cell in cells:
             space = parse_space(args.space) if args.space else default_space(cell)
             s = search_cell(
@@ -647,9 +642,8 @@ def main(argv=None) -> int:
                 scheduler=args.scheduler,
                 grace=args.grace_period,
                 rf=args.reduction_factor,
-                address=args.ray_address,
-                cpus=args.cpus_per_trial,
-                gpus=args.gpus_per_trial,
+                cpus=ray_opts.cpus_per_trial,
+                gpus=ray_opts.gpus_per_trial,
                 configs_out=configs_out,
                 results=results,
                 progress=not args.quiet,
@@ -665,11 +659,6 @@ def main(argv=None) -> int:
             for name, err in s["errors"].items():
                 print(f"  {cell.key} {name}: FAILED: {err}", file=sys.stderr)
             failed += bool(s["errors"])
-    finally:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
     print(
         f"next: python -m harness.grid --configs-from {configs_out} (same cell flags); MLflow UI: python -m "
         f"harness.ui --tracking-uri '{cells[0].tracking_uri}' --experiment {cells[0].experiment}-search",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from fcn.config import RunConfig
 from fcn.errors import UserError
-from harness.backends import option
+from fcn.flags import option
 from harness.job import Outcome
 
 

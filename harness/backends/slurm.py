@@ -19,7 +19,8 @@ from pathlib import Path
 from fcn.cell import harness_dir
 from fcn.config import RunConfig
 from fcn.errors import UserError
-from harness.backends import option
+from fcn.flags import option
+from harness import launch
 from harness.job import FAILED, FINISHED, SUBMITTED, Outcome
 
 # [D] USR2 this long before the time limit: the job checkpoints and requeues itself. Slurm may send it up to ~30 s
@@ -70,31 +71,24 @@ def cpus_for(opts: SlurmOptions, configs: list[RunConfig]) -> int:
 
 def executor(folder: Path, opts: SlurmOptions, name: str, configs: list[RunConfig]):
     """A submitit executor for cells (or any callable, in tests) with the options every job gets."""
-    import submitit
-
-    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    params = dict(
+    return launch.slurm_executor(
+        folder,
         name=name,
-        timeout_min=opts.time_min,
+        time_min=opts.time_min,
+        cpus_per_task=cpus_for(opts, configs),
+        array_parallelism=opts.array_parallelism,
         nodes=opts.nodes,
         tasks_per_node=opts.ntasks,
-        slurm_signal_delay_s=opts.signal_delay_s,
-        slurm_array_parallelism=opts.array_parallelism,
-        slurm_srun_args=list(SRUN_ARGS),
-        cpus_per_task=cpus_for(opts, configs),
-        slurm_additional_parameters={"requeue": True, **opts.extra},
+        partition=opts.partition,
+        account=opts.account,
+        qos=opts.qos,
+        gpus_per_node=opts.gpus_per_node,
+        mem_gb=opts.mem_gb,
+        signal_delay_s=opts.signal_delay_s,
+        srun_args=SRUN_ARGS,
+        requeue=True,
+        extra=opts.extra,
     )
-    for k, v in (
-        ("slurm_partition", opts.partition),
-        ("slurm_account", opts.account),
-        ("slurm_qos", opts.qos),
-        ("gpus_per_node", opts.gpus_per_node),
-        ("mem_gb", opts.mem_gb),
-    ):
-        if v:
-            params[k] = v
-    ex.update_parameters(**params)
-    return ex
 
 
 class CellFailed(RuntimeError):
@@ -179,8 +173,7 @@ def _submit(configs: list[RunConfig], opts: SlurmOptions, known: dict, jobs_path
     to_submit = [c for c in configs if known.get(c.key) not in alive]
     if not to_submit:
         return
-    # A fresh folder per submission: Slurm job ids restart when a cluster's state is wiped (FACTS.md).
-    folder = harness_dir(out_dir, experiment) / "submitit" / time.strftime("%Y%m%d-%H%M%S")
+    folder = launch.fresh_folder(harness_dir(out_dir, experiment) / "submitit")
     ex = executor(folder, opts, f"fcn-{experiment}", to_submit)
     jobs = ex.map_array(CellJob(), [c.to_dict() for c in to_submit])
     for c, j in zip(to_submit, jobs):
