@@ -213,7 +213,7 @@ def _report(args, cells: list[RunConfig], outcomes: list, took_s: float) -> int:
 def _resync(cells: list[RunConfig], states: dict) -> None:
     """Finished on disk but not in MLflow (killed between the two, or the server was down): log the end now."""
     from fcn.cell import finished_metrics, run_dir
-    from fcn.tracking import sync_finished
+    from fcn.tracker import sync_finished
 
     for c in cells:
         s = states[c.key]

@@ -28,11 +28,14 @@ import sys
 import time
 from pathlib import Path
 
-from fcn import flags
-from fcn.cell import harness_dir
+import numpy as np
+
+from fcn import checkpoint, flags, tracker, tracking
+from fcn.cell import LAST, ckpt, harness_dir, run_dir
 from fcn.config import RunConfig
 from fcn.errors import UserError, run_cli
 from fcn.preprocess import ensure_feature_stores
+from fcn.train import train
 from harness import launch
 from harness.backends.ray_backend import RayOptions
 from harness.cells import add_grid_arguments, grid_from_args
@@ -83,8 +86,6 @@ def default_space(base: RunConfig) -> dict[str, tuple]:
 
 def expand_trials(space: dict[str, tuple], n: int, seed: int) -> list[dict]:
     """The whole product when every field is a choice and `n` is 0 or covers it; else `n` samples (seeded)."""
-    import numpy as np
-
     names = sorted(space)
     if all(space[k][0] == "choice" for k in names):
         grid = [dict(zip(names, vals)) for vals in itertools.product(*(space[k][1] for k in names))]
@@ -119,10 +120,7 @@ def recipe_of(config: RunConfig) -> dict:
 def _trial(space: dict) -> None:
     """Train one recipe on validation only, reporting each epoch's validation ROC-AUC to the scheduler; a trial done
     before (finished or pruned, e.g. before a kill) only replays its history, so the scheduler still knows it."""
-    from ray import tune
-
-    from fcn.cell import run_dir
-    from fcn.train import train
+    from ray import tune  # optional and heavy (harness/launch.py)
 
     # A pruned trial's thread leaves through Tune's stop (SystemExit out of tune.report); give it time to unwind
     # (train()'s finally) before this actor takes the next trial. Read by Tune in this process at that moment.
@@ -158,9 +156,6 @@ def read_trial(rdir: Path) -> dict | None:
 def end_trial(config: RunConfig, name: str, stopped: str, status: str = "FINISHED") -> dict:
     """Write the trial's outcome (trial.json, from its last checkpoint: the truth on disk) and end its MLflow run with
     why it stopped. Called by the trial when it ends on its own, by the driver when the scheduler pruned it."""
-    from fcn import checkpoint, tracking
-    from fcn.cell import LAST, ckpt, run_dir
-
     rdir = run_dir(config, name)
     state = checkpoint.load(ckpt(rdir, LAST)) or {}
     progress = state.get("progress", {"history": [], "best": float("nan"), "best_epoch": 0, "epoch": 0})
@@ -180,7 +175,7 @@ def end_trial(config: RunConfig, name: str, stopped: str, status: str = "FINISHE
         config=config.to_dict(),
     )
     if out["run_id"]:
-        t = tracking.Tracker(
+        t = tracker.Tracker(
             tracking.resolve_uri(config.tracking_uri, config.out_dir), config.experiment, config.out_dir
         )
         t.run_id = out["run_id"]
@@ -214,9 +209,7 @@ def _fit(
 ) -> dict[str, str]:
     """Run trials on Ray Tune (the session main opened); mark the ones the scheduler stopped as pruned; returns
     {name: error} of failed ones."""
-    from ray import tune
-
-    from fcn.cell import run_dir
+    from ray import tune  # optional and heavy (harness/launch.py)
 
     by_name = dict(trials)
 
@@ -261,7 +254,7 @@ def _scheduler(name: str, config: RunConfig, grace: int, rf: float, keep: str):
     still set the rungs' cut-offs for the others)."""
     if name == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler  # optional and heavy (harness/launch.py)
 
     class KeepPreset(ASHAScheduler):
         pruned: set = set()  # names of the trials it stopped (a trial stopped by anything else is not "pruned")
@@ -290,8 +283,6 @@ def _scheduler(name: str, config: RunConfig, grace: int, rf: float, keep: str):
 def _search_parent(uri: str, experiment: str, cell: RunConfig, params: dict) -> str:
     """The cell's search run (one per cell and search experiment, found again on every rerun); trials are its
     children, so the UI shows them one click from it."""
-    from fcn import tracking
-
     c = tracking.client(uri)
     exp_id = tracking.experiment_id(c, experiment, tracking.artifact_root(uri, cell.out_dir))
     runs = c.search_runs([exp_id], filter_string=f"tags.search_cell = '{cell.key}'", max_results=1)
@@ -305,8 +296,6 @@ def _search_parent(uri: str, experiment: str, cell: RunConfig, params: dict) -> 
 
 
 def _check_same_search(trials: list[tuple[str, RunConfig]]) -> None:
-    from fcn.cell import run_dir
-
     for name, config in trials:
         old = read_trial(run_dir(config, name))
         if old is not None and old["recipe"] != recipe_of(config):
@@ -333,9 +322,6 @@ def search_cell(
 ) -> dict:
     """Search one cell; returns a summary (winner, baseline, outcomes, errors). Everything it finds is on disk and in
     MLflow before it returns."""
-    from fcn import tracking
-    from fcn.cell import run_dir
-
     t0 = time.time()
     experiment = f"{cell.experiment}-search"
     uri = cell.tracking_uri
@@ -498,7 +484,7 @@ def _data_text(cell: RunConfig) -> str:
 
 def write_report(s: dict, results: Path) -> list[Path]:
     """results/search-<key>.md and .png: the trials, the pruning curves, the choice and its margin."""
-    import matplotlib
+    import matplotlib  # 0.4 s to import: only a finished search draws; pyplot only after the Agg backend is set
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -617,8 +603,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from fcn import tracking
-
     args = build_parser().parse_args(argv)
     ray_opts = flags.from_args(RayOptions, args)
     if ray_opts.gpus_per_trial > 1:
