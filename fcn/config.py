@@ -129,7 +129,7 @@ class RunConfig:
     threads: int = option(0, "torch CPU threads per process; 0 = all cores divided among local processes", resume=True)
     # --- where results go ---
     out_dir: str = option(
-        "runs", "run directories (checkpoints, metrics.json) and the default SQLite MLflow store", resume=True
+        cell.OUT_DIR, "run directories (checkpoints, metrics.json) and the default SQLite MLflow store", resume=True
     )
     experiment: str = option(cell.CELL_EXPERIMENT, "MLflow experiment name", resume=True)
     tracking_uri: str = option(

@@ -23,13 +23,13 @@ from fcn.errors import UserError, run_cli
 
 
 def find_checkpoint(
-    run: str, *, out_dir: str = "runs", experiment: str = cell.CELL_EXPERIMENT, tracking_uri: str = ""
+    run: str, *, out_dir: str = cell.OUT_DIR, experiment: str = cell.CELL_EXPERIMENT, tracking_uri: str = ""
 ) -> Path:
     """A .pt path, a cell key (its run dir), or an MLflow run id / cell key whose `model/best.pt` artifact is used."""
     p = Path(run)
     if p.suffix == ".pt" and p.exists():
         return p
-    local = cell.ckpt(Path(out_dir) / experiment / run, cell.BEST)
+    local = cell.ckpt(cell.run_dir_at(out_dir, experiment, run), cell.BEST)
     if local.exists():
         return local
     from fcn import tracking
@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     ap.add_argument("files", nargs="+", help="audio files (MP3, WAV, any rate or channel count)")
     ap.add_argument("--run", required=True, help="cell key, MLflow run id, or a best.pt path")
     ap.add_argument("--top", type=int, default=10, help="how many tags to print (default: 10)")
-    ap.add_argument("--out-dir", default="runs")
+    ap.add_argument("--out-dir", default=cell.OUT_DIR, help=f"the runs' out dir (default: {cell.OUT_DIR})")
     ap.add_argument(
         "--experiment", default=cell.CELL_EXPERIMENT, help=f"MLflow experiment (a grid's: {cell.GRID_EXPERIMENT})"
     )

@@ -26,6 +26,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from fcn.cell import OUT_DIR
+
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = REPO / "slurm"
 
@@ -220,7 +222,7 @@ trap 'requeue TERM' TERM
 
 
 def _fill(text: str, values: dict[str, str]) -> str:
-    for k, v in {"DIE": DIE, "SPLIT_ARGS": SPLIT_ARGS, "REQUEUE": REQUEUE, **values}.items():
+    for k, v in {"DIE": DIE, "SPLIT_ARGS": SPLIT_ARGS, "REQUEUE": REQUEUE, "OUT_DIR": OUT_DIR, **values}.items():
         text = text.replace(f"@{k}@", v.rstrip("\n"))
     left = re.findall(r"@[A-Z_]+@", text)
     assert not left, f"unfilled placeholder(s) {left} in an sbatch template"
@@ -267,7 +269,7 @@ TEMPLATE = r"""#!/bin/bash
 #   INPUT=mel                 mel | stft | mfcc
 #   DATA_ROOT=                the @DATASET_UPPER@ root (@DATA_HINT@); empty = the built-in
 #                             synthetic set in the same layout (a smoke test, not the paper)
-#   OUT_DIR=runs              run directories and the default MLflow store
+#   OUT_DIR=@OUT_DIR@              run directories and the default MLflow store
 #   EXPERIMENT=fcn-sweep      MLflow experiment; the same as `python -m harness.grid`, so harness.status and
 #                             harness.tables see this cell
 #   MLFLOW_TRACKING_URI=      MLflow server; empty = sqlite:///<OUT_DIR>/mlflow.db. fcn.train reads it (and
@@ -287,7 +289,7 @@ set -uo pipefail  # not -e: srun's exit status and the requeue trap are handled 
 
 INPUT=${INPUT:-mel}
 DATA_ROOT=${DATA_ROOT:-}
-OUT_DIR=${OUT_DIR:-runs}
+OUT_DIR=${OUT_DIR:-@OUT_DIR@}
 EXPERIMENT=${EXPERIMENT:-fcn-sweep}
 MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-}
 PYTHON=${PYTHON:-.venv/bin/python}
