@@ -43,7 +43,8 @@ def jemalloc_path() -> str | None:
 
 # The allocators compared. glibc's malloc serves blocks of more than 32 MB with fresh mmap()s and returns them on
 # free, so every training step page-faults its activations in again (hundreds of MB at paper scale: system time
-# ≈ user time, FACTS.md). Both fixes keep freed memory for reuse; "-keep" variants are the ones this project proposes.
+# ≈ user time, docs/MEASURED.md). Both fixes keep freed memory for reuse; "-keep" variants are the ones this project
+# proposes.
 ALLOCATORS = {
     "glibc": "glibc malloc (the default)",
     "glibc-keep": "glibc malloc + mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1, M_ARENA_MAX=1) called inside the "

@@ -167,7 +167,7 @@ def _breakdown(prof, top: int = 10) -> dict:
 
     st = pstats.Stats(prof).stats
     total, callees = 0.0, {}
-    for (file, line, name), (_cc, _nc, _tt, ct, callers) in st.items():
+    for (file, _line, name), (_cc, _nc, _tt, ct, callers) in st.items():
         if file.endswith("fcn/train.py") and name == "train":
             total += ct
         for (cfile, _cl, cname), edge in callers.items():
@@ -285,7 +285,8 @@ def _import_rows(first_cell) -> list[Row]:
                     else ""
                 )
                 + ". Not ours to cut: torch.optim's step imports torch._dynamo unconditionally, and `import mlflow` "
-                "loads mlflow.artifacts and mlflow.genai eagerly. Ours: the sbatch scripts' pre-training step (next row)",
+                "loads mlflow.artifacts and mlflow.genai eagerly. Ours: the sbatch scripts' pre-training step "
+                "(next row)",
             )
         )
     except RuntimeError as e:

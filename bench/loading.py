@@ -377,8 +377,8 @@ def _details(need: float, fwd: float, target: float, n: int, res: dict) -> str:
         f"{BATCH}, median of the epochs after an untimed one, first batch of each epoch not timed; the "
         f"consumer standardises "
         f"float16 batches to float32 on the CPU (except the delivery-only row), with one torch thread. Each "
-        f"allocator in its own process (bench/common.py ALLOCATORS). Ceiling: h5py random single-row float16 reads into a reused "
-        f"buffer, nothing else: "
+        f"allocator in its own process (bench/common.py ALLOCATORS). Ceiling: h5py random single-row float16 reads "
+        f"into a reused buffer, nothing else: "
         + ", ".join(f"{r['raw']:,.0f} clips/s ({a})" for a, r in res.items())
         + ". In-memory ceiling: numpy gathers of shuffled batches from the held split, nothing else: "
         + ", ".join(f"{r['gather']:,.0f} clips/s ({a})" for a, r in res.items())

@@ -365,7 +365,7 @@ def breakdown(paths: list[Path]) -> dict[str, float]:
     }
     for kind in ("mel", "stft"):
         out[f"ours: {kind} (torchaudio, batch of {len(ps)})"] = (
-            median(time_calls(lambda: compute(waves, (kind,), p), 3)) * per
+            median(time_calls(lambda kind=kind: compute(waves, (kind,), p), 3)) * per
         )
     mel_db = 10.0 * torch.log10(torch.clamp(frontend("mel", p).power(waves), min=p.amin))
     out["ours: mfcc from the mel's dB (DCT + deltas, no 2nd STFT)"] = (
@@ -466,7 +466,8 @@ def run(quick: bool = False) -> Section:
                     f"{total_peers / total:.2f}× faster",
                     f"≤ {TARGET_MTAT_S / 60:.0f} min",
                     total <= TARGET_MTAT_S,
-                    f"= {f_ours:.1f} s fixed + {MTAT_CLIPS:,} ÷ {m_ours:.1f} clips/s; the target needs {need:.0f} clips/s, "
+                    f"= {f_ours:.1f} s fixed + {MTAT_CLIPS:,} ÷ {m_ours:.1f} clips/s; the target needs "
+                    f"{need:.0f} clips/s, "
                     f"{need / m_ours:.1f}× this machine's rate (≈ {workers * need / m_ours:.0f} of these cores at this "
                     f"load); {_mtat_limit(bds['glibc-keep'], workers)}",
                 )
@@ -578,11 +579,11 @@ def _profile_text(sizes, bd: dict) -> str:
         f"cores idle: the pool's start (spawn + importing torch in each worker, part of the fixed cost), the "
         f"last shard's tail, and the parent's serial tail after the last shard ({p['assembly']:.1f} s: the "
         f"store is assembled while the workers compute, each shard appended as it lands; the tail writes the "
-        f"labels and ids and renames the file). Inside a worker, decoding ({dec:.1f} ms/clip single-core, {dec / ours_sum:.0%} of our "
-        f"stages) and the front ends run one after the other on the same core, so with one worker per core no "
-        f"core waits on decoding in the steady state. What is left at the edges: on machines with more cores than "
-        f"workers, decoding the next shard in a thread while the front ends run (the worker pool's file, not "
-        f"changed here)."
+        f"labels and ids and renames the file). Inside a worker, decoding ({dec:.1f} ms/clip single-core, "
+        f"{dec / ours_sum:.0%} of our stages) and the front ends run one after the other on the same core, so with "
+        f"one worker per core no core waits on decoding in the steady state. What is left at the edges: on "
+        f"machines with more cores than workers, decoding the next shard in a thread while the front ends run (the "
+        f"worker pool's file, not changed here)."
     )
 
 

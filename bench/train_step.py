@@ -12,8 +12,9 @@ Variants (each in its own process, because an allocator is chosen at process sta
 (fcn.train's memory_format "auto" picks between them by width and CPU: the headline says whether it picked the
 fastest), torch.compile, four allocators (common.ALLOCATORS: glibc, glibc + mallopt, jemalloc, jemalloc that never
 purges), bf16 autocast on CPU where the CPU has bf16 arithmetic (at paper scale and at demo width, and the demo cell's
-test ROC-AUC trained with --amp bf16 vs off, same seed: what fcn.precision's "auto" rule rests on); on GPU fp32 eager / channels_last, bf16 autocast and compile. The step
-is fcn.train's: forward, BCE with logits, zero_grad, backward, Adam (data loading excluded: bench.loading measures it).
+test ROC-AUC trained with --amp bf16 vs off, same seed: what fcn.precision's "auto" rule rests on); on GPU fp32 eager /
+channels_last, bf16 autocast and compile. The step is fcn.train's: forward, BCE with logits, zero_grad, backward, Adam
+(data loading excluded: bench.loading measures it).
 The fastest fp32 variant is run a second time, with a torch.profiler step at the end.
 """
 
@@ -43,7 +44,7 @@ from bench.common import (
 )
 
 SAME_WITHIN = 0.05  # variants closer than this (normalised) are the same speed on this shared machine
-MFU_TARGET = 0.70  # of the measured peak, on this CPU (FACTS.md: channels_last + jemalloc reached ≈ 69 %)
+MFU_TARGET = 0.70  # of the measured peak, on this CPU (docs/MEASURED.md: channels_last + jemalloc reached ≈ 69 %)
 PAPER = dict(depth=4, width=1.0, rows=96, frames=1366, batch=16)
 # fcn.train's demo scale (RunConfig defaults: width 0.125, 4 s clips → 188 frames, batch 32, one thread per cell)
 DEMO = dict(depth=4, width=0.125, rows=96, frames=188, batch=32)

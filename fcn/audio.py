@@ -5,7 +5,7 @@ own rate, with MP3 encoder priming and padding removed where the file's LAME/Xin
 (channel mean) and resampling are shared, so the decoders differ only in the decoded samples (bench/preprocess.py
 measures them side by side: equal within TOLERANCE_DB, see DEFAULT_DECODER for speed):
 - "soundfile": the soundfile wheel bundles libsndfile 1.2.2 (mpg123 inside), which reads MP3 and WAV with no system
-  package at all (FACTS.md);
+  package at all (docs/MEASURED.md);
 - "pedalboard": Spotify's pedalboard wheel (JUCE's decoders; on Linux its MP3 decoder is JUCE's own). JUCE does not
   read the LAME tag, so its MP3 output starts with the encoder's delay + the decoder's 529 samples (1105 for LAME's
   576) and ends with the padding: trimmed here from the tag (`_lame_gapless`), as libsndfile and FFmpeg do;

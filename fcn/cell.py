@@ -6,7 +6,7 @@ A cell is one (dataset, input, depth, seed, training fraction) of the paper's gr
   a search trial of a cell gets `<key>-t<n>/` beside it (harness/search.py).
 - finished: its run dir holds metrics.json (written last by training: the truth on disk), or its MLflow run is
   FINISHED with metric test_roc_auc (the truth when the run dir is on another machine's scratch).
-- tracking defaults: out dir `runs`, the SQLite store `<out_dir>/mlflow.db`, artifacts in `<out_dir>/mlartifacts`, harness
+- defaults: out dir `runs`, the SQLite store `<out_dir>/mlflow.db`, artifacts in `<out_dir>/mlartifacts`, harness
   bookkeeping in `<out_dir>/<experiment>/.harness/`.
 
 No torch, no mlflow: the harness imports this on a login node.
@@ -135,8 +135,8 @@ def is_finished(rdir: Path, runs=()) -> bool:
 def lock_wait_s() -> float:
     """How long a trainer waits for a cell lock held by another process: env FCN_CELL_LOCK_WAIT_S if set, else 900 s
     in a requeued Slurm job (SLURM_RESTART_COUNT > 0: after a node is lost, the old copy of the job may still be
-    running on it until its slurmd returns and kills it, FACTS.md; the new copy must outlast it, not fail), else 0:
-    a second trainer started by hand stops at once."""
+    running on it until its slurmd returns and kills it, docs/MEASURED.md; the new copy must outlast it, not fail),
+    else 0: a second trainer started by hand stops at once."""
     env = os.environ.get("FCN_CELL_LOCK_WAIT_S", "")
     if env:
         try:

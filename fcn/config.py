@@ -241,7 +241,7 @@ def config_from_args(args: argparse.Namespace, **extra) -> RunConfig:
             with open(args.config) as f:
                 values.update(RunConfig.from_dict(json.load(f)).to_dict())
         except (OSError, ValueError) as e:
-            raise UserError(f"cannot read --config {args.config}: {e}")
+            raise UserError(f"cannot read --config {args.config}: {e}") from e
     values.update(given(RunConfig, args))
     values.update(extra)
     return RunConfig(**values)

@@ -1,8 +1,9 @@
 """Distributed set-up: one code path for a single process, torchrun, and srun (Slurm tasks).
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. srun sets SLURM_PROCID / SLURM_NTASKS /
-SLURM_LOCALID but no rendezvous (FACTS.md), so the first node of the job is the master and the port is derived from the
-job id (the sbatch scripts ask `python -m fcn.dist job` for the same values). gloo on CPU, NCCL on CUDA.
+SLURM_LOCALID but no rendezvous (no MASTER_ADDR: docs/MEASURED.md), so the first node of the job is the master and the
+port is derived from the job id (the sbatch scripts ask `python -m fcn.dist job` for the same values). gloo on CPU, NCCL
+on CUDA.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def prepare_db(uri: str, wait_s: float = STORE_LOCK_WAIT_S) -> None:
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create the MLflow store's folder {db.parent}: {e}")
+        raise UserError(f"cannot create the MLflow store's folder {db.parent}: {e}") from e
     # Import the store's modules (seconds of CPU) before the lock, so that waiting jobs don't import them one by one.
     import mlflow.store.db.utils  # noqa: F401 - heavy: see the module's docstring
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
@@ -84,7 +84,7 @@ class _store_lock:
                         f"another process has held the MLflow store lock {self.path} for "
                         f"{waited:.0f} s while setting the store up: if no job of this sweep is "
                         f"alive, stop the stuck process (fuser -v {self.path}) and rerun"
-                    )
+                    ) from None
                 if waited > 30 and not told:
                     print(f"waiting for another process to set up the MLflow store ({self.path})", file=sys.stderr)
                     told = True
@@ -165,7 +165,7 @@ def _rebuild_or_explain(uri: str, db: Path, err: Exception, backup: Path | None)
         con = sqlite3.connect(db, timeout=30)
         tables = _tables(con)
     except sqlite3.Error as e:
-        raise UserError(f"cannot open the MLflow store {db} ({e}; MLflow said: {first})")
+        raise UserError(f"cannot open the MLflow store {db} ({e}; MLflow said: {first})") from e
     try:
         if _holds_nothing(con, tables):
             _drop_all(con, tables)

@@ -177,7 +177,8 @@ class _Pool:
 
 
 def run_shards(jobs: dict, n_workers: int, decode_timeout: float, on_done, task) -> None:
-    """Run shard jobs {index: (items, params, inputs, dest, decoder)} through `task` in `n_workers` spawned worker processes;
-    `on_done(index)` after each. A file whose decoding crashes or hangs a worker is skipped (the shard is redone with
-    it marked in `preskip`); a worker dying twice on one shard outside decoding is an error (out of memory?)."""
+    """Run shard jobs {index: (items, params, inputs, dest, decoder)} through `task` in `n_workers` spawned worker
+    processes; `on_done(index)` after each. A file whose decoding crashes or hangs a worker is skipped (the shard is
+    redone with it marked in `preskip`); a worker dying twice on one shard outside decoding is an error (out of
+    memory?)."""
     _Pool(jobs, n_workers, decode_timeout, on_done, task).run()

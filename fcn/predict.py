@@ -49,7 +49,7 @@ def find_checkpoint(
         raise UserError(
             f"no finished run {run!r}: not a checkpoint file, not a cell key under {out_dir}/"
             f"{experiment}/, and not an MLflow run id in {tracking.redact(uri)}"
-        )
+        ) from None
     import mlflow.artifacts
 
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/best.pt", tracking_uri=uri))

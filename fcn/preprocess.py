@@ -45,7 +45,7 @@ from fcn.pool import run_shards
 from fcn.run_store import is_current, lock, read_items, store_path, wait_for_store, why_stale
 
 SHARD_SIZE = 32  # clips per shard: small enough that a kill loses little, large enough to batch the front ends
-# A 29 s MP3 decodes in ~4 ms (FACTS.md): a decoder still busy with one file after this long is stuck, not slow.
+# A 29 s MP3 decodes in ~4 ms (docs/MEASURED.md): a decoder still busy with one file after this long is stuck, not slow.
 DECODE_TIMEOUT = 120.0
 # [D] No clip of either data set is anywhere near this (MTAT 29 s, MSD previews 30-60 s); a file this long is a
 # whole track or album in the wrong place, and decoding it whole in 16 workers at once could exhaust memory.
@@ -129,7 +129,7 @@ def _process_shard(job, send) -> None:
 
     items, params, inputs, dest, decoder, preskip = job
     waves, status = [], []
-    for j, (cid, path) in enumerate(items):
+    for j, (_cid, path) in enumerate(items):
         if j in preskip:
             status.append(("skip", preskip[j]))
             continue
@@ -389,7 +389,8 @@ def build(
     """Build the store at `out` from data set items (fcn.data.Item); returns the report (also saved beside it).
 
     Parts of an interrupted build with the same items, parameters and shard size under `<out>.parts/` are reused;
-    parts of any other build there are discarded. Callers that may race on `out` hold its lock (see ensure_feature_store).
+    parts of any other build there are discarded. Callers that may race on `out` hold its lock (ensure_feature_store
+    does).
     `runner` computes the parts somewhere else than this machine's pool: `runner(todo, decode_timeout=, log_dir=,
     on_done=)` with `todo` = {shard index: job} for `compute_shards`, `on_done(i)` as part i appears, returning one
     line per task that failed; `runner.name` names it in errors (harness/preprocess.py: a Slurm job array, Ray tasks).
@@ -572,7 +573,7 @@ def run_build(args: argparse.Namespace, runner=None) -> Report:
         raise UserError("--shard-size must be >= 1, --decode-timeout > 0 and --workers >= 0")
     config = config_from_args(args)
     out = Path(args.out) if args.out else store_path(config)
-    # the lock ensure_feature_store takes: a sweep building the same store at the same time must wait, not share the parts
+    # the lock ensure_feature_store takes: a sweep building the same store at once must wait, not share the parts
     with lock(out.with_name(out.name + ".lock")):
         tags, items, problems = read_items(config)
         report = build(

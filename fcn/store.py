@@ -3,7 +3,7 @@
 Layout (DESIGN.md): datasets `mel`/`stft`/`mfcc` (N, rows, frames) float16, `labels` (N, 50) uint8, `clip_id`,
 `split`, `path` (N,) str; attrs `format_version`, `dataset`, `tags`, `frontend`, `inputs`, `decoder`.
 float16 costs at most 0.016 dB and halves the reads; contiguous (unchunked, uncompressed) datasets gave the fastest
-random reads here (FACTS.md: 2,900-4,300 clips/s cold, 23-35 k warm, vs 1,255-2,230 chunked + compressed).
+random reads here (docs/MEASURED.md: 2,900-4,300 clips/s cold, 23-35 k warm, vs 1,255-2,230 chunked + compressed).
 A split that fits in RAM is read once, in large sequential blocks, and its batches are gathered from memory
 (FeatureDataset.hold_in_memory): per-row HDF5 reads cap a loader at 5-10 k clips/s, well under what a GPU consumes.
 """
@@ -176,7 +176,7 @@ def read_meta(path: str | Path) -> dict:
                 decoder=str(h.attrs.get("decoder", OLD_DECODER)),
             )
     except (OSError, KeyError) as e:
-        raise UserError(f"{path} is not an fcn feature store ({e}); rebuild it with `python -m fcn.preprocess`")
+        raise UserError(f"{path} is not an fcn feature store ({e}); rebuild it with `python -m fcn.preprocess`") from e
     return meta
 
 

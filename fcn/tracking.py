@@ -94,12 +94,12 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise UserError(
                 f"MLflow tracking server {redact(uri)} is not reachable ({reason}): start it, or pass "
                 f"--tracking-uri of a running one (or leave it empty for a local SQLite store)"
-            )
+            ) from e
     elif (db := sqlite_db(uri)) is not None:
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"cannot create the MLflow store's folder {db.parent}: {e}")
+            raise UserError(f"cannot create the MLflow store's folder {db.parent}: {e}") from e
 
 
 def client(uri: str):

@@ -202,7 +202,7 @@ DIE = r"""die() { echo "error: $*" >&2; exit 2; }
 SPLIT_ARGS = r"""split_args() {  # $1 split into NUL-terminated words by xargs: quotes group, nothing is expanded or run (no eval)
     printf '%s' "$1" | xargs -r printf '%s\0'
 }
-"""
+"""  # noqa: E501 - bash rendered into slurm/*.sh as it stands
 REQUEUE = r"""requeued=
 requeue() {
     [ -n "$requeued" ] && return

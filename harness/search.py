@@ -73,7 +73,7 @@ def parse_space(specs: list[str]) -> dict[str, tuple]:
             else:
                 space[name] = ("choice", tuple(typ(v) for v in values.split(",") if v.strip()))
         except ValueError as e:
-            raise UserError(f"--space {spec!r}: {e}")
+            raise UserError(f"--space {spec!r}: {e}") from e
     return space
 
 
@@ -438,7 +438,7 @@ def apply_recipes(cells: list[RunConfig], directory: str) -> list[RunConfig]:
         try:
             r = RunConfig.from_dict(json.loads(f.read_text()))
         except (OSError, ValueError) as e:
-            raise UserError(f"cannot read recipe {f}: {e}")
+            raise UserError(f"cannot read recipe {f}: {e}") from e
         diff = [
             f"{k}={getattr(r, k)!r} (the grid's {getattr(c, k)!r})"
             for k in CELL_FIELDS

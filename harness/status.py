@@ -6,7 +6,7 @@
 Takes the same grid flags as `python -m harness.grid`, reads MLflow and the run directories, and changes nothing.
 harness.grid and the Slurm back end ask `grid_states` too: a cell's state comes from its MLflow run and its run
 directory, never from a cluster client's word (submitit can report a job failed although Slurm requeued it, and a
-requeue from outside sends no signal: FACTS.md). Finished is fcn/cell.py's one rule.
+requeue from outside sends no signal: docs/MEASURED.md). Finished is fcn/cell.py's one rule.
 """
 
 from __future__ import annotations

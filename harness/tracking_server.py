@@ -28,7 +28,7 @@ from pathlib import Path
 from fcn import cell
 from fcn.errors import UserError
 
-START_TIMEOUT_S = 180.0  # ~3 s on an idle machine (FACTS.md); a loaded login node can take much longer
+START_TIMEOUT_S = 180.0  # ~3 s on an idle machine (docs/MEASURED.md); a loaded login node can take much longer
 
 
 @dataclass
@@ -134,7 +134,7 @@ def start(out_dir: str, host: str, port: int = 0, timeout_s: float = START_TIMEO
     try:
         port = port or _free_port(host)
     except OSError as e:
-        raise UserError(f"--tracking-server: cannot bind {host} ({e.strerror}): give an address of this machine")
+        raise UserError(f"--tracking-server: cannot bind {host} ({e.strerror}): give an address of this machine") from e
     shown = f"[{host}]" if ":" in host else host
     uri = f"http://{shown}:{port}"
     log = out / f"mlflow-server-{port}.log"
@@ -146,7 +146,7 @@ def start(out_dir: str, host: str, port: int = 0, timeout_s: float = START_TIMEO
         "--port",
         str(port),
         "--workers",
-        "1",  # one process owns the SQLite file; ~0.5 GB instead of ~2.4 GB (FACTS.md)
+        "1",  # one process owns the SQLite file; ~0.5 GB instead of ~2.4 GB (docs/MEASURED.md)
         "--backend-store-uri",
         store_uri,
         "--serve-artifacts",

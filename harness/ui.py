@@ -69,7 +69,7 @@ def runs_fragment(experiment_id: str | None, view_key: str | None = RUNS_VIEW_KE
 
 
 def server_command(store_uri: str, host: str, port: int) -> list[str]:
-    """`mlflow server` on the store, one worker (the UI needs no more; 4 workers take ~2.4 GB: FACTS.md)."""
+    """`mlflow server` on the store, one worker (the UI needs no more; 4 workers take ~2.4 GB: docs/MEASURED.md)."""
     exe = Path(sys.executable).parent / "mlflow"
     mlflow_bin = str(exe) if exe.exists() else (shutil.which("mlflow") or "mlflow")
     cmd = [

@@ -1,6 +1,6 @@
-"""harness.preprocess --cluster slurm / ray: one build's shards computed as a real Slurm job array (tests/services/slurm.py)
-or as Ray tasks on a local Ray, assembled into the very store a one-node build makes (the same bytes); a killed array
-task costs only its missing shards, which a rerun computes (and nothing else)."""
+"""harness.preprocess --cluster slurm / ray: one build's shards computed as a real Slurm job array
+(tests/services/slurm.py) or as Ray tasks on a local Ray, assembled into the very store a one-node build makes (the same
+bytes); a killed array task costs only its missing shards, which a rerun computes (and nothing else)."""
 
 import os
 import re
@@ -100,7 +100,7 @@ def test_slurm_job_array_builds_the_same_store(slurm_cluster, root, ref, tmp_pat
     assert all(t[1] == "COMPLETED" for t in tasks), tasks
 
 
-def test_a_killed_array_task_costs_only_its_shards(slurm_cluster, root, ref, inject_env, tmp_path):
+def test_a_killed_array_task_costs_only_its_shards(slurm_cluster, root, ref, inject_env, tmp_path):  # noqa: F811
     out, parts = tmp_path / "store.h5", tmp_path / "store.h5.parts"
     log1, log2 = tmp_path / "decoded1.txt", tmp_path / "decoded2.txt"
     flags = [

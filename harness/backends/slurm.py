@@ -2,7 +2,7 @@
 
 Preemption and time limits: submitit's checkpoint hook requeues the job, and fcn.train resumes from the cell's last
 epoch checkpoint. Whether a cell is done is read from MLflow and its run directory (harness.status), never from
-submitit's view of the job, which can be wrong after a requeue (FACTS.md).
+submitit's view of the job, which can be wrong after a requeue (docs/MEASURED.md).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from harness import launch
 from harness.job import FAILED, FINISHED, SUBMITTED, Outcome
 
 # [D] USR2 this long before the time limit: the job checkpoints and requeues itself. Slurm may send it up to ~30 s
-# early (FACTS.md), and a paper-scale epoch checkpoint takes seconds: 2 minutes leave room for both. The sbatch
+# early (docs/MEASURED.md), and a paper-scale epoch checkpoint takes seconds: 2 minutes leave room for both. The sbatch
 # scripts (harness/sbatch.py) render the same default.
 SIGNAL_DELAY_S = 120
 ARRAY_PARALLELISM = 64  # [D] jobs of one grid running at once: a courtesy to the other users of a cluster
