@@ -19,7 +19,9 @@ import time
 import traceback
 from pathlib import Path
 
+from bench import gpu_smoke
 from bench.common import REPO, Row, Section, machine, versions
+from fcn.errors import run_cli
 
 BENCHES = {  # name -> module (each has run(quick) -> Section)
     "train_step": "bench.train_step",
@@ -49,8 +51,6 @@ def main(argv=None) -> int:
     )
     args = ap.parse_args(argv)
     if args.gpu_smoke:
-        from bench import gpu_smoke
-
         return gpu_smoke.run()
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
@@ -157,6 +157,4 @@ def render(sections: dict, meta: dict, run_s: float, ran: list[str], quick: bool
 
 
 if __name__ == "__main__":
-    from fcn.errors import run_cli
-
     run_cli(main)  # one line for any failure (fcn/errors.py)

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fcn.errors import UserError
+from fcn.errors import UserError, run_cli
 
 if TYPE_CHECKING:
     import torch
@@ -338,6 +338,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from fcn.errors import run_cli
-
     run_cli(main)  # a broken rule is one line, exit 2

@@ -18,8 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fcn import cell, checkpoint
+from fcn import cell, checkpoint, tracking
+from fcn.audio import AudioError, fix_length, load
+from fcn.config import RunConfig
 from fcn.errors import UserError, run_cli
+from fcn.frontends import FrontEnd, FrontEndParams
+from fcn.models import FCN
 
 
 def find_checkpoint(
@@ -32,7 +36,6 @@ def find_checkpoint(
     local = cell.ckpt(cell.run_dir_at(out_dir, experiment, run), cell.BEST)
     if local.exists():
         return local
-    from fcn import tracking
 
     uri = tracking.resolve_uri(tracking_uri, out_dir)
     tracking.check_reachable(uri)
@@ -50,17 +53,13 @@ def find_checkpoint(
             f"no finished run {run!r}: not a checkpoint file, not a cell key under {out_dir}/"
             f"{experiment}/, and not an MLflow run id in {tracking.redact(uri)}"
         ) from None
-    import mlflow.artifacts
+    import mlflow.artifacts  # heavy (seconds): only a run found in MLflow, not on disk, needs it
 
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/best.pt", tracking_uri=uri))
 
 
 class Tagger:
     def __init__(self, ckpt_path: Path):
-        from fcn.config import RunConfig
-        from fcn.frontends import FrontEnd, FrontEndParams
-        from fcn.models import FCN
-
         if not Path(ckpt_path).is_file():
             raise UserError(f"{ckpt_path} does not exist")
         # verified, tensors and plain values only (weights_only): a crafted file is refused, nothing of it runs
@@ -76,8 +75,6 @@ class Tagger:
 
     @torch.no_grad()
     def scores(self, path: str | Path) -> np.ndarray:
-        from fcn.audio import fix_length, load
-
         wave = fix_length(load(path, sr=self.params.sample_rate), self.params.n_samples)
         x = self.frontend(torch.from_numpy(wave)[None])
         x = (x.float() - self.mean) / self.std
@@ -90,8 +87,6 @@ class Tagger:
 
 
 def main(argv=None) -> None:
-    from fcn.audio import AudioError
-
     ap = argparse.ArgumentParser(
         prog="python -m fcn.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

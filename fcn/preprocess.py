@@ -29,20 +29,25 @@ import argparse
 import hashlib
 import json
 import os
+import queue
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from fcn.audio import DECODERS, DEFAULT_DECODER
+from fcn.audio import DECODERS, DEFAULT_DECODER, AudioError, fix_length, info, load
 from fcn.config import add_config_arguments, config_from_args
 from fcn.errors import UserError, run_cli
-from fcn.frontends import INPUTS, FrontEndParams
+from fcn.frontends import INPUTS, FrontEndParams, compute
 from fcn.pool import run_shards
 from fcn.run_store import is_current, lock, read_items, store_path, wait_for_store, why_stale
+from fcn.store import FORMAT_VERSION, StoreWriter, write_store
 
 SHARD_SIZE = 32  # clips per shard: small enough that a kill loses little, large enough to batch the front ends
 # A 29 s MP3 decodes in ~4 ms (docs/MEASURED.md): a decoder still busy with one file after this long is stuck, not slow.
@@ -97,8 +102,6 @@ class Report:
 
 def _decode(path: str, params: FrontEndParams, decoder: str = DEFAULT_DECODER):
     """(wave at the clip length, warning text) of one file; AudioError when it is not usable audio."""
-    from fcn.audio import AudioError, fix_length, info, load
-
     meta = info(path, decoder)  # header only (~0.1 ms): refuse absurd lengths before decoding them whole
     if meta.seconds > MAX_SECONDS:
         raise AudioError(
@@ -122,11 +125,6 @@ def _process_shard(job, send) -> None:
 
     `send(kind, ...)` tells the parent which clip is being decoded, so that a crash or hang is pinned on that file.
     Clips in `preskip` (index -> reason) were found to crash or hang the decoder in an earlier attempt."""
-    import torch
-
-    from fcn.audio import AudioError
-    from fcn.frontends import compute
-
     items, params, inputs, dest, decoder, preskip = job
     waves, status = [], []
     for j, (_cid, path) in enumerate(items):
@@ -175,8 +173,6 @@ def compute_shards(jobs: dict, workers: int, decode_timeout: float) -> int:
 
 def _manifest(items, params: FrontEndParams, inputs, shard_size: int, decoder: str = DEFAULT_DECODER) -> str:
     """What the parts of a build depend on: a rerun resumes only parts made from exactly this."""
-    from fcn.store import FORMAT_VERSION
-
     h = hashlib.sha256()
     h.update(f"format {FORMAT_VERSION}\n".encode())  # parts of an older format's build must not be reused
     h.update(params.to_json().encode())
@@ -256,8 +252,6 @@ def _compute(
 ) -> list[str]:
     """Compute the shards in `todo` here, or with `runner` (a cluster), calling `landed(i)` as shard i is written;
     returns the runner's failed tasks."""
-    from tqdm import tqdm
-
     failures: list[str] = []
     bar = tqdm(
         total=total,
@@ -300,11 +294,6 @@ class _Assembler:
     from the parts after the last shard, as it always did."""
 
     def __init__(self, out: Path, dests: list[Path], sizes: list[int], params: FrontEndParams, inputs):
-        import queue
-        import threading
-
-        from fcn.store import StoreWriter
-
         self.dests, self.sizes, self.inputs = dests, sizes, tuple(inputs)
         self.q, self.ok = queue.Queue(), True
         self.writer = StoreWriter(out, sum(sizes), params, list(inputs))
@@ -396,8 +385,6 @@ def build(
     line per task that failed; `runner.name` names it in errors (harness/preprocess.py: a Slurm job array, Ray tasks).
     The same parts, so the same store; `<out>.parts/` must then be on a file system the runner's nodes share.
     """
-    from fcn.store import write_store
-
     t0 = time.time()
     out = Path(out).absolute()  # absolute: a cluster's tasks write the parts from another working directory
     inputs = tuple(inputs)

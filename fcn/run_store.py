@@ -16,6 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from fcn.data import msd, mtat, synth
 from fcn.errors import UserError
 from fcn.store import FORMAT_VERSION, read_meta
 
@@ -43,10 +44,7 @@ def read_items(config):
     if not root.exists():
         raise UserError(f"data root {root} does not exist: pass --data-root of your {config.dataset.upper()} copy")
     if config.dataset == "mtat":
-        from fcn.data import mtat
-
         return mtat.read(root, split=config.split, splits_dir=config.splits_dir or None)
-    from fcn.data import msd
 
     splits_dir = Path(config.splits_dir) if config.splits_dir else msd.default_splits_dir(root)
     tags_db = Path(config.tags_db) if config.tags_db else root / msd.TAGS_DB
@@ -68,8 +66,6 @@ def read_items(config):
 def synth_root(config) -> Path:
     root = Path(config.data_dir) / f"synth-{config.dataset}-{config.synth_clips}-{config.clip_seconds:g}s"
     if not (root / ".complete").exists():
-        from fcn.data import synth
-
         with lock(root.with_name(root.name + ".lock")):
             if not (root / ".complete").exists():
                 maker = synth.make_mtat if config.dataset == "mtat" else synth.make_msd

@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
@@ -45,8 +46,6 @@ class StoreWriter:
     fcn.preprocess fills it while later shards still compute; abort() removes the temporary file."""
 
     def __init__(self, out: Path, n: int, params: FrontEndParams, inputs: list[str]):
-        import h5py
-
         self.out = Path(out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.out.with_name(self.out.name + ".tmp")
@@ -74,8 +73,6 @@ class StoreWriter:
         labels: np.ndarray,
         decoder: str = OLD_DECODER,
     ) -> Path:
-        import h5py
-
         n = self.n
         if self.filled != n or len(clip_ids) != n:
             self.abort()
@@ -156,8 +153,6 @@ def write_store(
 
 def read_meta(path: str | Path) -> dict:
     """The store's attributes and sizes, with a clear error when the file is missing or not a store."""
-    import h5py
-
     path = Path(path)
     if not path.exists():
         raise UserError(
@@ -269,8 +264,6 @@ class FeatureDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, path: str | Path, input: str, split: str, *, fraction: float = 1.0, seed: int = 0):
-        import h5py
-
         self.path, self.input = str(path), input
         with h5py.File(self.path, "r") as h:
             splits = h["split"].asstr()[:]
@@ -299,8 +292,6 @@ class FeatureDataset(torch.utils.data.Dataset):
         """Read the whole split into RAM if it takes at most `budget` bytes (fcn.store.memory_budget); whether it
         is held. Idempotent."""
         if self.features is None and 0 < self.nbytes() <= budget:
-            import h5py
-
             with h5py.File(self.path, "r") as h:
                 d = h[self.input]
                 x = np.empty((len(self.index), *d.shape[1:]), dtype=d.dtype)
@@ -313,8 +304,6 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     def _file(self):
         if self._h5 is None or self._pid != os.getpid():
-            import h5py
-
             self._h5, self._pid = h5py.File(self.path, "r"), os.getpid()
         return self._h5[self.input]
 

@@ -19,18 +19,22 @@ import sys
 import time
 from pathlib import Path
 
-from fcn import flags
+from fcn import flags, tracking
+from fcn.cell import finished_metrics, run_dir
 from fcn.config import RunConfig
 from fcn.errors import UserError, run_cli
 from fcn.preprocess import ensure_feature_stores
-from harness import backends
+from fcn.tracker import sync_finished
+from harness import backends, tracking_server
 from harness.cells import add_grid_arguments, grid_from_args
+from harness.search import apply_recipes
+from harness.status import grid_states
+from harness.tables import write_tables
+from harness.ui import install_runs_view
 
 
 def _find_parent(uri: str, experiment: str):
     """(client, experiment id, the sweep's parent run or None); the experiment id is None if it doesn't exist."""
-    from fcn import tracking
-
     c = tracking.client(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
@@ -41,9 +45,6 @@ def _find_parent(uri: str, experiment: str):
 
 def _parent_run(uri: str, cells: list[RunConfig]) -> str:
     """The sweep's parent run: one per experiment, found again on every rerun."""
-    from fcn import tracking
-    from harness.ui import install_runs_view
-
     c, exp_id, parent = _find_parent(uri, cells[0].experiment)
     if parent is not None:
         c.update_run(parent.info.run_id, status="RUNNING")
@@ -102,8 +103,6 @@ def main(argv=None) -> int:
 
 def _with_tracking_server(args) -> int:
     """Start an MLflow server over the sweep's own SQLite store, run the sweep with its URI, stop it."""
-    from harness import tracking_server
-
     if args.tracking_uri:
         raise UserError("--tracking-server starts a server for the sweep; --tracking-uri names one: give only one")
     if not args.wait:
@@ -136,13 +135,8 @@ def _backend(args):
 
 def _main(args) -> int:
     """Expand the grid, pick the back end, run what is not finished, write the tables."""
-    from fcn import tracking
-    from harness.status import grid_states
-
     cells = grid_from_args(args)
     if args.configs_from:
-        from harness.search import apply_recipes
-
         cells = apply_recipes(cells, args.configs_from)
     backend, opts = _backend(args)
     uri = cells[0].tracking_uri
@@ -187,8 +181,6 @@ def _dry_run(cells: list[RunConfig], states: dict, where: str) -> int:
 
 def _report(args, cells: list[RunConfig], outcomes: list, took_s: float) -> int:
     """The sweep's end: the parent run closed, what failed, the tables; exit 1 unless every cell is finished."""
-    from harness.status import grid_states
-
     uri = cells[0].tracking_uri
     n_done = sum(s.state == "finished" for s in grid_states(cells, uri))
     failed = [o for o in outcomes if o.state == "failed"]
@@ -212,9 +204,6 @@ def _report(args, cells: list[RunConfig], outcomes: list, took_s: float) -> int:
 
 def _resync(cells: list[RunConfig], states: dict) -> None:
     """Finished on disk but not in MLflow (killed between the two, or the server was down): log the end now."""
-    from fcn.cell import finished_metrics, run_dir
-    from fcn.tracker import sync_finished
-
     for c in cells:
         s = states[c.key]
         if s.state == "finished" and not s.synced:
@@ -229,10 +218,6 @@ def _finish_parent(uri: str, cells: list[RunConfig], all_done: bool) -> None:
 
 
 def _tables(cells: list[RunConfig], uri: str, results: str) -> None:
-    try:
-        from harness.tables import write_tables
-    except ImportError:
-        return
     try:
         parent = _find_parent(uri, cells[0].experiment)[2]
         paths = write_tables(cells[0].experiment, uri, results, parent_run_id=parent.info.run_id if parent else None)

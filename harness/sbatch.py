@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fcn.cell import OUT_DIR
+from fcn.errors import run_cli
+from harness import paper
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = REPO / "slurm"
@@ -54,6 +56,8 @@ class Script:
 
 def grid_pairs() -> list[tuple[str, int]]:
     """(dataset, depth) of every cell of the paper's grid (harness.cells), in the grid's order."""
+    # torch comes with fcn.config and fcn.models: imported where needed, so that `python -m harness.sbatch --help`
+    # answers in 0.05 s rather than ~2.7 s (measured); the same in the functions below
     from fcn.config import RunConfig
     from harness.cells import GridSpec, expand
 
@@ -83,8 +87,6 @@ def _dur(seconds: float) -> str:
 
 
 def _reproduces(dataset: str, depth: int) -> list[str]:
-    from harness import paper
-
     lines = []
     for inp in ("mel", "stft", "mfcc"):
         pub, rerun = paper.published(dataset, inp, depth), paper.rerun(dataset, inp, depth)
@@ -625,6 +627,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from fcn.errors import run_cli
-
     run_cli(main)  # one line for any failure (fcn/errors.py)

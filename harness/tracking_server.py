@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from fcn import cell
+from fcn import cell, tracking
 from fcn.errors import UserError
 
 START_TIMEOUT_S = 180.0  # ~3 s on an idle machine (docs/MEASURED.md); a loaded login node can take much longer
@@ -125,8 +125,6 @@ def _mlflow_binary() -> str:
 
 def start(out_dir: str, host: str, port: int = 0, timeout_s: float = START_TIMEOUT_S) -> TrackingServer:
     """`mlflow server` over <out_dir>/mlflow.db, artifacts proxied into <out_dir>/mlartifacts; waits for /health."""
-    from fcn import tracking
-
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     store_uri = cell.store_uri(str(out))

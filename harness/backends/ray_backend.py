@@ -14,7 +14,7 @@ from fcn.config import RunConfig
 from fcn.errors import UserError
 from fcn.flags import option
 from harness import launch
-from harness.job import FAILED, Outcome
+from harness.job import FAILED, Outcome, run_cell
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,7 @@ PREFIX = "cell:"
 
 def _trial(space: dict) -> None:
     """A Ray Tune trial: one cell's job; its Outcome goes back as the trial's one report."""
-    from ray import tune
-
-    from harness.job import run_cell
+    from ray import tune  # optional and heavy (harness/launch.py); the trial's Ray actor has it
 
     o = run_cell(RunConfig.from_dict(space["config"]), gpus=int(space.get("gpus", 0)))
     # the cell's metrics prefixed: Ray adds numbers of its own to every report (pid, timestamp, ...)

@@ -16,12 +16,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from fcn.cell import harness_dir
 from fcn.config import RunConfig
 from fcn.errors import UserError
 from fcn.flags import option
 from harness import launch
-from harness.job import FAILED, FINISHED, SUBMITTED, Outcome
+from harness.job import FAILED, FINISHED, SUBMITTED, Outcome, run_cell
+from harness.status import grid_states
 
 # [D] USR2 this long before the time limit: the job checkpoints and requeues itself. Slurm may send it up to ~30 s
 # early (docs/MEASURED.md), and a paper-scale epoch checkpoint takes seconds: 2 minutes leave room for both. The sbatch
@@ -101,15 +104,13 @@ class CellJob:
     limit: requeue the same cell, which resumes from its checkpoint."""
 
     def __call__(self, config_dict: dict):
-        from harness.job import run_cell
-
         o = run_cell(RunConfig.from_dict(config_dict), log=False)  # submitit keeps each task's output
         if not o.ok:
             raise CellFailed(o.error)
         return o
 
     def checkpoint(self, config_dict: dict):
-        import submitit
+        import submitit  # optional and heavy (harness/launch.py); the job it runs in has it
 
         # The state is in the cell's checkpoint on disk; resubmitting the same call resumes from it.
         return submitit.helpers.DelayedSubmission(CellJob(), config_dict)
@@ -197,10 +198,6 @@ def run(configs: list[RunConfig], opts: SlurmOptions, *, progress: bool = True, 
 
 
 def _follow(configs: list[RunConfig], known: dict, progress: bool, poll_s: float) -> list[Outcome]:
-    from tqdm import tqdm
-
-    from harness.status import grid_states
-
     uri = configs[0].tracking_uri
     bar = tqdm(total=len(configs), unit="cell", desc="grid (slurm)", disable=not progress, file=sys.stderr)
     pending = {c.key: c for c in configs}
