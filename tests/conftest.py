@@ -51,11 +51,11 @@ TINY = dict(synth_clips=320, clip_seconds=2.0, width=0.125, batch_size=16, epoch
 def data_dir(tmp_path_factory):
     """Built-in synthetic MTAT and MSD sets and their stores, made once for the whole session."""
     from fcn.config import RunConfig
-    from fcn.run_store import ensure_store
+    from fcn.preprocess import ensure_feature_store
 
     d = tmp_path_factory.mktemp("data")
     for ds in ("mtat", "msd"):
-        ensure_store(RunConfig(dataset=ds, data_dir=str(d), **TINY), workers=1, progress=False)
+        ensure_feature_store(RunConfig(dataset=ds, data_dir=str(d), **TINY), workers=1, progress=False)
     return d
 
 

@@ -579,16 +579,16 @@ def test_sbatch_script_runs_nothing_from_fcn_args(tmp_path, observe):
 
 def test_truncated_store_is_announced_as_damaged_and_rebuilt(tmp_path, capsys, observe):
     from fcn.config import RunConfig
-    from fcn.run_store import ensure_store
+    from fcn.preprocess import ensure_feature_store
     from fcn.store import read_meta
 
     config = RunConfig(**dict(TINY, synth_clips=40, clip_seconds=1.0, data_dir=str(tmp_path / "data")))
-    path = ensure_store(config, workers=1, progress=False)
+    path = ensure_feature_store(config, workers=1, progress=False)
     n = read_meta(path)["n"]
     with open(path, "r+b") as f:
         f.truncate(path.stat().st_size // 3)
     capsys.readouterr()
-    ensure_store(config, workers=1, progress=False)
+    ensure_feature_store(config, workers=1, progress=False)
     err = capsys.readouterr().err
     assert "is damaged or truncated" in err and "older format" not in err, err
     assert read_meta(path)["n"] == n

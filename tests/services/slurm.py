@@ -396,7 +396,7 @@ class _Lock:
                     raise SlurmStartError(
                         f"another test session holds {run_dir}/lock (a Slurm test cluster is "
                         f"running) for more than {timeout:.0f} s"
-                    )
+                    ) from None
                 time.sleep(1.0)
 
     def release(self) -> None:

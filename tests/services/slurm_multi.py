@@ -13,11 +13,11 @@ address), `.bridge_addr`, `.node_of(jobid)`, `.kill_slurmd(node)` (only the daem
 after a slurmd crash), `.crash_node(node)` (every process of the node: a hard crash), `.start_slurmd(node)` (bring it
 back) and `.wait_node_state(node, states, timeout)`, `.node_pids(node, cmdline_contains)`.
 
-Set-up as measured on this kind of machine (the team's notes, FACTS.md): slurmd under `nsenter --net=<netns> unshare --uts --mount` (not `ip netns
-exec`, which remounts /sys), /etc/resolv.conf bind-mounted to a 127.0.0.1 one inside each node's private mount
-namespace (the real nameserver is unreachable from the bridge: every DNS fall-through would stall 10 s), the node
-names in /etc/hosts (lines marked, removed at teardown). Small timeouts (cred_expire=10, SlurmdTimeout=10,
-sched_interval=2) so that a lost node's job is requeued and restarted elsewhere in tens of seconds.
+Set-up as measured on this kind of machine (docs/MEASURED.md): slurmd under `nsenter --net=<netns> unshare --uts
+--mount` (not `ip netns exec`, which remounts /sys), /etc/resolv.conf bind-mounted to a 127.0.0.1 one inside each
+node's private mount namespace (the real nameserver is unreachable from the bridge: every DNS fall-through would
+stall 10 s), the node names in /etc/hosts (lines marked, removed at teardown). Small timeouts (cred_expire=10,
+SlurmdTimeout=10, sched_interval=2) so that a lost node's job is requeued and restarted elsewhere in tens of seconds.
 
 Requires root, iproute2, util-linux (nsenter, unshare) and the packages the single-node fixture needs: without them
 it skips, or fails when env CI is set. One such cluster per machine (its own lock, /run/fcn-sweep-slurm-multi/lock:
