@@ -21,6 +21,18 @@ os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_report_header(config):
+    """pytest-timeout heads the output with its three settings; the per-test limit is the one worth a line (its
+    `timeout func_only: False` line read like stray output in CI's log)."""
+    results = yield  # one entry per plugin: a string or a list of strings, each possibly of several lines
+    out = []
+    for entry in results:
+        lines = [ln for e in ([entry] if isinstance(entry, str) else entry) for ln in e.splitlines()]
+        out.append([ln for ln in lines if not ln.startswith(("timeout method: ", "timeout func_only: "))])
+    return out
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the group marks into node ids
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (scripts/test.sh runs two workers), every test that uses a Slurm cluster runs on one worker:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import faults_report, report
 from tests.conftest import REPO, TINY, config_flags, free_port, run_py
 
 SECRET = "s3cret-Pw0rd"
@@ -35,11 +36,8 @@ def observe(request):
         rows.append(dict(test=request.node.nodeid, scenario=scenario, must=must, observed=observed))
 
     yield record
-    out = os.environ.get("FCN_FAULTS_REPORT")
-    if out:
-        with open(out, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+    for r in rows:
+        report.append(faults_report.ENV, r)
 
 
 @pytest.fixture(scope="module")
