@@ -13,8 +13,8 @@ from typing import Any
 
 from fcn import cell
 from fcn.errors import UserError
-from fcn.frontends import INPUTS, VARIANTS, FrontEndParams
-from fcn.models import DEPTHS
+from fcn.frontends import DELTAS, INPUTS, VARIANTS, FrontEndParams
+from fcn.models import DEPTHS, INITS, KERAS1_BN_EPSILON, KERAS1_BN_MOMENTUM, TORCH_BN_EPSILON, TORCH_BN_MOMENTUM
 
 DATASETS = ("mtat", "msd")
 
@@ -29,6 +29,14 @@ PAPER_EPOCHS = 100
 PAPER_PATIENCE = 10
 
 PAPER_DROPOUT = 0.5  # after every max-pool [C]
+# [C] The MTAT split the paper's author used: folders 0-b train, c valid, d-f test, every clip ("conventional 12:1:3
+# validation setting as other did": main_prepare.get_conventional_set in his keunwoochoi/magnatagatune, March 2016;
+# his per-folder counts there give 18,706 / 1,825 / 5,329 clips). Lee/Won's `clean` lists came later (2017-2020).
+PAPER_MTAT_SPLIT = "folder"
+# [C] What the authors' Keras computed, where torch's defaults differ: Δ/ΔΔ of librosa 0.4 (fcn.frontends.LfilterDelta),
+# Keras 1's glorot-uniform weights with zero biases, BatchNorm epsilon 1e-6 (fcn/models.py cites the sources).
+PAPER_DELTAS = "librosa-0.4"
+PAPER_INIT = "keras1"
 
 # Demo scale [D]: an eighth of the widths on 4 s clips, so a cell trains on 2 CPU cores in a minute or two.
 DEMO_WIDTH = 0.125
@@ -77,7 +85,8 @@ class RunConfig:
     )
     split: str = _f(
         "folder",
-        "MTAT split: folder (0-b / c / d-f) or clean (Lee/Won lists); MSD always uses Choi's split",
+        "MTAT split: folder (0-b / c / d-f, every clip: the paper author's own) or clean (Lee/Won lists); MSD "
+        "always uses Choi's split [paper preset: folder]",
         choices=("folder", "clean"),
     )
     store: str = _f("", "HDF5 feature store; empty = <data_dir>/<name>.h5, built on first use", resume=True)
@@ -95,6 +104,26 @@ class RunConfig:
         choices=VARIANTS,
     )
     dropout: float = _f(DEMO_DROPOUT, "dropout after every max-pool; the paper's is 0.5 [demo 0.1]")
+    deltas: str = _f(
+        "librosa",
+        "MFCC Δ/ΔΔ: librosa (today's Savitzky-Golay), librosa-0.4 (2016 librosa's regression filter, ΔΔ by filtering "
+        "twice: the authors' tool) or nested; fcn/frontends.py [paper preset: librosa-0.4]",
+        choices=DELTAS,
+    )
+    init: str = _f(
+        "torch",
+        "initial weights: torch (PyTorch's defaults) or keras1 (glorot-uniform weights, zero biases: the authors' "
+        "Keras 1) [paper preset: keras1]",
+        choices=INITS,
+    )
+    bn_epsilon: float = _f(
+        TORCH_BN_EPSILON, "BatchNorm epsilon: torch's 1e-5, or Keras 1's 1e-6 [paper preset: 1e-6, the authors' Keras]"
+    )
+    bn_momentum: float = _f(
+        TORCH_BN_MOMENTUM,
+        "BatchNorm running-statistics momentum, torch's convention (running = (1-m)·running + m·batch): 0.1 is "
+        "torch's default and Keras 1's momentum=0.9 [paper preset: 0.1]",
+    )
     # --- optimisation ---
     batch_size: int = _f(16, "per-process batch size [U: 16 as in Won et al. 2020]")
     sync_bn: str = _f(
@@ -157,6 +186,8 @@ class RunConfig:
                 raise UserError(f"unknown {f.name} {v!r}: choose one of {', '.join(map(str, choices))}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"dropout={self.dropout} must be in [0, 1)")
+        if not 0 < self.bn_epsilon < 1 or not 0 < self.bn_momentum <= 1:
+            raise UserError(f"bn_epsilon={self.bn_epsilon} must be in (0, 1), bn_momentum={self.bn_momentum} in (0, 1]")
         if not 0 < self.train_fraction <= 1:
             raise UserError(f"train_fraction={self.train_fraction} must be in (0, 1]")
         for name in ("width", "clip_seconds", "lr"):
@@ -173,7 +204,7 @@ class RunConfig:
 
     @property
     def frontend(self) -> FrontEndParams:
-        return FrontEndParams.for_seconds(self.clip_seconds, variant=self.frontend_variant)
+        return FrontEndParams.for_seconds(self.clip_seconds, variant=self.frontend_variant, deltas=self.deltas)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -211,6 +242,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_workers=4,
         # the authors' released preprocessing, taken as the input behind the published numbers [D]
         frontend_variant="authors",
+        split=PAPER_MTAT_SPLIT,
+        deltas=PAPER_DELTAS,
+        init=PAPER_INIT,
+        bn_epsilon=KERAS1_BN_EPSILON,
+        bn_momentum=KERAS1_BN_MOMENTUM,
     ),
 }
 
@@ -262,7 +298,7 @@ def config_from_args(args: argparse.Namespace, **extra) -> RunConfig:
             with open(args.config) as f:
                 values.update(RunConfig.from_dict(json.load(f)).to_dict())
         except (OSError, ValueError) as e:
-            raise UserError(f"cannot read --config {args.config}: {e}")
+            raise UserError(f"cannot read --config {args.config}: {e}") from None
     values.update({f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None})
     values.update(extra)
     return RunConfig(**values)
