@@ -25,21 +25,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fcn import cell, checkpoint, pretrained
+from fcn import cell, checkpoint, pretrained, tracking
+from fcn.audio import AudioError, fix_length, load
+from fcn.config import RunConfig
 from fcn.errors import UserError, run_cli
+from fcn.frontends import FrontEnd, FrontEndParams
+from fcn.models import FCN
 
 
 def find_checkpoint(
-    run: str, *, out_dir: str = "runs", experiment: str = cell.CELL_EXPERIMENT, tracking_uri: str = ""
+    run: str, *, out_dir: str = cell.OUT_DIR, experiment: str = cell.CELL_EXPERIMENT, tracking_uri: str = ""
 ) -> Path:
     """A .pt path, a cell key (its run dir), or an MLflow run id / cell key whose `model/best.pt` artifact is used."""
     p = Path(run)
     if p.suffix == ".pt" and p.exists():
         return p
-    local = cell.ckpt(Path(out_dir) / experiment / run, cell.BEST)
+    local = cell.ckpt(cell.run_dir_at(out_dir, experiment, run), cell.BEST)
     if local.exists():
         return local
-    from fcn import tracking
 
     uri = tracking.resolve_uri(tracking_uri, out_dir)
     tracking.check_reachable(uri)
@@ -57,17 +60,13 @@ def find_checkpoint(
             f"no finished run {run!r}: not a checkpoint file, not a cell key under {out_dir}/"
             f"{experiment}/, and not an MLflow run id in {tracking.redact(uri)}"
         ) from None
-    import mlflow.artifacts
+    import mlflow.artifacts  # heavy (seconds): only a run found in MLflow, not on disk, needs it
 
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/best.pt", tracking_uri=uri))
 
 
 class Tagger:
     def __init__(self, ckpt_path: Path):
-        from fcn.config import RunConfig
-        from fcn.frontends import FrontEnd, FrontEndParams
-        from fcn.models import FCN
-
         if not Path(ckpt_path).is_file():
             raise UserError(f"{ckpt_path} does not exist")
         # verified, tensors and plain values only (weights_only): a crafted file is refused, nothing of it runs
@@ -83,8 +82,6 @@ class Tagger:
 
     @torch.no_grad()
     def scores(self, path: str | Path) -> np.ndarray:
-        from fcn.audio import fix_length, load
-
         wave = fix_length(load(path, sr=self.params.sample_rate), self.params.n_samples)
         x = self.frontend(torch.from_numpy(wave)[None])
         x = (x.float() - self.mean) / self.std
@@ -97,8 +94,6 @@ class Tagger:
 
 
 def main(argv=None) -> None:
-    from fcn.audio import AudioError
-
     ap = argparse.ArgumentParser(
         prog="python -m fcn.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -123,7 +118,7 @@ def main(argv=None) -> None:
         "authors' printed output did; default) or drop them (as their released .npy log-mels did)",
     )
     ap.add_argument("--top", type=int, default=10, help="how many tags to print (default: 10)")
-    ap.add_argument("--out-dir", default="runs")
+    ap.add_argument("--out-dir", default=cell.OUT_DIR, help=f"the runs' out dir (default: {cell.OUT_DIR})")
     ap.add_argument(
         "--experiment", default=cell.CELL_EXPERIMENT, help=f"MLflow experiment (a grid's: {cell.GRID_EXPERIMENT})"
     )
@@ -155,8 +150,6 @@ def main(argv=None) -> None:
 
 def _main_pretrained(args) -> int:
     """--pretrained: every file's features first, then one prediction over all of them (the model's batches)."""
-    from fcn.audio import AudioError
-
     tagger = pretrained.PretrainedTagger(args.pretrained, mp3_delay=args.mp3_delay)
     files, feats, failed = [], [], 0
     for f in args.files:

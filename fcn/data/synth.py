@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing as mp
 import sqlite3
 import sys
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from fcn.data import MSD_TOP50, MTAT_TOP50, SPLITS
 from fcn.data.signals import N_SLOTS, render, sample_labels
@@ -90,8 +92,6 @@ def _clip_rng(seed: int, layout: str, i: int) -> np.random.Generator:
 
 
 def _write_clip(job) -> None:
-    import soundfile as sf
-
     path, labels, sr, n, channels, seed, layout, i, mp3 = job
     x = render(labels, sr, n, _clip_rng(seed, layout, i), channels=channels)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -102,8 +102,6 @@ def _write_clip(job) -> None:
 
 def _write_all(jobs, workers: int) -> None:
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
         with mp.get_context("spawn").Pool(workers) as pool:
             for _ in pool.imap_unordered(_write_clip, jobs, chunksize=8):
                 pass
