@@ -10,9 +10,9 @@ ref_power=1.0)`. In 2016 (librosa 0.4.3, resampy 0.1.x) that meant, where it dif
 - resampling with resampy's `kaiser_best` filter (64 zero crossings, Kaiser β 14.7697, roll-off 0.9476 of Nyquist,
   table precision 2⁹), then librosa's fix to ceil(n · 12000 / sr) samples — not torchaudio's sinc (roll-off 0.99);
 - STFT frames centred with *reflect* padding (librosa < 0.10), not zeros.
-Measured on their four example clips (bench/fidelity.py, results/fidelity.md): this path reproduces their released
-.npy log-mels to 0.01 dB, and their printed tags to the printed precision; fcn.frontends' `authors` mel differs
-mainly in the top mel bands (the resampler's roll-off) and the first and last frame (padding).
+Measured on their four example clips (bench/fidelity.py, results/fidelity.md): with the delay dropped (below) this
+path reproduces their released .npy log-mels within 0.02 dB at every bin, and with it kept their printed tags to the
+printed precision. fcn.frontends' `authors` mel, aligned, differs by 0.03-0.04 dB (mean): mostly the resampler.
 
 The MP3 decoder's delay: every MPEG layer III decoder puts 529 samples in front of the music. Ours keep them when the
 file has no LAME tag to say so (fcn.audio), and so did the Linux librosa that printed the authors' README output
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fcn.audio import DEFAULT_DECODER, MP3_DECODER_DELAY, SAMPLE_RATE, decode, fix_length, info
+from fcn.audio import DEFAULT_DECODER, MP3_DECODER_DELAY, SAMPLE_RATE, _lame_gapless, decode, fix_length, info
 from fcn.frontends import FrontEnd, FrontEndParams
 
 # [C] resampy 0.1.x's `kaiser_best` filter, librosa 0.4.3's default resampler (resampy/filters.py, its docstring and
@@ -117,8 +117,6 @@ def to_int16_grid(x: np.ndarray) -> np.ndarray:
 
 def _tagless_mp3(path) -> bool:
     """An MP3 without a LAME/Xing tag: the decoders keep the 529-sample decoder delay in front (fcn.audio)."""
-    from fcn.audio import _lame_gapless
-
     try:
         is_mp3 = info(path, "soundfile").format.upper().startswith("MP3")
     except Exception:  # noqa: BLE001 - libsndfile's own error types; load() then reports the file itself

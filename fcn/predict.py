@@ -11,8 +11,8 @@ exactly as the test clips were: mono, 12 kHz, centre-cropped or zero-padded to t
 --pretrained uses a model shipped in the package (fcn/pretrained/, no download): choi2016-msd-cnn is the authors'
 released Keras tagger (50 MSD tags), fed their own input (fcn/audio2016.py); it also takes their precomputed
 log-mels, `.npy` files of 1x1x96x1366. Its BatchNorm uses the statistics of the batch, as the authors ran it: all
-files are predicted together (up to 32 at a time), a batch of fewer than 4 is filled up with the authors' four
-example clips, and so a file's tags depend a little on the files beside it.
+files are predicted together (up to 32 at a time), a batch of fewer than 4 is filled up to 4 with the
+authors' example clips (their outputs dropped), and so a file's tags depend a little on the files beside it.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Tagger:
         self.tags = list(state["tags"])
         self.params = FrontEndParams.from_dict(state["frontend"])
         self.frontend = FrontEnd(self.config.input, self.params)
-        self.model = FCN(self.config.depth, self.config.width, n_tags=len(self.tags), dropout=self.config.dropout)
+        self.model = FCN(self.config.depth, self.config.width, n_tags=len(self.tags), **self.config.model_options)
         self.model.load_state_dict(state["model"])
         self.model.eval()
         self.mean, self.std = state["norm"]

@@ -10,9 +10,9 @@ runs.
 
 Batches: the model's BatchNorm after each conv uses the batch's own statistics (Keras mode 2, as the authors ran it),
 so files are predicted together, up to MAX_BATCH at a time (more are split into near-equal batches), and a batch of
-fewer than MIN_BATCH files is filled up with the authors' four example clips (their released log-mels, shipped here)
-whose outputs are dropped. A file's tags therefore depend a little on the files beside it, as in the authors' own
-example.
+fewer than MIN_BATCH files is filled up to MIN_BATCH with the authors' example clips (their released log-mels,
+shipped here) whose outputs are dropped. A file's tags therefore depend a little on the files beside it, as in the
+authors' own example.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 
 from fcn import checkpoint
 from fcn.audio import DEFAULT_DECODER, AudioError
+from fcn.audio2016 import authors_log_mel
 from fcn.choi2016 import N_FRAMES, N_MELS, Choi2016CNN
 from fcn.errors import UserError
 
@@ -35,13 +36,16 @@ HERE = Path(__file__).resolve().parent
 SUMS = "SHA256SUMS"
 # name → file; the only model so far (README.md: why this weight file)
 MODELS = {"choi2016-msd-cnn": "choi2016-msd-cnn.pt"}
-EXAMPLES = "choi2016-examples.npz"  # the authors' four example log-mels (float16), README.md
+# The four example clips' log-mels (float16, README.md): `logmels` = the authors' released .npy; `logmels_from_mp3` =
+# fcn.audio2016 of their MP3s, decoder delay kept: the input of their printed output (the MP3s cannot ship)
+EXAMPLES = "choi2016-examples.npz"
+EXAMPLE_SETS = {"released": "logmels", "from-mp3": "logmels_from_mp3"}
 EXAMPLE_CLIPS = ("cute", "actionable", "dubstep", "thejazzpiano")  # bensound-<name>.mp3, their example's order
 # The README outputs the authors printed for those four clips with these weights, predicted as one batch [C]:
 PRINTED = {
-    # Theano on Linux, log-mels computed from the MP3s (what fcn.audio2016 reproduces with mp3_delay="keep")
+    # README at ba41c26: Theano on Linux, log-mels computed from the MP3s (fcn.audio2016 with mp3_delay="keep")
     "2016-09-17": "printed-2016-09-17.txt",
-    # TensorFlow backend on the author's machine, top-15; matches their released .npy log-mels (mp3_delay="drop")
+    # README at 7b4a6f7: TensorFlow backend, top-15; matches their released .npy log-mels (mp3_delay="drop")
     "2016-09-04": "printed-2016-09-04.txt",
 }
 MIN_BATCH = 4  # [C] the authors' example: "Use multiple, different data samples together (at least 4)"
@@ -73,11 +77,11 @@ def load_model(name: str) -> tuple[Choi2016CNN, dict]:
     return model.eval(), {k: v for k, v in state.items() if k != "model"}
 
 
-@functools.lru_cache(maxsize=1)
-def examples() -> np.ndarray:
-    """The authors' four example log-mels, (4, 1, 96, 1366) float32, in EXAMPLE_CLIPS order."""
+@functools.lru_cache(maxsize=2)
+def examples(which: str = "released") -> np.ndarray:
+    """The four example clips' log-mels (EXAMPLE_SETS), (4, 1, 96, 1366) float32, in EXAMPLE_CLIPS order."""
     with np.load(_verified(EXAMPLES), allow_pickle=False) as z:
-        return z["logmels"].astype(np.float32)[:, None]
+        return z[EXAMPLE_SETS[which]].astype(np.float32)[:, None]
 
 
 def printed(when: str) -> dict[str, list[tuple[str, float]]]:
@@ -124,8 +128,6 @@ class PretrainedTagger:
         """(1, 96, 1366) float32 log-mel of an audio file or of a `.npy` in the authors' layout."""
         if str(path).lower().endswith(".npy"):
             return read_logmel(path)
-        from fcn.audio2016 import authors_log_mel
-
         return authors_log_mel(path, self.decoder, self.mp3_delay)
 
     @torch.no_grad()
