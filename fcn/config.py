@@ -30,9 +30,10 @@ PAPER_EPOCHS = 100
 PAPER_PATIENCE = 10
 
 PAPER_DROPOUT = 0.5  # after every max-pool [C]
-# [C] The MTAT split the paper's author used: folders 0-b train, c valid, d-f test, every clip ("conventional 12:1:3
-# validation setting as other did": main_prepare.get_conventional_set in his keunwoochoi/magnatagatune, March 2016;
-# his per-folder counts there give 18,706 / 1,825 / 5,329 clips). Lee/Won's `clean` lists came later (2017-2020).
+# The MTAT split of the paper preset, decided once and named the same everywhere (README, fcn.preprocess, the sbatch
+# headers, the tables' provenance) [D]: `folder` (0-b train, c valid, d-f test, every clip), PAPER.md's "common
+# convention" of 2016 and the only MTAT split that existed when the paper was written; Lee/Won's `clean` lists
+# (a subset: clips with a top-50 tag) came later (2017-2020) and stay one flag away (--split clean).
 PAPER_MTAT_SPLIT = "folder"
 # [C] What the authors' Keras computed, where torch's defaults differ: Δ/ΔΔ of librosa 0.4 (fcn.frontends.LfilterDelta),
 # Keras 1's glorot-uniform weights with zero biases, BatchNorm epsilon 1e-6 (fcn/models.py cites the sources).
@@ -201,6 +202,11 @@ class RunConfig:
     @property
     def key(self) -> str:
         return cell.make_key(self.dataset, self.input, self.depth, self.seed, self.train_fraction)
+
+    @property
+    def model_options(self) -> dict:
+        """fcn.models.FCN's keyword arguments beyond depth and width (training and prediction build the same net)."""
+        return dict(dropout=self.dropout, init=self.init, bn_eps=self.bn_epsilon, bn_momentum=self.bn_momentum)
 
     @property
     def frontend(self) -> FrontEndParams:

@@ -38,7 +38,7 @@ DROPOUT = 0.5  # after every max-pool [C]; demo runs use less (fcn.config: DEMO_
 # sqrt(var + eps) + eps and tracks a running std, torch by sqrt(var + eps) with a running var: at eps 1e-6 the same
 # normalisation to 1e-6 [D: torch's formula kept].
 TORCH_BN_EPSILON, TORCH_BN_MOMENTUM = 1e-5, 0.1
-KERAS1_BN_EPSILON, KERAS1_BN_MOMENTUM = 1e-6, 1 - 0.9
+KERAS1_BN_EPSILON, KERAS1_BN_MOMENTUM = 1e-6, 0.1  # torch's momentum 0.1 = 1 - Keras' 0.9
 INITS = ("torch", "keras1")
 
 
