@@ -58,6 +58,10 @@ def test_paper_preset_mfcc_deltas_are_2016_librosas():
         ours = LfilterDelta(9, order)(torch.from_numpy(x)).numpy()
         assert np.allclose(ours, _librosa_0_4_delta(x, 9, order), atol=1e-9)
     assert PAPER.deltas == "librosa-0.4" and PAPER.frontend.deltas == "librosa-0.4"
+    from fcn.run_store import store_path
+
+    assert store_path(PAPER).name.endswith("-authors-deltas-librosa-0.4.h5")  # beside, not over, a store of others
+    assert store_path(RunConfig()).name == "mtat-synth1200-folder-4s-plain-db.h5"  # the demo's name unchanged
     fe = FrontEnd("mfcc", PAPER.frontend)
     assert isinstance(fe.delta, LfilterDelta) and isinstance(fe.delta2, LfilterDelta) and fe.delta2.order == 2
 
