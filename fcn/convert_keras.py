@@ -17,11 +17,13 @@ import argparse
 import hashlib
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
 from fcn import checkpoint
 from fcn.choi2016 import BLOCKS, N_FRAMES, Choi2016CNN
+from fcn.data.lists import MSD_LISTS
 from fcn.errors import UserError, run_cli
 
 ARCH = "choi2016-cnn"  # the `arch` of the checkpoints written here (fcn.pretrained reads it)
@@ -44,8 +46,6 @@ def expected_layers() -> dict[str, tuple[int, ...]]:
 
 def read_h5(path: str | Path) -> dict[str, np.ndarray]:
     """The weights of the authors' h5 as float32 arrays, checked name by name and shape by shape (UserError)."""
-    import h5py
-
     want = expected_layers()
     found: dict[str, np.ndarray] = {}
     try:
@@ -112,8 +112,6 @@ def convert(src: str | Path, dst: str | Path, *, bn_mode: int = 2, tags: list[st
 
 
 def main(argv=None) -> None:
-    from fcn.data.lists import MSD_LISTS
-
     ap = argparse.ArgumentParser(
         prog="python -m fcn.convert_keras", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

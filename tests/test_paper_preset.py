@@ -8,9 +8,16 @@ import torch
 from scipy.signal import lfilter
 from torch import nn
 
+import fcn.preprocess
 from fcn.config import PAPER_MTAT_SPLIT, PRESETS, RunConfig
 from fcn.frontends import FrontEnd, LfilterDelta
 from fcn.models import FCN
+from fcn.run_store import store_path
+from harness import paper
+from harness.search import CELL_FIELDS, default_space, expand_trials
+from harness.tables.index import write_index
+from harness.tables.read import run_source
+from harness.tables.summarise import Cell, paper_cells
 from tests.conftest import REPO
 
 PAPER = RunConfig(**PRESETS["paper"])
@@ -58,8 +65,6 @@ def test_paper_preset_mfcc_deltas_are_2016_librosas():
         ours = LfilterDelta(9, order)(torch.from_numpy(x)).numpy()
         assert np.allclose(ours, _librosa_0_4_delta(x, 9, order), atol=1e-9)
     assert PAPER.deltas == "librosa-0.4" and PAPER.frontend.deltas == "librosa-0.4"
-    from fcn.run_store import store_path
-
     assert store_path(PAPER).name.endswith("-authors-deltas-librosa-0.4.h5")  # beside, not over, a store of others
     assert store_path(RunConfig()).name == "mtat-synth1200-folder-4s-plain-db.h5"  # the demo's name unchanged
     fe = FrontEnd("mfcc", PAPER.frontend)
@@ -69,11 +74,7 @@ def test_paper_preset_mfcc_deltas_are_2016_librosas():
 def test_one_mtat_split_named_the_same_everywhere():
     """The paper preset's MTAT split is `folder`; the docs' paper-preset commands, the sbatch headers and the tables'
     provenance say so (none assumes `clean`)."""
-    from harness.tables.read import run_source
-
     assert PAPER.split == PAPER_MTAT_SPLIT == "folder"
-    import fcn.preprocess
-
     for name, text in (("README.md", (REPO / "README.md").read_text()), ("fcn.preprocess", fcn.preprocess.__doc__)):
         for line in text.splitlines():
             if "--preset paper" in line and "mtat" in line:
@@ -88,10 +89,6 @@ def test_one_mtat_split_named_the_same_everywhere():
 
 
 def test_index_counts_the_papers_ten_cells(tmp_path):
-    from harness import paper
-    from harness.tables.index import write_index
-    from harness.tables.summarise import Cell, paper_cells
-
     keys = paper_cells()
     cells = {Cell(*k).id: Cell(*k) for k in keys}
     assert len(cells) == 12  # the two tables: MTAT FCN-3..7 and MSD FCN-3..7 on mel, MTAT FCN-4 on STFT/MFCC
@@ -101,8 +98,6 @@ def test_index_counts_the_papers_ten_cells(tmp_path):
 
 
 def test_search_keeps_the_papers_dropout_and_a_recipe_names_its_log_mel():
-    from harness.search import CELL_FIELDS, default_space, expand_trials
-
     trials = expand_trials(default_space(PAPER), 0, 0)
     assert {t["dropout"] for t in trials} == {0.5} and len(trials) == 4
     assert len(expand_trials(default_space(RunConfig()), 0, 0)) == 8  # the demo still searches its dropout

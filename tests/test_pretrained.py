@@ -8,13 +8,17 @@ import json
 import shutil
 import subprocess
 
+import h5py
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from scipy.signal import convolve2d
 
-from fcn import pretrained
+from fcn import checkpoint, pretrained
+from fcn.convert_keras import convert, expected_layers
 from fcn.errors import UserError
+from fcn.predict import main
 from tests.conftest import REPO, run_py
 
 MODEL = "choi2016-msd-cnn"
@@ -100,8 +104,6 @@ def test_a_copy_of_the_package_tags_an_mp3_and_a_log_mel(tmp_path):
 def test_help_and_bad_inputs(tmp_path, capsys):
     """--help says the files are predicted as one batch; a bad file is one line and exit 1, the others still tagged;
     --run with --pretrained is a usage error."""
-    from fcn.predict import main
-
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "predicted as one batch" in " ".join(capsys.readouterr().out.split())
@@ -135,10 +137,6 @@ def test_a_changed_file_is_refused(tmp_path, monkeypatch):
 
 
 def _fake_h5(path, extra=False):
-    import h5py
-
-    from fcn.convert_keras import expected_layers
-
     rng = np.random.default_rng(1)
     with h5py.File(path, "w") as h:
         for name, shape in expected_layers().items():
@@ -152,12 +150,6 @@ def _fake_h5(path, extra=False):
 def test_converter_flips_theano_kernels_and_refuses_other_files(tmp_path):
     """fcn.convert_keras: torch's cross-correlation with the converted kernel = Theano's true convolution with the
     file's (scipy's convolve2d); a file with anything beyond the authors' layers is refused."""
-    import h5py
-    from scipy.signal import convolve2d
-
-    from fcn import checkpoint
-    from fcn.convert_keras import convert
-
     src, dst = tmp_path / "w.h5", tmp_path / "w.pt"
     _fake_h5(src)
     convert(src, dst, tags=[f"t{i}" for i in range(50)], source={})
