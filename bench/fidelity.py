@@ -184,12 +184,17 @@ UNKNOWN = [  # [U] choices of the paper no released file settles, with their exp
 def paper_preset_rows() -> list[list[str]]:
     p = PRESETS["paper"]
     return [
-        ["MTAT split", p["split"], "fcn/config.py PAPER_MTAT_SPLIT; README, fcn.preprocess, slurm headers, tables"],
-        ["MFCC Δ/ΔΔ", p["deltas"], "librosa 0.4 `feature.delta` (lfilter twice, edge padding): fcn.frontends"],
-        ["initial weights", p["init"], "Keras 1 glorot_uniform, zero biases: fcn.models.init_keras1"],
-        ["BatchNorm epsilon", f"{p['bn_epsilon']:g}", "Keras 1.0.6 BatchNormalization(epsilon=1e-6)"],
-        ["BatchNorm momentum (torch's)", f"{p['bn_momentum']:g}", "Keras 1.0.6 momentum=0.9 keeps 0.9 of the old"],
-        ["dropout", f"{p['dropout']:g}", "the paper's, after every max-pool"],
+        ["MTAT split", p["split"], "[D] the 2016 convention (PAPER_MTAT_SPLIT); README, fcn.preprocess, slurm, tables"],
+        [
+            "MFCC Δ/ΔΔ",
+            p["deltas"],
+            "[D] librosa 0.4 `feature.delta` (lfilter twice, edge padding), the authors' 2016 tool; their "
+            "MFCC code is unknown",
+        ],
+        ["initial weights", p["init"], "[C] Keras 1 glorot_uniform, zero biases: fcn.models.init_keras1"],
+        ["BatchNorm epsilon", f"{p['bn_epsilon']:g}", "[C] Keras 1.0.6 BatchNormalization(epsilon=1e-6)"],
+        ["BatchNorm momentum (torch's)", f"{p['bn_momentum']:g}", "[C] Keras 1.0.6 momentum=0.9 keeps 0.9 of the old"],
+        ["dropout", f"{p['dropout']:g}", "[C] the paper's, after every max-pool; harness.search keeps it"],
     ]
 
 

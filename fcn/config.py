@@ -35,8 +35,10 @@ PAPER_DROPOUT = 0.5  # after every max-pool [C]
 # convention" of 2016 and the only MTAT split that existed when the paper was written; Lee/Won's `clean` lists
 # (a subset: clips with a top-50 tag) came later (2017-2020) and stay one flag away (--split clean).
 PAPER_MTAT_SPLIT = "folder"
-# [C] What the authors' Keras computed, where torch's defaults differ: Δ/ΔΔ of librosa 0.4 (fcn.frontends.LfilterDelta),
-# Keras 1's glorot-uniform weights with zero biases, BatchNorm epsilon 1e-6 (fcn/models.py cites the sources).
+# Where torch's and today's librosa's defaults differ from what the authors ran in 2016:
+# [D] Δ/ΔΔ of librosa 0.4 (fcn.frontends.LfilterDelta): their features came from librosa of 2016 (their
+# audio_processor.py), but their MFCC code itself is not known (PAPER.md);
+# [C] Keras 1's glorot-uniform weights with zero biases and BatchNorm epsilon 1e-6 (fcn/models.py cites the source).
 PAPER_DELTAS = "librosa-0.4"
 PAPER_INIT = "keras1"
 
@@ -86,7 +88,7 @@ class RunConfig:
     )
     split: str = option(
         "folder",
-        "MTAT split: folder (0-b / c / d-f, every clip: the paper author's own) or clean (Lee/Won lists); MSD "
+        "MTAT split: folder (0-b / c / d-f, every clip: the 2016 convention) or clean (Lee/Won lists); MSD "
         "always uses Choi's split [paper preset: folder]",
         choices=("folder", "clean"),
     )
@@ -108,7 +110,7 @@ class RunConfig:
     deltas: str = option(
         "librosa",
         "MFCC Δ/ΔΔ: librosa (today's Savitzky-Golay), librosa-0.4 (2016 librosa's regression filter, ΔΔ by filtering "
-        "twice: the authors' tool) or nested; fcn/frontends.py [paper preset: librosa-0.4]",
+        "twice: what the authors' tool computed in 2016) or nested; fcn/frontends.py [paper preset: librosa-0.4]",
         choices=DELTAS,
     )
     init: str = option(

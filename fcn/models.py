@@ -32,8 +32,8 @@ DEPTHS = tuple(sorted(SPECS))
 N_TAGS = 50
 DROPOUT = 0.5  # after every max-pool [C]; demo runs use less (fcn.config: DEMO_DROPOUT)
 # BatchNorm and initial weights. torch's defaults (what this project used first; the demo presets keep them [D]) and
-# the authors' Keras 1 [C: keras-team/keras 1.0.6, the version the author names for his released model, and Keras
-# 0.3 alike: BatchNormalization(epsilon=1e-6, momentum=0.9), Convolution2D/Dense(init='glorot_uniform'), biases zero].
+# the authors' Keras 1 [C: keras-team/keras 1.0.6, the version the author names for his released model:
+# BatchNormalization(epsilon=1e-6, momentum=0.9), Convolution2D/Dense(init='glorot_uniform'), biases zero].
 # Keras' momentum 0.9 keeps 0.9 of the running statistic per batch: torch's momentum 0.1. Keras 1 divides by
 # sqrt(var + eps) + eps and tracks a running std, torch by sqrt(var + eps) with a running var: at eps 1e-6 the same
 # normalisation to 1e-6 [D: torch's formula kept].
