@@ -39,7 +39,7 @@ def test_paper_preset_has_keras1_batchnorm_and_init_and_the_demo_keeps_torchs():
     for m in convs:  # glorot_uniform: U(±sqrt(6 / (fan_in + fan_out))), fans with the kernel area
         area = m.weight[0, 0].numel() if m.weight.dim() == 4 else 1
         bound = (6 / ((m.weight.shape[0] + m.weight.shape[1]) * area)) ** 0.5
-        assert 0.8 * bound < float(m.weight.abs().max()) <= bound
+        assert 0.8 * bound < float(m.weight.detach().abs().max()) <= bound
     demo = RunConfig()
     assert (demo.init, demo.bn_epsilon, demo.deltas) == ("torch", 1e-5, "librosa")
     torch.manual_seed(0)
