@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from fcn import cell
+from fcn.batching import RECIPE_BATCH
 from fcn.errors import UserError
 from fcn.flags import add_arguments, given, option
 from fcn.frontends import INPUTS, VARIANTS, FrontEndParams
@@ -25,7 +26,7 @@ PAPER_CLIP_SECONDS = 29.12
 # [U] The paper does not give its training recipe. The sibling CRNN paper used Adam with defaults and early stopping
 # on validation AUC [C2]; Won et al. 2020 used batch 16. Max epochs and patience are ours.
 PAPER_LR = 1e-3
-PAPER_BATCH = 16
+PAPER_BATCH = RECIPE_BATCH  # the global batch (fcn/batching.py)
 PAPER_EPOCHS = 100
 PAPER_PATIENCE = 10
 
@@ -96,7 +97,11 @@ class RunConfig:
     )
     dropout: float = option(DEMO_DROPOUT, "dropout after every max-pool; the paper's is 0.5 [demo 0.1]")
     # --- optimisation ---
-    batch_size: int = option(16, "per-process batch size [U: 16 as in Won et al. 2020]")
+    batch_size: int = option(
+        RECIPE_BATCH,
+        "GLOBAL batch: clips per optimiser step over all processes, each training global / processes "
+        "(fcn/batching.py); part of the cell key when not 16 [U: 16 as in Won et al. 2020]",
+    )
     sync_bn: str = option(
         "auto",
         "SyncBatchNorm across processes: auto (on CUDA when several processes train with "
@@ -166,10 +171,11 @@ class RunConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1")
 
-    # The cell's stable key, e.g. mtat-mel-fcn4-s0 (fcn/cell.py; RQ4 runs on part of the data get a suffix).
+    # The cell's stable key, e.g. mtat-mel-fcn4-s0 (fcn/cell.py; RQ4 runs on part of the data, and runs at a global
+    # batch other than the recipe's 16, get a suffix).
     @property
     def key(self) -> str:
-        return cell.make_key(self.dataset, self.input, self.depth, self.seed, self.train_fraction)
+        return cell.make_key(self.dataset, self.input, self.depth, self.seed, self.train_fraction, self.batch_size)
 
     @property
     def frontend(self) -> FrontEndParams:
