@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from fcn.batching import plan_batch
 from fcn.cell import harness_dir
 from fcn.config import RunConfig
 from fcn.errors import UserError
@@ -126,9 +127,12 @@ def _sinfo(*args: str) -> str:
 
 
 def check(opts: SlurmOptions, cells: list[RunConfig]) -> None:
-    """Refuse, before submitting anything, a partition that doesn't exist or GPUs the cluster doesn't have."""
+    """Refuse, before submitting anything, a global batch the job's processes cannot train (fcn/batching.py), a
+    partition that doesn't exist or GPUs the cluster doesn't have."""
     if opts.gpus_per_node and cells and cells[0].device == "cpu":
         raise UserError("--gpus-per-node with --device cpu: drop one of them")
+    for c in cells:  # the rule each job's processes apply again before their first step
+        plan_batch(c.batch_size, opts.nodes * opts.ntasks, opts.gpus_per_node > 0 and c.sync_bn != "off")
     part = ["-p", opts.partition] if opts.partition else []
     nodes = _sinfo(*part, "-o", "%P|%G|%D").split()
     if not nodes:
