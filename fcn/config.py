@@ -82,6 +82,14 @@ class RunConfig:
         choices=("folder", "clean"),
     )
     store: str = option("", "HDF5 feature store; empty = <data_dir>/<name>.h5, built on first use", resume=True)
+    build_store: str = option(
+        "auto",
+        "a missing store: auto (built here on first use, except in a Slurm job on real data: hours of CPU decoding "
+        "do not belong on a GPU allocation, so the job stops and names the command that builds it; harness.grid "
+        "builds it as a CPU job first), here, or never",
+        choices=("auto", "here", "never"),
+        resume=True,
+    )
     data_dir: str = option("data", "where built-in data sets and derived feature stores are kept", resume=True)
     synth_clips: int = option(1200, "size of the built-in synthetic data set (clips)")
     train_fraction: float = option(1.0, "fraction of the training split used (RQ4: data size)")

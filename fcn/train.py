@@ -43,6 +43,7 @@ from fcn.malloc import keep_freed_memory
 from fcn.models import FCN, n_params
 from fcn.precision import autocast, channels_last, describe
 from fcn.preprocess import ensure_feature_store
+from fcn.run_store import check_buildable
 from fcn.store import FeatureDataset, check_store
 
 # [D] Below this many clips per process, batch statistics are too noisy per GPU: BatchNorm becomes SyncBatchNorm.
@@ -232,6 +233,7 @@ def _set_up(config: RunConfig, d: dist.Dist, rdir: Path, trial: str) -> Run:
     # Global rank 0 alone builds a missing store; the others wait for its finished file (not in a collective
     # barrier, which would time out during a paper-scale MSD build; not on the file lock alone, which some
     # shared file systems keep per node).
+    check_buildable(config)  # every rank: a missing store that must not be built in this job ends all of them
     store = ensure_feature_store(config, progress=d.main, build_here=d.main)
     dist.barrier(d)
     meta = check_store(store, input=config.input, params=config.frontend, dataset=config.dataset)

@@ -178,8 +178,11 @@ def _main(args) -> int:
     if todo:
         parent = _parent_run(uri, cells)
         todo = [c.replace(parent_run_id=parent) for c in todo]
-        if args.cluster != "slurm" or not todo[0].data_root:
-            ensure_feature_stores(todo, progress=not args.quiet)
+        # stores built here: every store of a local or Ray sweep, and the built-in synthetic data's (seconds); on
+        # Slurm a missing store of real data is built by a CPU job the cells wait for (harness/backends/slurm.py)
+        here = [c for c in todo if args.cluster != "slurm" or not c.data_root]
+        if here:
+            ensure_feature_stores(here, progress=not args.quiet)
         outcomes = backend.run(todo, opts, progress=not args.quiet)
         if any(o.state == "submitted" for o in outcomes):
             print("submitted; rerun the same command or `python -m harness.status` to follow", file=sys.stderr)

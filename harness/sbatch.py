@@ -147,8 +147,12 @@ def _estimate(dataset: str, depth: int, macs: int, macs4: int) -> tuple[list[str
         "STFT (128 rows) costs about a third more than mel; MFCC (90 rows) about the same.",
         f"Time limit: {hours} h (1.5 × the worst case + 1 h); reaching it is not fatal (the job requeues itself and "
         "resumes).",
-        "Build the feature store first (CPU-bound; on first use rank 0 builds it while the other ranks wait):",
-        f"  python -m fcn.preprocess --dataset {dataset} --data-root $DATA_ROOT --preset paper",
+        "Build the feature store first, on CPUs: with DATA_ROOT set and no store, this GPU job stops at once with one "
+        'line naming the command (FCN_ARGS="--build-store here" builds it in the job instead):',
+        f"  sbatch --cpus-per-task=16 --time=12:00:00 --wrap 'python -m fcn.preprocess --dataset {dataset} "
+        "--data-root $DATA_ROOT --preset paper'",
+        "  then: sbatch --dependency=afterok:<that job> this script; `python -m harness.grid --cluster slurm` does "
+        "both (its store jobs: --store-cpus, --store-time-min).",
     ]
     return lines, hours
 

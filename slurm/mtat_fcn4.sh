@@ -27,8 +27,12 @@
 #   The store must deliver 2,600 clips/s × 262 KB ≈ 681 MB/s: keep it on local disk or in page cache.
 #   STFT (128 rows) costs about a third more than mel; MFCC (90 rows) about the same.
 #   Time limit: 2 h (1.5 × the worst case + 1 h); reaching it is not fatal (the job requeues itself and resumes).
-#   Build the feature store first (CPU-bound; on first use rank 0 builds it while the other ranks wait):
-#     python -m fcn.preprocess --dataset mtat --data-root $DATA_ROOT --preset paper
+#   Build the feature store first, on CPUs: with DATA_ROOT set and no store, this GPU job stops at once with one line
+#     naming the command (FCN_ARGS="--build-store here" builds it in the job instead):
+#     sbatch --cpus-per-task=16 --time=12:00:00 --wrap 'python -m fcn.preprocess --dataset mtat --data-root $DATA_ROOT
+#       --preset paper'
+#     then: sbatch --dependency=afterok:<that job> this script; `python -m harness.grid --cluster slurm` does both
+#       (its store jobs: --store-cpus, --store-time-min).
 #
 # GPUs: one training process per GPU (one srun task each, DDP through fcn/dist.py). Keep --ntasks-per-node equal to
 # --gpus-per-node (the job stops at once with an error otherwise), and raise --mem with them. Examples:
