@@ -47,8 +47,8 @@ def split_clips(config: RunConfig) -> tuple[tuple[int, int, int], str]:
     split = config.split if config.dataset == "mtat" else "choi"
     if not config.data_root:
         n = config.synth_clips
-        return (n * 8 // 10, n // 10, n - n * 8 // 10 - n // 10), "nominal (built-in synthetic set)"
-    return NOMINAL_CLIPS[(config.dataset, split)], f"nominal ({config.dataset.upper()} {split} split)"
+        return (n * 8 // 10, n // 10, n - n * 8 // 10 - n // 10), "nominal: built-in synthetic set"
+    return NOMINAL_CLIPS[(config.dataset, split)], f"nominal: {config.dataset.upper()} {split} split"
 
 
 def _gb(n: float) -> str:
@@ -75,8 +75,8 @@ def cell_plan(config: RunConfig, opts: SlurmOptions, clips_per_s: float) -> list
     else:
         size = n_all * sum(fe.rows(k) for k in INPUTS) * fe.n_frames * 2
         store = (
-            f"{path}: missing, ≈{_gb(size)} to build (all three inputs); harness.grid builds it as a CPU job "
-            "before the cell's job starts (python -m fcn.preprocess ... --cluster slurm)"
+            f"{path}: missing, ≈{_gb(size)} (all three inputs); built first by a CPU job "
+            f"({opts.store_cpus} CPUs, {opts.store_time_min} min) that the cell's job waits for"
         )
     if opts.mem_gb:
         budget = IN_MEMORY_FRACTION * opts.mem_gb * (1 << 30)

@@ -150,7 +150,12 @@ def test_cell_script_ddp_across_two_nodes_matches_two_tasks_on_one(slurm_multi, 
 @slow
 def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, empty_store):
     """`harness.grid --cluster slurm --nodes 2`: submitit's job has one task per node; the cell trains under DDP with
-    one rank on each host and finishes once."""
+    one rank on each host and finishes once. Its data set is given as a data root (the real layout) whose store does
+    not exist: a CPU job builds it first and the cell's job starts only after that job completed (afterok, in sacct)."""
+    from fcn.config import RunConfig
+    from fcn.run_store import synth_root
+
+    root = synth_root(RunConfig(dataset="msd", data_dir=str(data_dir), **TINY))
     flags = grid_flags(
         data_dir,
         tmp_path,
@@ -167,6 +172,14 @@ def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, 
         "--depths",
         "3",
         "--time-min",
+        "10",
+        "--data-root-msd",
+        str(root),
+        "--data-dir",
+        str(tmp_path / "data"),  # the store this grid's CPU job builds (the session's data dir stays as it was)
+        "--store-cpus",
+        "1",
+        "--store-time-min",
         "10",
     )
     env = {**os.environ, **slurm_multi.env, "PYTHONUNBUFFERED": "1"}
@@ -186,6 +199,25 @@ def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, 
     assert f"rank 0/2 on host {n1}" in logs and f"rank 1/2 on host {n2}" in logs, logs[-3000:]
     runs = [r for r in _runs(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "fcn-sweep") if "cell_key" in r.data.tags]
     assert [(r.info.run_name, r.info.status) for r in runs] == [("msd-mel-fcn3-s0", "FINISHED")]
+    # stores before GPUs: the store's CPU job completed before the cell's job started, which waited on it
+    jobs = json.loads((tmp_path / "runs" / "fcn-sweep" / ".harness" / "slurm_jobs.json").read_text())
+    store_job = next(v for k, v in jobs.items() if k.startswith("store:"))
+    cell_job = jobs["msd-mel-fcn3-s0"]
+    assert f"CPU job {store_job} builds it first" in p.stderr and f"after store job {store_job}" in p.stderr
+    assert slurm_multi.wait_sacct(store_job) == "COMPLETED" and slurm_multi.wait_sacct(cell_job) == "COMPLETED"
+    times = {}
+    for j in (store_job, cell_job):
+        out = slurm_multi.run("sacct", "-X", "-n", "-P", "-j", str(j), "-o", "JobID,Submit,Start,End").stdout
+        times[j] = out.strip().splitlines()[0].split("|")
+    assert times[store_job][3] <= times[cell_job][2], times  # ISO times: the cell started after the build ended
+    assert times[cell_job][1] <= times[store_job][3], times  # and was submitted before it ended: it waited (afterok)
+    record(
+        "test_grid_on_slurm_with_two_nodes_per_cell",
+        jobs=2,
+        finished=1,
+        note=f"store job {store_job} end {times[store_job][3]} ≤ cell job {cell_job} start {times[cell_job][2]} "
+        "(afterok, sacct)",
+    )
 
 
 def _hosts(train_log: Path) -> list[str]:
