@@ -28,7 +28,9 @@ def make_loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool, batch: int =
         ds, num_replicas=d.world, rank=d.rank, shuffle=shuffle, seed=config.seed, drop_last=False
     )
     # Mapped, the node's processes share one copy (the node's budget); a private copy gets this process's share.
-    in_memory = bool(ds.hold(node_budget(), d.local_world))
+    budget = node_budget()
+    ds.held = ds.hold(budget, d.local_world) or f"streamed (over the node's budget of {budget >> 20} MB)"
+    in_memory = ds.held in ("mapped", "copied")
     # A split held in memory is served without workers: gathering a batch is one memcpy-speed numpy copy, and a
     # worker would add a second copy into shared memory plus a pipe round trip per batch, on cores the training
     # process needs (bench/loading.py measures both). Workers would also need fork to share the array: spawn

@@ -258,6 +258,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         # or the whole store's input mapped read-only (map_store: `rows` then says which row each position is)
         self.features = None
         self.rows: np.ndarray | None = None
+        self.held = ""  # how the loader holds it: mapped, copied or streamed (fcn/loader.py; logged by fcn.train)
 
     def nbytes(self) -> int:
         """Bytes of this split's features (float16)."""

@@ -348,7 +348,8 @@ def _start(run: Run, resumed: bool) -> None:
         run.log(
             f"{c.key}: {n_params(run.model):,} parameters, {n['train']}/{n['valid']}/{n.get('test', '-')} "
             f"clips, {d.world} process(es) on {d.device} on host {host}, {run.plan.describe()}, "
-            f"{describe(c, d.device)}, store {run.store}"
+            f"{describe(c, d.device)}, store {run.store}; splits held: "
+            + ", ".join(f"{k} {ds.held}" for k, ds in run.data.items())
         )
 
 

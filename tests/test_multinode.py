@@ -483,3 +483,91 @@ def test_slurmd_lost_while_the_old_copy_runs_on(slurm_multi, data_dir, tmp_path,
             except ProcessLookupError:
                 pass
         _bring_back(slurm_multi, lost)
+
+
+# The memory-bounded job: each node's --mem, and a training split larger than one rank's share of it.
+MEM_MB = 1600
+BIG_CLIPS = 3800  # 29.12 s mel clips of 262 KB: a 3,420-clip (≈ 900 MB) training split
+
+
+@slow
+def test_memory_bounded_job_keeps_within_its_nodes_limit(slurm_multi, tmp_path, empty_store):
+    """2 nodes × 2 ranks, --mem=2000M per node, the limit ENFORCED by a memory cgroup per node that the test makes as
+    root (standing in for Slurm's task/cgroup: the fixture runs TaskPlugin=task/none, both slurmds share one kernel;
+    each rank joins its node's cgroup before exec, through the script's PYTHON). The ≈900 MB training split is over
+    what one rank, or the node, may hold: the ranks read the cgroup's limit (fcn/memory.py) and stream it from the
+    store. On main each rank copied it into RAM (the job's limit was never read) and the job was OOM-killed."""
+    from bench.memory import make_store
+
+    store = make_store(tmp_path / "big.h5", BIG_CLIPS, train=0.9)
+    tag = f"fcn-mem-{os.getpid()}"
+    groups = {n: Path("/sys/fs/cgroup/memory") / f"{tag}-{n}" for n in slurm_multi.nodes}
+    wrapper = tmp_path / "python-in-cgroup.sh"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        f'echo $$ > "/sys/fs/cgroup/memory/{tag}-$(hostname)/cgroup.procs" || exit 97\n'
+        f'exec {shlex.quote(str(REPO / ".venv" / "bin" / "python"))} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    try:
+        for g in groups.values():
+            g.mkdir()
+            (g / "memory.limit_in_bytes").write_text(str(MEM_MB << 20))
+        fcn = dict(store=str(store), clip_seconds=29.12, frontend_variant="authors", width=0.03, epochs=1, patience=1)
+        env = dict(_tiny_env(tmp_path, _out_dir(tmp_path / "runs", empty_store), **fcn), PYTHON=str(wrapper))
+        job = _sbatch(
+            slurm_multi,
+            SLURM / "mtat_fcn3.sh",
+            tmp_path / "job.out",
+            "--time=15",
+            f"--mem={MEM_MB}M",
+            "--cpus-per-task=1",
+            "--nodes=2",
+            "--ntasks-per-node=2",
+            "--gpus-per-node=0",
+            env=env,
+        )
+        state = slurm_multi.wait_job(job, timeout=600)
+        oom = {n: _oom_kills(g) for n, g in groups.items()}
+        peak = {n: int((g / "memory.max_usage_in_bytes").read_text()) for n, g in groups.items()}
+    finally:
+        slurm_multi.cancel_all()
+        for g in groups.values():
+            _remove_cgroup(g)
+    text = _log(tmp_path / "job.out")
+    assert state == "COMPLETED", text[-4000:] + slurm_multi.log_tails()
+    assert oom == {n: 0 for n in groups}, (oom, text[-3000:])
+    cell = tmp_path / "runs" / "fcn-sweep" / "mtat-mel-fcn3-s0"
+    m = json.loads((cell / "metrics.json").read_text())
+    assert m["world_size"] == 4 and m["global_batch"] == 16 and m["batch_per_process"] == 4
+    log = (cell / "train.log").read_text()
+    assert "train streamed (over the node's budget of" in log, log  # over one rank's share, and the node's
+    budget_mb = int(log.split("train streamed (over the node's budget of ")[1].split()[0])
+    assert budget_mb < MEM_MB // 2  # the cgroup's limit, not the machine's free memory, set it
+    assert all(p <= MEM_MB << 20 for p in peak.values())
+    record(
+        "test_memory_bounded_job_keeps_within_its_nodes_limit",
+        jobs=1,
+        nodes_used=2,
+        crashed=0,
+        finished=1,
+        note=f"--mem {MEM_MB} MB per node, 2 ranks per node, a ≈900 MB training split streamed; "
+        f"peak memory per node (cgroup max usage) {', '.join(f'{n} {p >> 20} MB' for n, p in peak.items())}; "
+        f"OOM kills {sum(oom.values())}",
+    )
+
+
+def _oom_kills(group: Path) -> int:
+    """OOM kills in a v1 memory cgroup (memory.oom_control's oom_kill, kernel 4.13+; else under_oom)."""
+    fields = dict(line.split() for line in (group / "memory.oom_control").read_text().splitlines())
+    return int(fields.get("oom_kill", fields.get("under_oom", 0)))
+
+
+def _remove_cgroup(group: Path) -> None:
+    """rmdir once its processes are gone (the job's steps end a moment after the job)."""
+    deadline = time.time() + 30
+    while group.exists() and time.time() < deadline:
+        try:
+            group.rmdir()
+        except OSError:
+            time.sleep(0.5)
