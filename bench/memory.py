@@ -27,17 +27,20 @@ MB = 1 << 20
 RANKS = (1, 2, 4)
 
 
-def make_store(path: Path, n: int, seconds: float = 29.12, train: float = 0.8, seed: int = 0) -> Path:
+def make_store(
+    path: Path, n: int, seconds: float = 29.12, train: float = 0.8, valid: float = 0.1, seed: int = 0
+) -> Path:
     """A store of `n` clips of random mel features (96 × frames of `seconds`, float16) in fcn's layout: a fake for
-    memory tests, written in seconds where a real build decodes audio. Only mel; 50 random tags per clip."""
+    memory tests, written in seconds where a real build decodes audio. Only mel; 50 random tags per clip; the first
+    `train` of the clips are the training split, the next `valid` the validation split, the rest the test split."""
     params = FrontEndParams.for_seconds(seconds)
     rng = np.random.default_rng(seed)
     w = StoreWriter(path, n, params, ["mel"])
     for i in range(0, n, 64):
         m = min(64, n - i)
         w.append({"mel": rng.standard_normal((m, 96, params.n_frames)).astype(np.float16)})
-    n_train = int(n * train)
-    splits = ["train"] * n_train + ["valid", "test"] * ((n - n_train) // 2) + ["test"] * ((n - n_train) % 2)
+    n_train, n_valid = int(n * train), int(n * valid)
+    splits = ["train"] * n_train + ["valid"] * n_valid + ["test"] * (n - n_train - n_valid)
     return w.finish(
         dataset="mtat",
         tags=[f"tag{k:02d}" for k in range(50)],

@@ -46,7 +46,7 @@ SCENARIOS = {
         "a CPU job builds the store; the cell's job waits on it (afterok) and starts after it ended (sacct); 1 run",
     ),
     "tests/test_multinode.py::test_memory_bounded_job_keeps_within_its_nodes_limit": (
-        "2 nodes × 2 ranks, --mem 2400M per node enforced by a memory cgroup per node, a ≈900 MB training split",
+        "2 nodes × 2 ranks, --mem 2400M per node enforced by a memory cgroup per node, a ≈600 MB split",
         "no copy per rank (streamed or mapped once per node): job COMPLETED, 0 OOM kills, peak per node ≤ --mem",
     ),
     "tests/test_batching.py::test_16_processes_train_one_clip_each_only_with_sync_batchnorm": (

@@ -485,22 +485,24 @@ def test_slurmd_lost_while_the_old_copy_runs_on(slurm_multi, data_dir, tmp_path,
         _bring_back(slurm_multi, lost)
 
 
-# The memory-bounded job: each node's --mem, and a training split larger than one rank's share of it.
+# The memory-bounded job: each node's --mem, and a split larger than one rank's share of it. The big split is the
+# validation split: every split is held by the same rule, and evaluation (forward only) costs a third of training
+# per clip, so the scenario stays short on 2 shared cores. A rank with torch and MLflow holds ~750 MB (measured).
 MEM_MB = 2400
-BIG_CLIPS = 3800  # 29.12 s mel clips of 262 KB: a 3,420-clip (≈ 900 MB) training split
+BIG_CLIPS = 2600  # 29.12 s mel clips of 262 KB: 200 train, 2,300 (≈ 600 MB) valid, 100 test
 
 
 @slow
 def test_memory_bounded_job_keeps_within_its_nodes_limit(slurm_multi, tmp_path, empty_store):
     """2 nodes × 2 ranks, --mem=2400M per node, the limit ENFORCED by a memory cgroup per node that the test makes as
     root (standing in for Slurm's task/cgroup: the fixture runs TaskPlugin=task/none, both slurmds share one kernel;
-    each rank joins its node's cgroup before exec, through the script's PYTHON). The ≈900 MB training split is over
-    what one rank may hold: the ranks read the cgroup's limit (fcn/memory.py) and stream it from the
-    store (or map it once for the node). On main each rank copied it into RAM (the job's limit was never read): 2 ×
-    (≈750 MB of process + 900 MB) over the 2,400 MB limit, OOM-killed."""
+    each rank joins its node's cgroup before exec, through the script's PYTHON). The ≈600 MB validation split is over
+    what one rank may hold: the ranks read the cgroup's limit (fcn/memory.py) and stream it from the store (or map it
+    once for the node). On main each rank copied it into RAM (the job's limit was never read): 2 × (≈750 MB of
+    process + 600 MB) over the 2,400 MB limit, OOM-killed."""
     from bench.memory import make_store
 
-    store = make_store(tmp_path / "big.h5", BIG_CLIPS, train=0.9)
+    store = make_store(tmp_path / "big.h5", BIG_CLIPS, train=200 / BIG_CLIPS, valid=2300 / BIG_CLIPS)
     tag = f"fcn-mem-{os.getpid()}"
     groups = {n: Path("/sys/fs/cgroup/memory") / f"{tag}-{n}" for n in slurm_multi.nodes}
     wrapper = tmp_path / "python-in-cgroup.sh"
@@ -544,7 +546,7 @@ def test_memory_bounded_job_keeps_within_its_nodes_limit(slurm_multi, tmp_path, 
     log = (cell / "train.log").read_text()
     # over one rank's share of the node: never a private copy per rank (main's, OOM-killed here); streamed when over
     # the node's budget (the cgroup's room, which the ranks' own memory lowers), else mapped once for the node
-    held = log.split("splits held: train ")[1].split(",")[0]
+    held = log.split("splits held: ")[1].split(", valid ")[1].split(", test ")[0]
     assert held == "mapped" or held.startswith("streamed (over the node's budget of"), log
     assert all(p <= MEM_MB << 20 for p in peak.values())
     record(
@@ -553,7 +555,7 @@ def test_memory_bounded_job_keeps_within_its_nodes_limit(slurm_multi, tmp_path, 
         nodes_used=2,
         crashed=0,
         finished=1,
-        note=f"--mem {MEM_MB} MB per node, 2 ranks per node, a ≈900 MB training split {held.split(' (')[0]}; "
+        note=f"--mem {MEM_MB} MB per node, 2 ranks per node, a ≈600 MB validation split {held.split(' (')[0]}; "
         f"peak memory per node (cgroup max usage) {', '.join(f'{n} {p >> 20} MB' for n, p in peak.items())}; "
         f"OOM kills {sum(oom.values())}",
     )

@@ -26,7 +26,7 @@ from fcn.flags import option
 from fcn.preprocess import ensure_feature_store
 from fcn.run_store import is_current, store_path
 from harness import launch
-from harness.job import FAILED, FINISHED, Outcome, run_cell
+from harness.job import FAILED, FINISHED, SUBMITTED, Outcome, run_cell
 from harness.status import grid_states
 
 # [D] USR2 this long before the time limit: the job checkpoints and requeues itself. Slurm may send it up to ~30 s
@@ -264,6 +264,19 @@ def _submit(configs: list[RunConfig], opts: SlurmOptions, known: dict, jobs_path
             f"submitted {len(jobs)} job(s) as array {jobs[0].job_id.split('_')[0]}{after}; logs in {folder}",
             file=sys.stderr,
         )
+
+
+def run(configs: list[RunConfig], opts: SlurmOptions, *, progress: bool = True, poll_s: float = 5.0) -> list[Outcome]:
+    """Submit the cells (one job each; a missing store of real data first, as a CPU job they wait for) and, unless
+    --no-wait, follow them until each is finished or its job is gone; what a cell's state is comes from
+    harness.status (MLflow and its run dir), never from submitit."""
+    jobs_path = _jobs_file(configs[0].out_dir, configs[0].experiment)
+    jobs_path.parent.mkdir(parents=True, exist_ok=True)
+    known = json.loads(jobs_path.read_text()) if jobs_path.exists() else {}
+    _submit(configs, opts, known, jobs_path)
+    if not opts.wait:
+        return [Outcome(c.key, SUBMITTED, job_id=known.get(c.key, "")) for c in configs]
+    return _follow(configs, known, progress, poll_s)
 
 
 def _follow(configs: list[RunConfig], known: dict, progress: bool, poll_s: float) -> list[Outcome]:
