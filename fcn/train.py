@@ -298,7 +298,7 @@ def _resume(run: Run) -> bool:
         run.progress = Progress.from_dict(state["progress"], defaults=run.progress)
         run.run_id = state.get("run_id")
     p = run.progress
-    # a checkpoint's global batch wins (one made before the batch was global recorded batch × processes)
+    # the checkpoint's global batch is kept (one made before batch_size became global recorded batch_size × processes)
     run.plan = plan_batch(p.global_batch, d.world, sync_bn_possible(c, d.world, d.device))
     run.batch = run.plan.per_process
     if p.world != d.world:
