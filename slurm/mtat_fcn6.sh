@@ -37,7 +37,7 @@
 # --gpus-per-node (the job stops at once with an error otherwise), and raise --mem with them. Examples:
 #     sbatch --gpus-per-node=4 --ntasks-per-node=4 --mem=128G slurm/mtat_fcn6.sh            # 4 GPUs on one node
 #     sbatch --nodes=2 --gpus-per-node=4 --ntasks-per-node=4 --mem=128G slurm/mtat_fcn6.sh  # 8 GPUs on two nodes
-# The paper preset's batch size (16 [U]) is the GLOBAL batch (fcn/batching.py): N GPUs train 16 / N clips each, so
+# The paper preset's batch size (16 [U]) is the global batch (fcn/batching.py): N GPUs train 16 / N clips each, so
 # every GPU count trains the same recipe (N must divide 16; 16 GPUs train one clip each under SyncBatchNorm; more
 # are refused). Below 8 clips per GPU, BatchNorm becomes SyncBatchNorm (--sync-bn auto), so its statistics still see
 # all 16. FCN_ARGS="--batch-size 64" is another recipe: its cell key and tables say -b64, never pooled with 16's.
