@@ -5,8 +5,9 @@
     python -m bench --quick               # a smoke run at reduced sizes, written to results/benchmarks-quick.md
     python -m bench --gpu-smoke           # a new GPU node's first check (bench/gpu_smoke.py): a table and what to fix
 
-Benchmarks: train_step (1), preprocess (2), loading (3), harness (4), ddp (5), tables (6). Every figure is a ratio
-measured in the same run (see bench/README.md). Sections are kept in <out>.json, so `--only` re-runs part of the file.
+Benchmarks: train_step (1), preprocess (2), loading (3), harness (4), ddp (5), tables (6), memory (7). Every figure is
+a ratio measured in the same run (see bench/README.md). Sections are kept in <out>.json, so `--only` re-runs part of
+the file.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ BENCHES = {  # name -> module (each has run(quick) -> Section)
     "harness": "bench.harness_overhead",
     "ddp": "bench.ddp",
     "tables": "bench.tables",
+    "memory": "bench.memory",
 }
 
 

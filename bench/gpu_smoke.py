@@ -225,7 +225,7 @@ def run() -> int:
     if not all(ok for _, ok, _, _ in rows):
         fixes.append(
             "a training step failed: read its note; out of memory at batch 16 means a smaller GPU than "
-            "planned (use --batch-size 8 with --sync-bn on over 2 GPUs)"
+            "planned (train the global batch of 16 over 2 or more GPUs: 8 clips or fewer each, SyncBatchNorm)"
         )
     try:
         r = _nccl(n)

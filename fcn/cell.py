@@ -1,7 +1,8 @@
 """What a cell is: its key, its files, its lock, and when it is finished. Every other module asks here.
 
 A cell is one (dataset, input, depth, seed, training fraction) of the paper's grid, trained by `fcn.train.train`.
-- key: `mtat-mel-fcn4-s0`; a run on part of the training split (RQ4) gets `-f<fraction>`: `mtat-mel-fcn4-s0-f0.25`.
+- key: `mtat-mel-fcn4-s0`; a run on part of the training split (RQ4) gets `-f<fraction>`: `mtat-mel-fcn4-s0-f0.25`;
+  a run at a global batch other than the recipe's 16 gets `-b<batch>` (fcn/batching.py): `mtat-mel-fcn4-s0-b32`.
 - run dir: `<out_dir>/<experiment>/<key>/` holding ckpt/last.pt, ckpt/best.pt, metrics.json, train.log, .lock;
   a search trial of a cell gets `<key>-t<n>/` beside it (harness/search.py).
 - finished: its run dir holds metrics.json (written last by training: the truth on disk), or its MLflow run is
@@ -22,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from fcn.batching import RECIPE_BATCH
 from fcn.errors import UserError
 
 # Default experiment names: a single `python -m fcn.train` run, and a grid of cells (`python -m harness.grid`).
@@ -47,13 +49,17 @@ BEST = "best.pt"
 
 _KEY_RE = re.compile(
     r"^(?P<dataset>[a-z0-9]+)-(?P<input>[a-z0-9]+)-fcn(?P<depth>\d+)-s(?P<seed>\d+)"
-    r"(?:-f(?P<fraction>[0-9.e-]+))?$"
+    r"(?:-f(?P<fraction>[0-9.e-]+))?(?:-b(?P<batch>\d+))?$"
 )
 
 
-def make_key(dataset: str, input: str, depth: int, seed: int, fraction: float = 1.0) -> str:
+def make_key(dataset: str, input: str, depth: int, seed: int, fraction: float = 1.0, batch: int = RECIPE_BATCH) -> str:
+    """The cell key; the global batch is named only when it is not the recipe's, so the recipe's keys (all keys made
+    before the batch became global) stay as they were, and a run at another global batch is another cell."""
     k = f"{dataset}-{input}-fcn{depth}-s{seed}"
-    return k if float(fraction) == 1.0 else f"{k}-f{float(fraction):g}"
+    if float(fraction) != 1.0:
+        k = f"{k}-f{float(fraction):g}"
+    return k if int(batch) == RECIPE_BATCH else f"{k}-b{int(batch)}"
 
 
 def parse_key(key: str) -> dict | None:
@@ -67,6 +73,7 @@ def parse_key(key: str) -> dict | None:
         depth=int(m["depth"]),
         seed=int(m["seed"]),
         train_fraction=float(m["fraction"]) if m["fraction"] else 1.0,
+        batch_size=int(m["batch"]) if m["batch"] else RECIPE_BATCH,
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from fcn import cell
+from fcn.batching import RECIPE_BATCH
 from fcn.errors import UserError
 from fcn.flags import add_arguments, given, option
 from fcn.frontends import DELTAS, INPUTS, VARIANTS, FrontEndParams
@@ -25,7 +26,7 @@ PAPER_CLIP_SECONDS = 29.12
 # [U] The paper does not give its training recipe. The sibling CRNN paper used Adam with defaults and early stopping
 # on validation AUC [C2]; Won et al. 2020 used batch 16. Max epochs and patience are ours.
 PAPER_LR = 1e-3
-PAPER_BATCH = 16
+PAPER_BATCH = RECIPE_BATCH  # the global batch (fcn/batching.py)
 PAPER_EPOCHS = 100
 PAPER_PATIENCE = 10
 
@@ -93,6 +94,14 @@ class RunConfig:
         choices=("folder", "clean"),
     )
     store: str = option("", "HDF5 feature store; empty = <data_dir>/<name>.h5, built on first use", resume=True)
+    build_store: str = option(
+        "auto",
+        "a missing store: auto (built here on first use, except in a Slurm job on real data: hours of CPU decoding "
+        "do not belong on a GPU allocation, so the job stops and names the command that builds it; harness.grid "
+        "builds it as a CPU job first), here, or never",
+        choices=("auto", "here", "never"),
+        resume=True,
+    )
     data_dir: str = option("data", "where built-in data sets and derived feature stores are kept", resume=True)
     synth_clips: int = option(1200, "size of the built-in synthetic data set (clips)")
     train_fraction: float = option(1.0, "fraction of the training split used (RQ4: data size)")
@@ -128,7 +137,11 @@ class RunConfig:
         "torch's default and Keras 1's momentum=0.9 [paper preset: 0.1]",
     )
     # --- optimisation ---
-    batch_size: int = option(16, "per-process batch size [U: 16 as in Won et al. 2020]")
+    batch_size: int = option(
+        RECIPE_BATCH,
+        "GLOBAL batch: clips per optimiser step over all processes, each training global / processes "
+        "(fcn/batching.py); part of the cell key when not 16 [U: 16 as in Won et al. 2020]",
+    )
     sync_bn: str = option(
         "auto",
         "SyncBatchNorm across processes: auto (on CUDA when several processes train with "
@@ -200,10 +213,11 @@ class RunConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1")
 
-    # The cell's stable key, e.g. mtat-mel-fcn4-s0 (fcn/cell.py; RQ4 runs on part of the data get a suffix).
+    # The cell's stable key, e.g. mtat-mel-fcn4-s0 (fcn/cell.py; RQ4 runs on part of the data, and runs at a global
+    # batch other than the recipe's 16, get a suffix).
     @property
     def key(self) -> str:
-        return cell.make_key(self.dataset, self.input, self.depth, self.seed, self.train_fraction)
+        return cell.make_key(self.dataset, self.input, self.depth, self.seed, self.train_fraction, self.batch_size)
 
     @property
     def model_options(self) -> dict:

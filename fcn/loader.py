@@ -1,9 +1,12 @@
 """Training and evaluation batches from a feature store split: whole float16 batches (fcn.store.Batches) in an
 order that is an exact function of (seed, epoch, rank), standardised on the device.
 
-Where the batches come from is decided per split: held in RAM when it fits (fcn.store.memory_budget), gathered by
-numpy indexing in the training process itself; otherwise read row by row from the HDF5 file, in config.num_workers
-worker processes. Either way the sampler, and so every batch's clips and their order, is the same.
+Where the batches come from is decided per split: held in RAM when it fits the node's budget (fcn.memory: the job's
+memory, Slurm's allocation and cgroup limits included), gathered by numpy indexing in the training process itself;
+otherwise read row by row from the HDF5 file, in config.num_workers worker processes. Held means mapped from the store
+file (one copy per node in the page cache, shared by all of the node's processes), or, for a store that cannot be
+mapped, a private copy within this process's share of the budget. Either way the sampler, and so every batch's clips
+and their order, is the same.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from fcn import dist
 from fcn.config import RunConfig
-from fcn.store import Batches, memory_budget
+from fcn.memory import node_budget
+from fcn.store import Batches
 
 
 def make_loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool, batch: int = 0):
@@ -23,8 +27,10 @@ def make_loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool, batch: int =
     sampler = DistributedSampler(
         ds, num_replicas=d.world, rank=d.rank, shuffle=shuffle, seed=config.seed, drop_last=False
     )
-    # Each of the node's training processes holds its own copy of the split, hence the budget's share.
-    in_memory = ds.hold_in_memory(memory_budget(d.local_world))
+    # Mapped, the node's processes share one copy (the node's budget); a private copy gets this process's share.
+    budget = node_budget()
+    ds.held = ds.hold(budget, d.local_world) or f"streamed (over the node's budget of {budget >> 20} MB)"
+    in_memory = ds.held in ("mapped", "copied")
     # A split held in memory is served without workers: gathering a batch is one memcpy-speed numpy copy, and a
     # worker would add a second copy into shared memory plus a pipe round trip per batch, on cores the training
     # process needs (bench/loading.py measures both). Workers would also need fork to share the array: spawn

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -38,6 +39,43 @@ def store_path(config) -> Path:
     deltas = "" if config.deltas == "librosa" else f"-deltas-{config.deltas}"
     name = f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s-{config.frontend_variant}{deltas}.h5"
     return Path(config.data_dir) / name
+
+
+def build_command(config) -> str:
+    """The command that builds `config`'s store on its own (a CPU job's command line): every flag that decides it."""
+    args = ["python", "-m", "fcn.preprocess", "--dataset", config.dataset]
+    for name in ("data_root", "splits_dir", "tags_db", "audio_root", "id_map"):
+        if getattr(config, name):
+            args += ["--" + name.replace("_", "-"), str(Path(getattr(config, name)).resolve())]
+    if config.dataset == "mtat":
+        args += ["--split", config.split]
+    if not config.data_root:
+        args += ["--synth-clips", str(config.synth_clips)]
+    args += ["--clip-seconds", f"{config.clip_seconds:g}", "--frontend-variant", config.frontend_variant]
+    args += ["--data-dir", str(Path(config.data_dir).resolve())]
+    return shlex.join(args)
+
+
+def may_build_here(config, env: dict | None = None) -> bool:
+    """Whether a missing store may be built by this process (config.build_store): `auto` builds, except in a Slurm
+    job on real data, where a build is hours of CPU decoding on a GPU allocation while the other ranks wait."""
+    env = os.environ if env is None else env
+    if config.build_store != "auto":
+        return config.build_store == "here"
+    return not (config.data_root and env.get("SLURM_JOB_ID"))
+
+
+def check_buildable(config, env: dict | None = None) -> None:
+    """Stop with one line naming the build command when the run's store is missing and may not be built here."""
+    path = store_path(config)
+    if config.store or is_current(path) or may_build_here(config, env):
+        return
+    where = "in a Slurm job on real data" if config.build_store == "auto" else "with --build-store never"
+    raise UserError(
+        f"feature store {path} does not exist and is not built {where}: build it first as a CPU job "
+        f"(`{build_command(config)}`, or `python -m harness.grid --cluster slurm` does it), or pass "
+        "--build-store here to build it in this job"
+    )
 
 
 def read_items(config):

@@ -20,6 +20,7 @@ import torch
 
 from fcn.errors import UserError
 from fcn.frontends import FrontEndParams
+from fcn.memory import node_budget
 
 # 2: the MFCC's 80 dB floor is per clip (format 1 floored each 32-clip batch as a whole, so a clip's MFCC depended
 # on its neighbours). 3: the front end has named variants (attr `frontend` holds `variant`: the mel is the authors'
@@ -29,11 +30,7 @@ FORMAT_VERSION = 3
 SPLITS = ("train", "valid", "test")
 # the decoder of stores written before the attr `decoder` existed: fcn.audio had only this one then
 OLD_DECODER = "soundfile"
-# [D] A split is held in RAM when its features take at most this fraction of the memory available to the process
-# (MemAvailable, or a cgroup limit when lower), shared among the node's training processes (each holds its own copy):
-# the rest stays for the model, the DataLoader's batches and the page cache. Over it, batches are read row by row
-# from the file as before (bench/loading.py measures both).
-IN_MEMORY_FRACTION = 0.5
+# [D] What fraction of the job's memory a node's held features may take: fcn/memory.py (IN_MEMORY_FRACTION).
 # [D] The one-off read of a split goes through blocks of about this many bytes (sequential reads at disk speed; a
 # block where fewer than 1 in BLOCK_MIN_DENSITY rows belong to the split is read row by row instead).
 BLOCK_BYTES = 64 << 20
@@ -203,35 +200,10 @@ def check_store(path: str | Path, *, input: str, params: FrontEndParams, dataset
     return meta
 
 
-def available_memory() -> int | None:
-    """Bytes of memory this process may still use: MemAvailable (Linux), lowered to what a cgroup v2 limit leaves
-    (Slurm's --mem, a container's limit); the free physical pages elsewhere; None when unknown."""
-    avail = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    if avail is None:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-    try:
-        cg = Path("/sys/fs/cgroup")
-        limit = (cg / "memory.max").read_text().strip()
-        if limit != "max":
-            avail = min(avail, int(limit) - int((cg / "memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return max(0, avail)
-
-
 def memory_budget(processes: int = 1) -> int:
-    """Bytes one of `processes` training processes on this node may spend holding a split (IN_MEMORY_FRACTION)."""
-    avail = available_memory()
-    return 0 if avail is None else int(IN_MEMORY_FRACTION * avail / max(1, processes))
+    """Bytes one of `processes` training processes on this node may spend holding a private copy of a split: its
+    share of the node's budget (fcn.memory.node_budget: the job's memory, Slurm's allocation and cgroup included)."""
+    return node_budget() // max(1, processes)
 
 
 def _read_rows(d, rows: np.ndarray, out: np.ndarray) -> None:
@@ -282,7 +254,11 @@ class FeatureDataset(torch.utils.data.Dataset):
             self.row_shape, self.itemsize = tuple(h[input].shape[1:]), h[input].dtype.itemsize
         self._h5 = None
         self._pid = None
-        self.features = None  # (len, rows, frames) float16 in split order once hold_in_memory() has read it
+        # held features: None (read row by row from the file), this split's rows in split order (hold_in_memory),
+        # or the whole store's input mapped read-only (map_store: `rows` then says which row each position is)
+        self.features = None
+        self.rows: np.ndarray | None = None
+        self.held = ""  # how the loader holds it: mapped, copied or streamed (fcn/loader.py; logged by fcn.train)
 
     def nbytes(self) -> int:
         """Bytes of this split's features (float16)."""
@@ -299,6 +275,35 @@ class FeatureDataset(torch.utils.data.Dataset):
             self.features = x
         return self.features is not None
 
+    def map_store(self, budget: int) -> bool:
+        """Map the store's features of this input read-only (np.memmap of the file's contiguous HDF5 dataset) if the
+        split takes at most `budget` bytes; whether it is mapped. The pages live in the node's page cache, so every
+        process of a node that maps the same store shares one copy, read once per node (the budget is the node's,
+        not a process's share of it), and the kernel reclaims them under memory pressure instead of killing the job.
+        A chunked or compressed dataset has no such byte range: False, and the caller copies or streams."""
+        if self.features is not None:
+            return self.rows is not None
+        if not 0 < self.nbytes() <= budget:
+            return False
+        with h5py.File(self.path, "r") as h:
+            d = h[self.input]
+            offset = d.id.get_offset() if d.chunks is None and d.compression is None else None
+            shape, dtype = d.shape, d.dtype
+        if offset is None:
+            return False
+        self.features = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        self.rows = self.index
+        row = self.nbytes() // len(self)
+        _will_need(self.path, offset + int(self.index[0]) * row, (int(self.index[-1]) - int(self.index[0]) + 1) * row)
+        return True
+
+    def hold(self, node_budget: int, processes: int) -> str:
+        """Hold the split in RAM within the node's budget: mapped and shared by the node's `processes` when the
+        store allows, else a private copy within this process's share; "mapped", "copied" or "" (streamed)."""
+        if self.map_store(node_budget):
+            return "mapped"
+        return "copied" if self.hold_in_memory(node_budget // max(1, processes)) else ""
+
     def __len__(self) -> int:
         return len(self.index)
 
@@ -309,7 +314,7 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         """One clip, standardised float32 (1, rows, frames); training reads whole batches instead (read_batch)."""
-        x = self.features[i] if self.features is not None else self._file()[self.index[i]]
+        x = self.features[self._at(i)] if self.features is not None else self._file()[self.index[i]]
         x = self.standardise(torch.from_numpy(x))
         return x.unsqueeze(0), torch.from_numpy(self.labels[i]), i
 
@@ -326,7 +331,7 @@ class FeatureDataset(torch.utils.data.Dataset):
                 x = torch.empty((len(idx), *self.features.shape[1:]), dtype=torch.float16, pin_memory=True)
                 self.gather(idx, x)
             else:
-                x = torch.from_numpy(self.features[idx])
+                x = torch.from_numpy(np.ascontiguousarray(self.features[self._at(idx)]))
             return x.unsqueeze(1), torch.from_numpy(self.labels[idx]), torch.from_numpy(idx)
         d = self._file()
         x = np.empty((len(idx), *d.shape[1:]), dtype=d.dtype)
@@ -339,7 +344,11 @@ class FeatureDataset(torch.utils.data.Dataset):
         """out[k] = features of clip idx[k], from the split held in memory, into a float16 CPU tensor."""
         # mode="clip" only spares numpy a buffered copy into `out` (mode="raise" buffers): idx comes from the
         # sampler and always lies in range
-        np.take(self.features, idx, axis=0, out=out.numpy(), mode="clip")
+        np.take(self.features, self._at(idx), axis=0, out=out.numpy(), mode="clip")
+
+    def _at(self, idx):
+        """Rows of `features` for split positions `idx` (the store's rows when it is mapped)."""
+        return idx if self.rows is None else self.rows[idx]
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         """float16 features → standardised float32, on whatever device `x` is on. torch's float16 → float32 is
@@ -349,6 +358,8 @@ class FeatureDataset(torch.utils.data.Dataset):
     def __getstate__(self):
         d = dict(self.__dict__)
         d["_h5"] = None
+        if self.rows is not None:  # a mapping is not pickled as a copy of the store: a worker reads the file
+            d["features"], d["rows"] = None, None
         return d
 
 
@@ -365,3 +376,18 @@ class Batches(torch.utils.data.Dataset):
 
     def __getitem__(self, idx):
         return self.ds.read_batch(idx, pin=self.pin)
+
+
+def _will_need(path: str, start: int, length: int) -> None:
+    """Ask the kernel to read a mapped split's byte range ahead (sequential, asynchronous): the first epoch then finds
+    most pages in the page cache instead of faulting them in one clip at a time."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, max(0, start), max(0, length), os.POSIX_FADV_WILLNEED)
+    except (OSError, AttributeError):  # not Linux, or a file system without readahead: the pages fault in on use
+        pass
+    finally:
+        os.close(fd)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from fcn import cell, checkpoint, dist, tracker, tracking
 from fcn import metrics as M
+from fcn.batching import BatchPlan, plan_batch
 from fcn.cell import run_dir
 from fcn.checkpoint import Progress
 from fcn.config import RunConfig, add_config_arguments, config_from_args
@@ -42,6 +43,7 @@ from fcn.malloc import keep_freed_memory
 from fcn.models import FCN, n_params
 from fcn.precision import autocast, channels_last, describe
 from fcn.preprocess import ensure_feature_store
+from fcn.run_store import check_buildable
 from fcn.store import FeatureDataset, check_store
 
 # [D] Below this many clips per process, batch statistics are too noisy per GPU: BatchNorm becomes SyncBatchNorm.
@@ -93,15 +95,9 @@ def predict(
 # --- rules of a run over several processes ----------------------------------------------------------------------------
 
 
-def per_process_batch(global_batch: int, world: int) -> int:
-    """The training batch of each process, so that `world` processes keep the run's global batch. A run's global
-    batch is fixed when it starts (batch_size × processes) and kept on resume with another process count."""
-    if global_batch % world:
-        raise UserError(
-            f"this run's global batch of {global_batch} clips cannot be split over {world} processes: "
-            f"resume it on a process count that divides {global_batch}"
-        )
-    return global_batch // world
+def sync_bn_possible(config: RunConfig, world: int, device: torch.device) -> bool:
+    """Whether SyncBatchNorm can carry a per-process share too small for BatchNorm (fcn/batching.py)."""
+    return world > 1 and device.type == "cuda" and config.sync_bn != "off"
 
 
 def use_sync_bn(config: RunConfig, world: int, batch: int, device: torch.device) -> bool:
@@ -135,6 +131,7 @@ class Run:
     fmt: torch.memory_format  # the model's and every batch's layout, decided once
     progress: Progress = field(default_factory=Progress)
     batch: int = 0  # training clips per process per step
+    plan: BatchPlan | None = None  # how the global batch is shared among the processes (fcn/batching.py)
     net: torch.nn.Module | None = None  # what trains: the model, or DDP around it
     loaders: dict = field(default_factory=dict)
     tracker: Any = None
@@ -236,6 +233,7 @@ def _set_up(config: RunConfig, d: dist.Dist, rdir: Path, trial: str) -> Run:
     # Global rank 0 alone builds a missing store; the others wait for its finished file (not in a collective
     # barrier, which would time out during a paper-scale MSD build; not on the file lock alone, which some
     # shared file systems keep per node).
+    check_buildable(config)  # every rank: a missing store that must not be built in this job ends all of them
     store = ensure_feature_store(config, progress=d.main, build_here=d.main)
     dist.barrier(d)
     meta = check_store(store, input=config.input, params=config.frontend, dataset=config.dataset)
@@ -285,7 +283,8 @@ def _resume(run: Run) -> bool:
     c, d = run.config, run.d
     # the newest usable generation (one line if it falls back, a warning if none is usable: start from scratch)
     state = checkpoint.load_last(cell.ckpt(run.rdir, cell.LAST), warn=run.log)
-    run.progress = Progress(global_batch=c.batch_size * d.world, world=d.world)
+    # config.batch_size is the global batch (fcn/batching.py): the same recipe on any number of processes
+    run.progress = Progress(global_batch=c.batch_size, world=d.world)
     if state is not None:
         changed = checkpoint.config_changes(state["config"], c)
         if changed:
@@ -299,7 +298,9 @@ def _resume(run: Run) -> bool:
         run.progress = Progress.from_dict(state["progress"], defaults=run.progress)
         run.run_id = state.get("run_id")
     p = run.progress
-    run.batch = per_process_batch(p.global_batch, d.world)
+    # the checkpoint's global batch is kept (one made before batch_size became global recorded batch_size × processes)
+    run.plan = plan_batch(p.global_batch, d.world, sync_bn_possible(c, d.world, d.device))
+    run.batch = run.plan.per_process
     if p.world != d.world:
         run.log(
             f"{c.key}: resuming on {d.world} process(es), the checkpoint was made on {p.world}: global batch "
@@ -316,13 +317,16 @@ def _start(run: Run, resumed: bool) -> None:
     tags = {"run_dir": str(run.rdir.resolve())}
     if c.parent_run_id:
         tags["mlflow.parentRunId"] = c.parent_run_id
-    run.run_id = run.tracker.start(run.rdir.name, {**c.to_dict(), "key": run.rdir.name}, tags, run_id=run.run_id)
+    # the global batch is a param of its own: it identifies the result (harness/tables never pool two of them), and
+    # on a run resumed from a checkpoint made before batch_size became global it differs from batch_size
+    params = {**c.to_dict(), "key": run.rdir.name, "global_batch": run.progress.global_batch}
+    run.run_id = run.tracker.start(run.rdir.name, params, tags, run_id=run.run_id)
     if d.main and not resumed:
         run.tracker.metrics({"n_params": n_params(run.model)})
     if d.main and resumed:  # epochs the checkpoint holds but MLflow missed (their queued calls died with a process)
         tracker.log_missing_epochs(run.tracker, run.progress.history)
     run.net = run.model
-    if use_sync_bn(c, d.world, run.batch, d.device):
+    if run.plan.sync_bn or use_sync_bn(c, d.world, run.batch, d.device):
         run.net = run.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
     if d.world > 1:
         run.net = torch.nn.parallel.DistributedDataParallel(
@@ -343,7 +347,9 @@ def _start(run: Run, resumed: bool) -> None:
         n = {k: len(ds) for k, ds in run.data.items()}
         run.log(
             f"{c.key}: {n_params(run.model):,} parameters, {n['train']}/{n['valid']}/{n.get('test', '-')} "
-            f"clips, {d.world} process(es) on {d.device} on host {host}, {describe(c, d.device)}, store {run.store}"
+            f"clips, {d.world} process(es) on {d.device} on host {host}, {run.plan.describe()}, "
+            f"{describe(c, d.device)}, store {run.store}; splits held: "
+            + ", ".join(f"{k} {ds.held}" for k, ds in run.data.items())
         )
 
 
@@ -388,7 +394,7 @@ def _train_epoch(run: Run, epoch: int) -> float:
     dl.sampler.sampler.set_epoch(epoch)  # the BatchSampler's DistributedSampler
     run.net.train()
     # summed on the device and read once per epoch: a .item() per step would stall the GPU every step
-    loss_sum, n = torch.zeros((), dtype=torch.float64, device=d.device), 0
+    loss_sum, n, steps = torch.zeros((), dtype=torch.float64, device=d.device), 0, 0
     bar = tqdm(
         dl,
         desc=f"{c.key} epoch {epoch + 1}/{c.epochs}",
@@ -398,17 +404,26 @@ def _train_epoch(run: Run, epoch: int) -> float:
         file=sys.stderr,
     )
     for x, y, _ in bar:
-        if len(y) < 2:
-            # A last batch of one clip can't be batch-normalised; every rank has the same batch count
-            # (DistributedSampler pads), so all ranks skip it together and DDP stays in step.
+        if len(y) < run.plan.min_step_clips:
+            # A last batch of one clip can't be batch-normalised (fcn/batching.py); every rank has the same batch
+            # sizes (DistributedSampler pads), so all ranks skip it together and DDP stays in step.
             continue
         x = device_inputs(x, dl, run.fmt, d)
         y = y.to(d.device, non_blocking=True)
         loss = train_step(run.net, run.opt, x, y, c, d.device)
         loss_sum += loss.double() * len(y)
         n += len(y)
+        steps += 1
         if not bar.disable and bar.n % 50 == 0:  # a terminal's bar: one sync every 50 steps
             bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}")
+    if steps == 0:
+        # every rank skipped every batch (the same sizes on all ranks): an epoch that changed no weight would
+        # still be checkpointed, tested and published as a finished cell at chance AUC
+        raise UserError(
+            f"{c.key}: epoch {epoch + 1} made no optimiser step ({len(run.data['train'])} training clips, "
+            f"{run.plan.describe()}, batches under {run.plan.min_step_clips} clips skipped): use more training "
+            "clips or a process count that leaves at least 2 clips per process"
+        )
     return sum(dist.gather(float(loss_sum), d)) / max(1, sum(dist.gather(n, d)))
 
 
@@ -482,6 +497,8 @@ def _test(run: Run) -> tuple[dict, dict]:
         train_time_s=p.train_time,
         n_params=n_params(run.model),
         world_size=d.world,
+        global_batch=p.global_batch,
+        batch_per_process=run.batch,
         run_dir=str(run.rdir.resolve()),
         config=c.to_dict(),
     )

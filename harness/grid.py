@@ -5,6 +5,7 @@
         --data-root-mtat /data/mtat --data-root-msd /data/msd --tracking-uri http://mlflow.example:5000
     python -m harness.grid --cluster ray --ray-address auto --gpus-per-trial 1
     python -m harness.grid --dry-run --only 'msd-*'           # what would run, and where
+    python -m harness.grid --cluster slurm --paper --gpus-per-node 4 --mem-gb 128 --plan   # what each job needs
 
 --paper keeps the paper's 10 cells and implies --preset paper (the paper's scale) unless a --preset is given.
 
@@ -27,6 +28,7 @@ from fcn.preprocess import ensure_feature_stores
 from fcn.tracker import sync_finished
 from harness import backends, tracking_server
 from harness.cells import add_grid_arguments, grid_from_args
+from harness.plan import print_plan
 from harness.search import apply_recipes
 from harness.status import grid_states
 from harness.tables import write_tables
@@ -63,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--cluster", choices=backends.BACKENDS, default="local", help="where cells run (default: local)")
     ap.add_argument("--dry-run", action="store_true", help="print the cells, their state and where they would run")
+    ap.add_argument(
+        "--plan",
+        action="store_true",
+        help="--cluster slurm: print what each cell's job needs (store, memory per node, global and per-process "
+        "batch, epoch time, time limit and requeues) and refuse what cannot work; submits nothing, needs no cluster",
+    )
+    ap.add_argument(
+        "--clips-per-s",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="with --plan: FCN-4 mel training clips/s of one GPU as measured there (python -m bench --gpu-smoke); "
+        "without it epoch times are 'not measured on this GPU'",
+    )
     ap.add_argument("--results", default="results", help="where tables and figures are written (default: results)")
     ap.add_argument("--no-tables", action="store_true", help="don't write tables at the end")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -139,6 +155,10 @@ def _main(args) -> int:
     if args.configs_from:
         cells = apply_recipes(cells, args.configs_from)
     backend, opts = _backend(args)
+    if args.plan or args.clips_per_s:
+        if args.cluster != "slurm" or not args.plan:
+            raise UserError("--plan (and --clips-per-s with it) plans Slurm jobs: use them with --cluster slurm")
+        return print_plan(cells, opts, args.clips_per_s)  # before MLflow and sinfo: a plan needs neither
     uri = cells[0].tracking_uri
     if not (args.dry_run and uri.startswith("sqlite:")):  # a dry run writes nothing, not even the store's folder
         tracking.check_reachable(uri)
@@ -158,8 +178,11 @@ def _main(args) -> int:
     if todo:
         parent = _parent_run(uri, cells)
         todo = [c.replace(parent_run_id=parent) for c in todo]
-        if args.cluster != "slurm" or not todo[0].data_root:
-            ensure_feature_stores(todo, progress=not args.quiet)
+        # stores built here: every store of a local or Ray sweep, and the built-in synthetic data's (seconds); on
+        # Slurm a missing store of real data is built by a CPU job the cells wait for (harness/backends/slurm.py)
+        here = [c for c in todo if args.cluster != "slurm" or not c.data_root]
+        if here:
+            ensure_feature_stores(here, progress=not args.quiet)
         outcomes = backend.run(todo, opts, progress=not args.quiet)
         if any(o.state == "submitted" for o in outcomes):
             print("submitted; rerun the same command or `python -m harness.status` to follow", file=sys.stderr)

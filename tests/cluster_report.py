@@ -41,6 +41,22 @@ SCENARIOS = {
         "a node's slurmd dies while the cell's old copy runs on",
         "the requeued copy waits on the cell lock; the cell ends finished exactly once",
     ),
+    "tests/test_multinode.py::test_grid_on_slurm_with_two_nodes_per_cell": (
+        "`harness.grid --cluster slurm --nodes 2` on a data root whose store is missing",
+        "a CPU job builds the store; the cell's job waits on it (afterok) and starts after it ended (sacct); 1 run",
+    ),
+    "tests/test_multinode.py::test_memory_bounded_job_keeps_within_its_nodes_limit": (
+        "2 nodes × 2 ranks, --mem 2400M per node enforced by a memory cgroup per node, a ≈600 MB split",
+        "no copy per rank (streamed or mapped once per node): job COMPLETED, 0 OOM kills, peak per node ≤ --mem",
+    ),
+    "tests/test_batching.py::test_16_processes_train_one_clip_each_only_with_sync_batchnorm": (
+        "the recipe's global batch of 16 over 16 processes (the rule each job applies before its first step)",
+        "1 clip per process under SyncBatchNorm; refused in one line without it",
+    ),
+    "tests/test_batching.py::test_32_processes_are_refused_for_a_global_batch_of_16": (
+        "a global batch of 16 over 32 processes",
+        "refused in one line (under one clip per process), with or without SyncBatchNorm",
+    ),
 }
 COLUMNS = (
     ("jobs", "jobs"),

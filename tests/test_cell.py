@@ -13,13 +13,18 @@ def _run(status: str, metrics: dict):
 
 
 @pytest.mark.parametrize("fraction", [1.0, 0.25, 0.5, 0.125])
-def test_key_round_trips_with_the_training_fraction(fraction):
+@pytest.mark.parametrize("batch", [16, 32, 8])
+def test_key_round_trips_with_the_training_fraction_and_global_batch(fraction, batch):
     from fcn import cell
     from fcn.config import RunConfig
 
-    c = RunConfig(dataset="msd", input="stft", depth=7, seed=12, train_fraction=fraction)
-    assert cell.parse_key(c.key) == dict(dataset="msd", input="stft", depth=7, seed=12, train_fraction=fraction)
-    assert c.key.endswith("-s12") == (fraction == 1.0)  # a full-data cell keeps the paper grid's plain key
+    c = RunConfig(dataset="msd", input="stft", depth=7, seed=12, train_fraction=fraction, batch_size=batch)
+    assert cell.parse_key(c.key) == dict(
+        dataset="msd", input="stft", depth=7, seed=12, train_fraction=fraction, batch_size=batch
+    )
+    # a full-data cell at the recipe's global batch keeps the paper grid's plain key (every key made before)
+    assert c.key.endswith("-s12") == (fraction == 1.0 and batch == 16)
+    assert c.key.endswith(f"-b{batch}") == (batch != 16)  # another global batch is another cell, never a seed
     assert cell.parse_key("sweep-fcn") is None and cell.parse_key(c.key + "-t3") is None  # not cells
 
 

@@ -179,12 +179,13 @@ def test_checkpoint_holds_only_this_ranks_cuda_rng_and_resumes_on_fewer_gpus(mon
 
 
 def test_global_batch_and_sync_bn_rules():
+    from fcn.batching import plan_batch
     from fcn.config import RunConfig
-    from fcn.train import SYNC_BN_BELOW, per_process_batch, use_sync_bn
+    from fcn.train import SYNC_BN_BELOW, sync_bn_possible, use_sync_bn
 
-    assert per_process_batch(32, 4) == 8 and per_process_batch(32, 1) == 32
-    with pytest.raises(UserError, match="cannot be split over 3 processes"):
-        per_process_batch(32, 3)
+    assert plan_batch(32, 4, False).per_process == 8 and plan_batch(32, 1, False).per_process == 32
+    with pytest.raises(UserError, match="cannot be split evenly over 3 processes"):
+        plan_batch(32, 3, False)
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     auto = RunConfig()
     assert SYNC_BN_BELOW == 8 and "[D]" in RunConfig.__dataclass_fields__["sync_bn"].metadata["help"]
@@ -193,6 +194,9 @@ def test_global_batch_and_sync_bn_rules():
     assert use_sync_bn(RunConfig(sync_bn="on"), 2, 16, cuda) and not use_sync_bn(RunConfig(sync_bn="off"), 8, 2, cuda)
     with pytest.raises(UserError, match="needs CUDA"):
         use_sync_bn(RunConfig(sync_bn="on"), 2, 16, cpu)
+    # SyncBatchNorm can carry a share of one clip only on CUDA, with several processes, and when not switched off
+    assert sync_bn_possible(auto, 16, cuda) and not sync_bn_possible(auto, 16, cpu)
+    assert not sync_bn_possible(auto, 1, cuda) and not sync_bn_possible(RunConfig(sync_bn="off"), 16, cuda)
 
 
 def test_only_rank0_builds_the_store_others_wait_bounded(tiny, tmp_path, data_dir):

@@ -96,7 +96,8 @@ def _run(nproc: int, flags: list[str], probe: Path, **env) -> subprocess.Complet
 
 
 def test_resume_across_2_1_4_processes_keeps_the_global_batch(tiny, tmp_path):
-    config = tiny(epochs=3, patience=3, experiment="regpu")
+    # a global batch of 32 (fcn/batching.py): 16 clips per process on 2, 32 on 1, 8 on 4
+    config = tiny(epochs=3, patience=3, experiment="regpu", batch_size=32)
     flags = config_flags(config)
     rdir = Path(config.out_dir) / config.experiment / config.key
     probe = tmp_path / "probe"
@@ -121,6 +122,7 @@ def test_resume_across_2_1_4_processes_keeps_the_global_batch(tiny, tmp_path):
     ), log
     m = json.loads((rdir / "metrics.json").read_text())
     assert m["world_size"] == 4 and m["epochs_run"] == 3 and 0 <= m["test_roc_auc"] <= 1
+    assert (m["global_batch"], m["batch_per_process"]) == (32, 8) and rdir.name.endswith("-b32")
     from fcn import checkpoint
 
     progress = checkpoint.load(rdir / "ckpt" / "last.pt")["progress"]

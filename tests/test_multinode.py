@@ -150,7 +150,12 @@ def test_cell_script_ddp_across_two_nodes_matches_two_tasks_on_one(slurm_multi, 
 @slow
 def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, empty_store):
     """`harness.grid --cluster slurm --nodes 2`: submitit's job has one task per node; the cell trains under DDP with
-    one rank on each host and finishes once."""
+    one rank on each host and finishes once. Its data set is given as a data root (the real layout) whose store does
+    not exist: a CPU job builds it first and the cell's job starts only after that job completed (afterok, in sacct)."""
+    from fcn.config import RunConfig
+    from fcn.run_store import synth_root
+
+    root = synth_root(RunConfig(dataset="msd", data_dir=str(data_dir), **TINY))
     flags = grid_flags(
         data_dir,
         tmp_path,
@@ -167,6 +172,14 @@ def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, 
         "--depths",
         "3",
         "--time-min",
+        "10",
+        "--data-root-msd",
+        str(root),
+        "--data-dir",
+        str(tmp_path / "data"),  # the store this grid's CPU job builds (the session's data dir stays as it was)
+        "--store-cpus",
+        "1",
+        "--store-time-min",
         "10",
     )
     env = {**os.environ, **slurm_multi.env, "PYTHONUNBUFFERED": "1"}
@@ -186,6 +199,25 @@ def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, 
     assert f"rank 0/2 on host {n1}" in logs and f"rank 1/2 on host {n2}" in logs, logs[-3000:]
     runs = [r for r in _runs(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "fcn-sweep") if "cell_key" in r.data.tags]
     assert [(r.info.run_name, r.info.status) for r in runs] == [("msd-mel-fcn3-s0", "FINISHED")]
+    # stores before GPUs: the store's CPU job completed before the cell's job started, which waited on it
+    jobs = json.loads((tmp_path / "runs" / "fcn-sweep" / ".harness" / "slurm_jobs.json").read_text())
+    store_job = next(v for k, v in jobs.items() if k.startswith("store:"))
+    cell_job = jobs["msd-mel-fcn3-s0"]
+    assert f"CPU job {store_job} builds it first" in p.stderr and f"after store job {store_job}" in p.stderr
+    assert slurm_multi.wait_sacct(store_job) == "COMPLETED" and slurm_multi.wait_sacct(cell_job) == "COMPLETED"
+    times = {}
+    for j in (store_job, cell_job):
+        out = slurm_multi.run("sacct", "-X", "-n", "-P", "-j", str(j), "-o", "JobID,Submit,Start,End").stdout
+        times[j] = out.strip().splitlines()[0].split("|")
+    assert times[store_job][3] <= times[cell_job][2], times  # ISO times: the cell started after the build ended
+    assert times[cell_job][1] <= times[store_job][3], times  # and was submitted before it ended: it waited (afterok)
+    record(
+        "test_grid_on_slurm_with_two_nodes_per_cell",
+        jobs=2,
+        finished=1,
+        note=f"store job {store_job} end {times[store_job][3]} ≤ cell job {cell_job} start {times[cell_job][2]} "
+        "(afterok, sacct)",
+    )
 
 
 def _hosts(train_log: Path) -> list[str]:
@@ -451,3 +483,95 @@ def test_slurmd_lost_while_the_old_copy_runs_on(slurm_multi, data_dir, tmp_path,
             except ProcessLookupError:
                 pass
         _bring_back(slurm_multi, lost)
+
+
+# The memory-bounded job: each node's --mem, and a split larger than one rank's share of it. The big split is the
+# validation split: every split is held by the same rule, and evaluation (forward only) costs a third of training
+# per clip, so the scenario stays short on 2 shared cores. A rank with torch and MLflow holds ~750 MB (measured).
+MEM_MB = 2400
+BIG_CLIPS = 2600  # 29.12 s mel clips of 262 KB: 200 train, 2,300 (≈ 600 MB) valid, 100 test
+
+
+@slow
+def test_memory_bounded_job_keeps_within_its_nodes_limit(slurm_multi, tmp_path, empty_store):
+    """2 nodes × 2 ranks, --mem=2400M per node, the limit ENFORCED by a memory cgroup per node that the test makes as
+    root (standing in for Slurm's task/cgroup: the fixture runs TaskPlugin=task/none, both slurmds share one kernel;
+    each rank joins its node's cgroup before exec, through the script's PYTHON). The ≈600 MB validation split is over
+    what one rank may hold: the ranks read the cgroup's limit (fcn/memory.py) and stream it from the store (or map it
+    once for the node). On main each rank copied it into RAM (the job's limit was never read): 2 × (≈750 MB of
+    process + 600 MB) over the 2,400 MB limit, OOM-killed."""
+    from bench.memory import make_store
+
+    store = make_store(tmp_path / "big.h5", BIG_CLIPS, train=200 / BIG_CLIPS, valid=2300 / BIG_CLIPS)
+    tag = f"fcn-mem-{os.getpid()}"
+    groups = {n: Path("/sys/fs/cgroup/memory") / f"{tag}-{n}" for n in slurm_multi.nodes}
+    wrapper = tmp_path / "python-in-cgroup.sh"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        f'echo $$ > "/sys/fs/cgroup/memory/{tag}-$(hostname)/cgroup.procs" || exit 97\n'
+        f'exec {shlex.quote(str(REPO / ".venv" / "bin" / "python"))} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    try:
+        for g in groups.values():
+            g.mkdir()
+            (g / "memory.limit_in_bytes").write_text(str(MEM_MB << 20))
+        fcn = dict(store=str(store), clip_seconds=29.12, frontend_variant="authors", width=0.03, epochs=1, patience=1)
+        env = dict(_tiny_env(tmp_path, _out_dir(tmp_path / "runs", empty_store), **fcn), PYTHON=str(wrapper))
+        job = _sbatch(
+            slurm_multi,
+            SLURM / "mtat_fcn3.sh",
+            tmp_path / "job.out",
+            "--time=15",
+            f"--mem={MEM_MB}M",
+            "--cpus-per-task=1",
+            "--nodes=2",
+            "--ntasks-per-node=2",
+            "--gpus-per-node=0",
+            env=env,
+        )
+        state = slurm_multi.wait_job(job, timeout=600)
+        oom = {n: _oom_kills(g) for n, g in groups.items()}
+        peak = {n: int((g / "memory.max_usage_in_bytes").read_text()) for n, g in groups.items()}
+    finally:
+        slurm_multi.cancel_all()
+        for g in groups.values():
+            _remove_cgroup(g)
+    text = _log(tmp_path / "job.out")
+    assert state == "COMPLETED", text[-4000:] + slurm_multi.log_tails()
+    assert oom == {n: 0 for n in groups}, (oom, text[-3000:])
+    cell = tmp_path / "runs" / "fcn-sweep" / "mtat-mel-fcn3-s0"
+    m = json.loads((cell / "metrics.json").read_text())
+    assert m["world_size"] == 4 and m["global_batch"] == 16 and m["batch_per_process"] == 4
+    log = (cell / "train.log").read_text()
+    # over one rank's share of the node: never a private copy per rank (main's, OOM-killed here); streamed when over
+    # the node's budget (the cgroup's room, which the ranks' own memory lowers), else mapped once for the node
+    held = log.split("splits held: ")[1].split(", valid ")[1].split(", test ")[0]
+    assert held == "mapped" or held.startswith("streamed (over the node's budget of"), log
+    assert all(p <= MEM_MB << 20 for p in peak.values())
+    record(
+        "test_memory_bounded_job_keeps_within_its_nodes_limit",
+        jobs=1,
+        nodes_used=2,
+        crashed=0,
+        finished=1,
+        note=f"--mem {MEM_MB} MB per node, 2 ranks per node, a ≈600 MB validation split {held.split(' (')[0]}; "
+        f"peak memory per node (cgroup max usage) {', '.join(f'{n} {p >> 20} MB' for n, p in peak.items())}; "
+        f"OOM kills {sum(oom.values())}",
+    )
+
+
+def _oom_kills(group: Path) -> int:
+    """OOM kills in a v1 memory cgroup (memory.oom_control's oom_kill, kernel 4.13+; else under_oom)."""
+    fields = dict(line.split() for line in (group / "memory.oom_control").read_text().splitlines())
+    return int(fields.get("oom_kill", fields.get("under_oom", 0)))
+
+
+def _remove_cgroup(group: Path) -> None:
+    """rmdir once its processes are gone (the job's steps end a moment after the job)."""
+    deadline = time.time() + 30
+    while group.exists() and time.time() < deadline:
+        try:
+            group.rmdir()
+        except OSError:
+            time.sleep(0.5)

@@ -91,25 +91,11 @@ def _sbatch(cluster, script: Path, log: Path, *opts: str, env: dict[str, str]) -
     return int(out.stdout.strip().split(";")[0])
 
 
-def _batch_for_two_ranks(data_dir) -> int:
-    """TINY's batch size, unless each of 2 ranks would end an epoch on a batch of 1 (batch norm after the global pool
-    cannot train on one clip; fcn/train.py keeps the last partial batch), which the synthetic split's size can cause."""
-    import h5py
-
-    from fcn.config import RunConfig
-    from fcn.run_store import store_path
-
-    with h5py.File(store_path(RunConfig(dataset="msd", data_dir=str(data_dir), **TINY)), "r") as h:
-        per_rank = -(-int((h["split"].asstr()[:] == "train").sum()) // 2)
-    return next(b for b in range(TINY["batch_size"], 1, -1) if per_rank % b != 1)
-
-
 def _tiny_env(data_dir, out_dir: Path, **fcn) -> dict[str, str]:
     """The cell script's variables for a tiny run: every field the paper preset sets is overridden in FCN_ARGS."""
     # --device cpu: the fake GPUs are allocated but unusable, and --device auto rightly stops on that (fcn/dist.py)
-    args = dict(
-        TINY, data_dir=str(data_dir), num_workers=0, batch_size=_batch_for_two_ranks(data_dir), device="cpu", **fcn
-    )
+    # TINY's global batch of 16: 8 clips on each of 2 ranks (a last batch of one is skipped by both, fcn/batching.py)
+    args = dict(TINY, data_dir=str(data_dir), num_workers=0, device="cpu", **fcn)
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in args.items())
     return {
         "FCN_ARGS": flags,

@@ -47,18 +47,21 @@ def test_memory_format_auto_follows_the_measured_rule(monkeypatch):
     assert channels_last(paper, cpu) and not channels_last(paper.replace(memory_format="contiguous"), cuda)
 
 
-def _epoch_batches(config, d, epoch: int, held: bool, monkeypatch):
-    """Every batch of one epoch of fcn.train's training loader, the split held in memory or read row by row."""
-    import fcn.store
+def _epoch_batches(config, d, epoch: int, mode: str, monkeypatch):
+    """Every batch of one epoch of fcn.train's training loader, the split mapped from the store, copied into memory
+    or read row by row."""
+    import fcn.memory
     from fcn.loader import make_loader
     from fcn.run_store import store_path
     from fcn.store import FeatureDataset
 
-    monkeypatch.setattr(fcn.store, "IN_MEMORY_FRACTION", 0.5 if held else 0.0)
+    monkeypatch.setattr(fcn.memory, "IN_MEMORY_FRACTION", 0.0 if mode == "rows" else 0.5)
     ds = FeatureDataset(store_path(config), "mel", "train", fraction=0.8, seed=3)
+    if mode == "copied":  # a store that cannot be mapped (chunked, compressed): a private copy
+        monkeypatch.setattr(ds, "map_store", lambda budget: False)
     dl = make_loader(ds, config, d, shuffle=True)
-    assert (ds.features is not None) == held
-    assert dl.num_workers == (0 if held else config.num_workers)  # a held split is served without workers
+    assert (ds.features is not None) == (mode != "rows") and (ds.rows is not None) == (mode == "mapped")
+    assert dl.num_workers == (0 if mode != "rows" else config.num_workers)  # a held split is served without workers
     dl.sampler.sampler.set_epoch(epoch)
     return list(dl)
 
@@ -70,14 +73,45 @@ def test_split_in_memory_yields_exactly_the_per_row_batches(data_dir, monkeypatc
     config = RunConfig(data_dir=str(data_dir), **TINY).replace(batch_size=7, num_workers=1, seed=5)
     d = Dist(rank=rank, world=world, local_rank=0, local_world=1, device=torch.device("cpu"))
     for epoch in (0, 3):
-        held = _epoch_batches(config, d, epoch, True, monkeypatch)
-        rows = _epoch_batches(config, d, epoch, False, monkeypatch)
-        assert len(held) == len(rows) > 2
-        for (x, y, i), (x2, y2, i2) in zip(held, rows, strict=True):
-            assert x.dtype == x2.dtype == torch.float16
-            assert torch.equal(i, i2) and torch.equal(x, x2) and torch.equal(y, y2)
-    other = _epoch_batches(config, d, 1, True, monkeypatch)  # and the order does change with the epoch
+        rows = _epoch_batches(config, d, epoch, "rows", monkeypatch)
+        for mode in ("mapped", "copied"):
+            held = _epoch_batches(config, d, epoch, mode, monkeypatch)
+            assert len(held) == len(rows) > 2
+            for (x, y, i), (x2, y2, i2) in zip(held, rows, strict=True):
+                assert x.dtype == x2.dtype == torch.float16
+                assert torch.equal(i, i2) and torch.equal(x, x2) and torch.equal(y, y2)
+    other = _epoch_batches(config, d, 1, "mapped", monkeypatch)  # and the order does change with the epoch
+    held = _epoch_batches(config, d, 0, "mapped", monkeypatch)
     assert not torch.equal(torch.cat([b[2] for b in other]), torch.cat([b[2] for b in held]))
+
+
+def test_a_mapped_split_is_the_store_file_within_the_nodes_budget(data_dir):
+    """map_store maps the file's bytes (no copy in the process): the node's processes share its page-cache pages;
+    over the budget nothing is mapped; a pickled dataset (a DataLoader worker) carries no copy of the store."""
+    import pickle
+
+    import h5py
+    import numpy as np
+
+    from fcn.run_store import store_path
+    from fcn.store import FeatureDataset
+
+    path = store_path(RunConfig(data_dir=str(data_dir), **TINY))
+    ds = FeatureDataset(path, "mel", "valid")
+    assert not ds.map_store(ds.nbytes() - 1) and ds.features is None
+    assert ds.hold(ds.nbytes(), processes=4) == "mapped"
+    assert isinstance(ds.features, np.memmap) and ds.features.filename == str(path.resolve())
+    with h5py.File(path, "r") as h:
+        want = h["mel"][:][ds.index]
+    idx = np.array([3, 0, len(ds) - 1, 3])
+    x, _, _ = ds.read_batch(idx)
+    assert np.array_equal(x[:, 0].numpy(), want[idx])
+    out = torch.empty((4, *ds.row_shape), dtype=torch.float16)
+    ds.gather(idx, out)  # the pinned CUDA path
+    assert np.array_equal(out.numpy(), want[idx])
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone.features is None and len(pickle.dumps(ds)) < ds.nbytes() // 2
+    assert np.array_equal(clone.read_batch(idx)[0].numpy(), x.numpy())  # row by row from the file
 
 
 @pytest.mark.parametrize("fraction", [1.0, 0.5, 0.1])
@@ -104,16 +138,6 @@ def test_hold_in_memory_reads_the_split_rows_in_blocks_and_row_by_row(data_dir, 
     ds.gather(idx, out)
     assert np.array_equal(out.numpy(), want[idx])
     assert torch.equal(ds[2][0], ds.standardise(torch.from_numpy(want[2])).unsqueeze(0))
-
-
-def test_memory_budget_is_a_share_of_what_is_available(monkeypatch):
-    import fcn.store
-
-    monkeypatch.setattr(fcn.store, "available_memory", lambda: 8_000)
-    assert fcn.store.memory_budget(1) == int(8_000 * fcn.store.IN_MEMORY_FRACTION)
-    assert fcn.store.memory_budget(4) == int(2_000 * fcn.store.IN_MEMORY_FRACTION)
-    monkeypatch.setattr(fcn.store, "available_memory", lambda: None)
-    assert fcn.store.memory_budget(1) == 0  # unknown: per-row reads, as before
 
 
 def test_amp_auto_follows_the_measured_rule(monkeypatch):

@@ -13,15 +13,18 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
+from fcn.batching import plan_batch
 from fcn.cell import harness_dir
 from fcn.config import RunConfig
 from fcn.errors import UserError
 from fcn.flags import option
+from fcn.preprocess import ensure_feature_store
+from fcn.run_store import is_current, store_path
 from harness import launch
 from harness.job import FAILED, FINISHED, SUBMITTED, Outcome, run_cell
 from harness.status import grid_states
@@ -55,6 +58,12 @@ class SlurmOptions:
         None, "any other sbatch option, e.g. --sbatch constraint=a100 (repeatable)", flag="--sbatch", factory=dict
     )
     wait: bool = option(True, "submit and return; rerun (or harness.status) later", flag="--no-wait")
+    # A missing store of real data is built by a CPU job of its own before the cells that need it (afterok): hours of
+    # decoding must not hold a GPU allocation. [D] 16 CPUs and 12 h: an MSD build on one node (fcn.preprocess uses
+    # every CPU it is given; `python -m fcn.preprocess --cluster slurm` spreads a build over many nodes instead).
+    store_cpus: int = option(16, "CPUs of a job that builds a missing feature store before its cells")
+    store_time_min: int = option(720, "time limit of a store-building job in minutes (a requeued build resumes)")
+    store_mem_gb: int = option(0, "memory of a store-building job in GB; 0 = Slurm's default")
 
     @property
     def ntasks(self) -> int:
@@ -116,6 +125,20 @@ class CellJob:
         return submitit.helpers.DelayedSubmission(CellJob(), config_dict)
 
 
+class StoreJob:
+    """The callable a store-building CPU job runs: fcn.preprocess's build of a cell's missing store, with every CPU
+    of the job. Cells that need the store are submitted with `afterok` on this job."""
+
+    def __call__(self, config_dict: dict) -> str:
+        config = RunConfig.from_dict(config_dict)
+        return str(ensure_feature_store(config, progress=False))
+
+    def checkpoint(self, config_dict: dict):
+        import submitit  # optional and heavy (harness/launch.py); the job it runs in has it
+
+        return submitit.helpers.DelayedSubmission(StoreJob(), config_dict)  # the build resumes from its parts
+
+
 def _sinfo(*args: str) -> str:
     if shutil.which("sinfo") is None:
         raise UserError("Slurm's sinfo is not on PATH: --cluster slurm must run on a Slurm login node")
@@ -126,9 +149,12 @@ def _sinfo(*args: str) -> str:
 
 
 def check(opts: SlurmOptions, cells: list[RunConfig]) -> None:
-    """Refuse, before submitting anything, a partition that doesn't exist or GPUs the cluster doesn't have."""
+    """Refuse, before submitting anything, a global batch the job's processes cannot train (fcn/batching.py), a
+    partition that doesn't exist or GPUs the cluster doesn't have."""
     if opts.gpus_per_node and cells and cells[0].device == "cpu":
         raise UserError("--gpus-per-node with --device cpu: drop one of them")
+    for c in cells:  # the rule each job's processes apply again before their first step
+        plan_batch(c.batch_size, opts.nodes * opts.ntasks, opts.gpus_per_node > 0 and c.sync_bn != "off")
     part = ["-p", opts.partition] if opts.partition else []
     nodes = _sinfo(*part, "-o", "%P|%G|%D").split()
     if not nodes:
@@ -166,28 +192,84 @@ def _alive(job_ids: list[str]) -> set[str]:
     return {j for j in job_ids if j in alive or any(a.startswith(j.split("_")[0] + "_[") for a in alive)}
 
 
+def _store_key(path) -> str:
+    return f"store:{path}"
+
+
+def _submit_stores(configs: list[RunConfig], opts: SlurmOptions, known: dict, jobs_path: Path) -> dict[str, str]:
+    """A CPU job for each missing store of real data that no job of Slurm's is building yet: {store path: the job
+    that builds it}. A store of the built-in synthetic data is built by harness.grid itself (seconds)."""
+    need: dict[str, RunConfig] = {}
+    for c in configs:
+        if c.data_root and not c.store and not is_current(store_path(c)):
+            need.setdefault(str(store_path(c)), c)
+    if not need:
+        return {}
+    alive = _alive(sorted({known[_store_key(p)] for p in need if _store_key(p) in known}))
+    jobs = {p: known[_store_key(p)] for p in need if known.get(_store_key(p)) in alive}
+    todo = {p: c for p, c in need.items() if p not in jobs}
+    if todo:
+        c0 = next(iter(todo.values()))
+        folder = launch.fresh_folder(harness_dir(c0.out_dir, c0.experiment) / "submitit-stores")
+        ex = launch.slurm_executor(
+            folder,
+            name=f"fcn-store-{c0.experiment}",
+            time_min=opts.store_time_min,
+            cpus_per_task=opts.store_cpus,
+            array_parallelism=opts.array_parallelism,
+            partition=opts.partition,
+            account=opts.account,
+            qos=opts.qos,
+            mem_gb=opts.store_mem_gb,
+            signal_delay_s=opts.signal_delay_s,
+            requeue=True,
+        )
+        for p, c in todo.items():
+            jobs[p] = known[_store_key(p)] = ex.submit(StoreJob(), c.to_dict()).job_id
+            print(f"feature store {p} is missing: CPU job {jobs[p]} builds it first; logs in {folder}", file=sys.stderr)
+        _save(known, jobs_path)
+    return jobs
+
+
+def _save(known: dict, jobs_path: Path) -> None:
+    tmp = jobs_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(known, indent=1))
+    os.replace(tmp, jobs_path)
+
+
 def _submit(configs: list[RunConfig], opts: SlurmOptions, known: dict, jobs_path: Path) -> None:
-    """One job array for the cells whose job Slurm no longer holds; their job ids recorded in `jobs_path`."""
+    """One job array per store dependency for the cells whose job Slurm no longer holds; their job ids recorded in
+    `jobs_path`. A cell whose store a CPU job is building waits for it (afterok); if that build fails, Slurm
+    cancels the cell's job (kill-on-invalid-dep) rather than keep it pending forever."""
     out_dir, experiment = configs[0].out_dir, configs[0].experiment
     alive = _alive(sorted({known[c.key] for c in configs if c.key in known}))
     # A cell whose job Slurm still holds (from an earlier run of the harness) is waited on, never submitted twice.
     to_submit = [c for c in configs if known.get(c.key) not in alive]
     if not to_submit:
         return
-    folder = launch.fresh_folder(harness_dir(out_dir, experiment) / "submitit")
-    ex = executor(folder, opts, f"fcn-{experiment}", to_submit)
-    jobs = ex.map_array(CellJob(), [c.to_dict() for c in to_submit])
-    for c, j in zip(to_submit, jobs):
-        known[c.key] = j.job_id
-    tmp = jobs_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(known, indent=1))
-    os.replace(tmp, jobs_path)
-    print(f"submitted {len(jobs)} job(s) as array {jobs[0].job_id.split('_')[0]}; logs in {folder}", file=sys.stderr)
+    stores = _submit_stores(to_submit, opts, known, jobs_path)
+    groups: dict[str, list[RunConfig]] = {}
+    for c in to_submit:
+        groups.setdefault(stores.get(str(store_path(c)), ""), []).append(c)
+    for dep, cells in groups.items():
+        folder = launch.fresh_folder(harness_dir(out_dir, experiment) / "submitit")
+        extra = {**opts.extra, "dependency": f"afterok:{dep}", "kill_on_invalid_dep": "yes"} if dep else opts.extra
+        ex = executor(folder, replace(opts, extra=extra), f"fcn-{experiment}", cells)
+        jobs = ex.map_array(CellJob(), [c.to_dict() for c in cells])
+        for c, j in zip(cells, jobs):
+            known[c.key] = j.job_id
+        _save(known, jobs_path)
+        after = f" after store job {dep}" if dep else ""
+        print(
+            f"submitted {len(jobs)} job(s) as array {jobs[0].job_id.split('_')[0]}{after}; logs in {folder}",
+            file=sys.stderr,
+        )
 
 
 def run(configs: list[RunConfig], opts: SlurmOptions, *, progress: bool = True, poll_s: float = 5.0) -> list[Outcome]:
-    """Submit the cells (one job each) and, unless --no-wait, follow them until each is finished or its job is gone;
-    what a cell's state is comes from harness.status (MLflow and its run dir), never from submitit."""
+    """Submit the cells (one job each; a missing store of real data first, as a CPU job they wait for) and, unless
+    --no-wait, follow them until each is finished or its job is gone; what a cell's state is comes from
+    harness.status (MLflow and its run dir), never from submitit."""
     jobs_path = _jobs_file(configs[0].out_dir, configs[0].experiment)
     jobs_path.parent.mkdir(parents=True, exist_ok=True)
     known = json.loads(jobs_path.read_text()) if jobs_path.exists() else {}

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fcn import tracking
+from fcn.batching import RECIPE_BATCH
 from fcn.cell import CELL_TAG, parse_key, run_is_finished
 from harness import bootstrap
 
@@ -20,7 +21,7 @@ DATASET_NAMES = {"mtat": "MTAT", "msd": "MSD"}
 
 @dataclass
 class CellRun:
-    """One finished run of a cell: one seed of one (dataset, input, depth, training fraction)."""
+    """One finished run of a cell: one seed of one (dataset, input, depth, training fraction, global batch)."""
 
     key: str
     dataset: str
@@ -35,6 +36,7 @@ class CellRun:
     synthetic: bool = False  # the built-in synthetic data: its numbers are not comparable with the paper's
     scale: str = ""  # "paper scale" or the demo scale's width and clip length, plus the mel variant
     fraction: float = 1.0  # share of the training split it trained on (RQ4); 1.0 = all of it
+    batch: int = RECIPE_BATCH  # its global batch (fcn/batching.py): runs of two global batches are two recipes
 
 
 def run_scale(params: dict) -> str:
@@ -80,6 +82,9 @@ def cell_run(run) -> CellRun | None:
         depth = int(params.get("depth", parsed.get("depth")))
         seed = int(params.get("seed", parsed.get("seed")))
         fraction = float(params.get("train_fraction", parsed.get("train_fraction", 1.0)))
+        # global_batch is logged since the batch became global; before, batch_size was per process and almost every
+        # run had one process, so its batch_size was its global batch
+        batch = int(params.get("global_batch", params.get("batch_size", parsed.get("batch_size", RECIPE_BATCH))))
     except (TypeError, ValueError):
         return None
     return CellRun(
@@ -96,6 +101,7 @@ def cell_run(run) -> CellRun | None:
         synthetic=not params.get("data_root"),
         scale=run_scale(params),
         fraction=fraction,
+        batch=batch,
     )
 
 

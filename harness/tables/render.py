@@ -145,6 +145,7 @@ def cell_row(cell: Cell) -> dict:
         "dataset": cell.dataset,
         "input": cell.input,
         "model": f"FCN-{cell.depth}",
+        "global_batch": cell.batch,
         **interval_columns(cell),
         "paper_roc_auc": csv_num(pub),
         "diff_vs_paper": csv_num(_diff(cell.roc, pub, cell)),
@@ -173,6 +174,7 @@ def md_cell(cell: Cell) -> dict:
         "author re-run [C]": fmt(rr),
         "Δ vs re-run": _md_diff(cell, rr),
         "seeds": str(len(cell.runs)) if cell.done else MISSING,
+        "global batch": str(cell.batch),
         "interval": roc.method if roc else MISSING,
     }
 

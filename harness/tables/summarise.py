@@ -1,7 +1,8 @@
 """From finished runs to what the tables report: one Cell per full cell identity with its interval, and paired tests.
 
-A cell is (dataset, input, depth, training fraction): seeds pool only within one. A run on a quarter of the training
-split is never a seed of the full-data cell, whatever its seed (fcn/cell.py: the fraction is part of the key).
+A cell is (dataset, input, depth, training fraction, global batch): seeds pool only within one. A run on a quarter of
+the training split is never a seed of the full-data cell, whatever its seed (fcn/cell.py: the fraction is part of the
+key), nor is a run at another global batch (another recipe: fcn/batching.py). The paper's tables hold the recipe's.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from fcn.batching import RECIPE_BATCH
 from harness import bootstrap, paper
 from harness.tables.read import ArtifactCache, CellRun
 
@@ -22,6 +24,7 @@ class CellId(NamedTuple):
     input: str
     depth: int
     fraction: float = FULL
+    batch: int = RECIPE_BATCH  # the global batch: the tables' cells are the recipe's
 
     @property
     def paper_key(self) -> tuple[str, str, int]:
@@ -29,7 +32,7 @@ class CellId(NamedTuple):
 
 
 def cell_id(run: CellRun) -> CellId:
-    return CellId(run.dataset, run.input, run.depth, run.fraction)
+    return CellId(run.dataset, run.input, run.depth, run.fraction, run.batch)
 
 
 @dataclass
@@ -40,13 +43,14 @@ class Cell:
     input: str
     depth: int
     fraction: float = FULL
+    batch: int = RECIPE_BATCH
     runs: list[CellRun] = field(default_factory=list)
     roc: bootstrap.Interval | None = None
     pr: bootstrap.Interval | None = None
 
     @property
     def id(self) -> CellId:
-        return CellId(self.dataset, self.input, self.depth, self.fraction)
+        return CellId(self.dataset, self.input, self.depth, self.fraction, self.batch)
 
     @property
     def done(self) -> bool:
@@ -197,6 +201,7 @@ class FractionGrid:
 def fraction_grids(runs: list[CellRun]) -> list[FractionGrid]:
     """One grid per (dataset, input) holding a run with fraction < 1: the depths that have such a run, and every
     fraction run for that (dataset, input), plus 1.0 (shown as missing until the full-data runs exist)."""
+    runs = [r for r in runs if r.batch == RECIPE_BATCH]  # the RQ4 grid compares the recipe's runs only
     partial = [r for r in runs if r.fraction != FULL]
     grids = []
     for ds, inp in sorted({(r.dataset, r.input) for r in partial}):
