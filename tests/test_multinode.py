@@ -19,6 +19,7 @@ import pytest
 
 from tests.cluster_report import record
 from tests.conftest import REPO, TINY
+from tests.services.slurm import patience
 from tests.test_grid import grid_flags
 from tests.test_sbatch import SLURM, _log, _runs, _sbatch, _tiny_env
 from tests.test_slurm_cluster import _wait_for
@@ -172,7 +173,12 @@ def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, 
     env = {**os.environ, **slurm_multi.env, "PYTHONUNBUFFERED": "1"}
     _out_dir(tmp_path / "runs", empty_store)
     p = subprocess.run(
-        [sys.executable, "-m", "harness.grid", *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
+        [sys.executable, "-m", "harness.grid", *flags],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=patience(400),
     )
     assert p.returncode == 0, p.stderr[-4000:] + slurm_multi.log_tails()
     assert "1/1 cells finished" in p.stderr, p.stderr[-3000:]
@@ -221,7 +227,10 @@ def test_ray_cluster_script_spans_two_nodes(slurm_multi, data_dir, tmp_path, emp
     ]
     for k, v in dict(TINY, epochs=1).items():
         grid += ["--" + k.replace("_", "-"), str(v)]
-    env = {"GRID_ARGS": " ".join(grid), "MLFLOW_TRACKING_URI": "", "RAY_WAIT_S": "120"}
+    # the script's one deadline for the head to start and the worker to join: ~20 s on an idle machine, but `ray start`
+    # and every `ray status` poll are seconds of Python CPU each, which a loaded 2-core machine stretches past a fixed
+    # 120 s (then "only 1 of 2 Ray node(s) joined" and the cells run on one host): patience() stretches it with the load
+    env = {"GRID_ARGS": " ".join(grid), "MLFLOW_TRACKING_URI": "", "RAY_WAIT_S": str(round(patience(120)))}
     job = _sbatch(
         slurm_multi,
         SLURM / "ray_cluster.sh",
@@ -291,7 +300,7 @@ def reference(data_dir, tmp_path_factory, empty_store):
     proc = subprocess.Popen(argv, cwd=REPO, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def result() -> dict:
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=patience(300))
         assert proc.returncode == 0, err[-3000:]
         return _metrics(out_dir)
 
