@@ -106,9 +106,17 @@ def _batch_for_two_ranks(data_dir) -> int:
 
 def _tiny_env(data_dir, out_dir: Path, **fcn) -> dict[str, str]:
     """The cell script's variables for a tiny run: every field the paper preset sets is overridden in FCN_ARGS."""
-    # --device cpu: the fake GPUs are allocated but unusable, and --device auto rightly stops on that (fcn/dist.py)
+    # --device cpu: the fake GPUs are allocated but unusable, and --device auto rightly stops on that (fcn/dist.py).
+    # --frontend-variant plain-db: the stores data_dir already holds; the paper preset's "authors" variant would have
+    # the session's first cell job build two more (seconds of CPU while the other jobs wait on the store lock)
     args = dict(
-        TINY, data_dir=str(data_dir), num_workers=0, batch_size=_batch_for_two_ranks(data_dir), device="cpu", **fcn
+        TINY,
+        data_dir=str(data_dir),
+        num_workers=0,
+        batch_size=_batch_for_two_ranks(data_dir),
+        device="cpu",
+        frontend_variant="plain-db",
+        **fcn,
     )
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in args.items())
     return {
