@@ -109,14 +109,15 @@ class SlurmCluster:
 
     # --- CLI -------------------------------------------------------------------------------------------------------
     def run(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess:
-        """Run a Slurm CLI (sbatch, squeue, scontrol, sacct, ...) with text output; raises on non-zero exit."""
+        """Run a Slurm CLI (sbatch, squeue, scontrol, sacct, ...) with text output; raises on non-zero exit. `timeout`
+        is for an idle machine (patience()): a busy slurmctld on a loaded one can take over 10 s to answer sinfo."""
         return subprocess.run(
             [str(a) for a in args],
             check=check,
             text=True,
             capture_output=True,
             env={**os.environ, **self.env},
-            timeout=timeout,
+            timeout=patience(timeout),
         )
 
     def sbatch(self, *args: str) -> int:
