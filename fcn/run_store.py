@@ -33,8 +33,10 @@ def store_path(config) -> Path:
     else:
         source = f"synth{config.synth_clips}"
     split = config.split if config.dataset == "mtat" else "choi"
-    # the mel variant in the name: stores of both variants live side by side
-    name = f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s-{config.frontend_variant}.h5"
+    # the mel variant in the name: stores of both variants live side by side; so do the MFCC's Δ/ΔΔ when they are not
+    # today's librosa (the paper preset's 2016 ones), leaving every earlier store's name as it was
+    deltas = "" if config.deltas == "librosa" else f"-deltas-{config.deltas}"
+    name = f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s-{config.frontend_variant}{deltas}.h5"
     return Path(config.data_dir) / name
 
 
