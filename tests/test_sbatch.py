@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from fcn.config import RunConfig
 from tests.conftest import REPO, TINY, run_py
 
 SLURM = REPO / "slurm"
@@ -96,7 +97,6 @@ def _batch_for_two_ranks(data_dir) -> int:
     cannot train on one clip; fcn/train.py keeps the last partial batch), which the synthetic split's size can cause."""
     import h5py
 
-    from fcn.config import RunConfig
     from fcn.run_store import store_path
 
     with h5py.File(store_path(RunConfig(dataset="msd", data_dir=str(data_dir), **TINY)), "r") as h:
@@ -107,15 +107,17 @@ def _batch_for_two_ranks(data_dir) -> int:
 def _tiny_env(data_dir, out_dir: Path, **fcn) -> dict[str, str]:
     """The cell script's variables for a tiny run: every field the paper preset sets is overridden in FCN_ARGS."""
     # --device cpu: the fake GPUs are allocated but unusable, and --device auto rightly stops on that (fcn/dist.py).
-    # --frontend-variant plain-db: the stores data_dir already holds; the paper preset's "authors" variant would have
-    # the session's first cell job build two more (seconds of CPU while the other jobs wait on the store lock)
+    # The fields that name the feature store at their defaults, those of the stores data_dir already holds: the paper
+    # preset's own front end (the authors' log-mel, 2016 Δ/ΔΔ) would have the session's first cell job build two more
+    # (in a full run the 30-job burst's, while the other 29 wait on the store lock)
+    store = {k: getattr(RunConfig(), k) for k in ("frontend_variant", "deltas", "split")}
     args = dict(
         TINY,
         data_dir=str(data_dir),
         num_workers=0,
         batch_size=_batch_for_two_ranks(data_dir),
         device="cpu",
-        frontend_variant="plain-db",
+        **store,
         **fcn,
     )
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in args.items())
