@@ -19,6 +19,7 @@ import pytest
 
 from tests.cluster_report import record
 from tests.conftest import REPO, TINY
+from tests.services.slurm import patience
 from tests.test_grid import grid_flags
 from tests.test_sbatch import SLURM, _log, _runs, _sbatch, _tiny_env
 from tests.test_slurm_cluster import _wait_for
@@ -185,7 +186,12 @@ def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, 
     env = {**os.environ, **slurm_multi.env, "PYTHONUNBUFFERED": "1"}
     _out_dir(tmp_path / "runs", empty_store)
     p = subprocess.run(
-        [sys.executable, "-m", "harness.grid", *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
+        [sys.executable, "-m", "harness.grid", *flags],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=patience(400),
     )
     assert p.returncode == 0, p.stderr[-4000:] + slurm_multi.log_tails()
     assert "1/1 cells finished" in p.stderr, p.stderr[-3000:]
@@ -253,7 +259,10 @@ def test_ray_cluster_script_spans_two_nodes(slurm_multi, data_dir, tmp_path, emp
     ]
     for k, v in dict(TINY, epochs=1).items():
         grid += ["--" + k.replace("_", "-"), str(v)]
-    env = {"GRID_ARGS": " ".join(grid), "MLFLOW_TRACKING_URI": "", "RAY_WAIT_S": "120"}
+    # the script's one deadline for the head to start and the worker to join: ~20 s on an idle machine, but `ray start`
+    # and every `ray status` poll are seconds of Python CPU each, which a loaded 2-core machine stretches past a fixed
+    # 120 s (then "only 1 of 2 Ray node(s) joined" and the cells run on one host): patience() stretches it with the load
+    env = {"GRID_ARGS": " ".join(grid), "MLFLOW_TRACKING_URI": "", "RAY_WAIT_S": str(round(patience(120)))}
     job = _sbatch(
         slurm_multi,
         SLURM / "ray_cluster.sh",
@@ -323,7 +332,7 @@ def reference(data_dir, tmp_path_factory, empty_store):
     proc = subprocess.Popen(argv, cwd=REPO, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def result() -> dict:
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=patience(300))
         assert proc.returncode == 0, err[-3000:]
         return _metrics(out_dir)
 
@@ -432,7 +441,13 @@ def test_slurmd_lost_while_the_old_copy_runs_on(slurm_multi, data_dir, tmp_path,
     running on the lost node (docs/MEASURED.md). The new copy waits on the cell lock (not failing), the old copy (held
     still with SIGSTOP until the new one is seen waiting, so the overlap is certain) is let go and finishes the cell,
     and the new copy then finds it finished: one MLflow run, FINISHED once, the same numbers as the uninterrupted
-    run, every epoch trained once."""
+    run, every epoch trained once.
+
+    Only the old trainer is let go then; the old copy's srun stays stopped until the job has ended. Slurm told that
+    srun of the node failure while it was stopped, and a srun let go at once acts on it: it terminates step <job>.0,
+    which by then names the NEW copy's step on the other node (the requeued job reuses the step id), so the new copy
+    was killed and the job FAILED (once, on a loaded machine: "srun: got SIGCONT", "Node failure on fcnode1",
+    "Terminating StepId=39.0", then "fcnode2: task 0: Killed"). The trainer needs no srun to train on."""
     out_dir, log = _out_dir(tmp_path / "runs", empty_store), tmp_path / "job.out"
     cell_log = out_dir / "fcn-sweep" / KEY / "train.log"
     job, lost = _submit_victim(slurm_multi, data_dir, out_dir, log)
@@ -452,7 +467,9 @@ def test_slurmd_lost_while_the_old_copy_runs_on(slurm_multi, data_dir, tmp_path,
         )
         assert slurm_multi.node_of(job) == other and slurm_multi.job_state(job) == "RUNNING"
         assert all(p in slurm_multi.node_pids(lost, "fcn.train") for p in old)  # two live copies now
-        for pid in old:
+        trainers = [p for p in old if Path(f"/proc/{p}/comm").read_text().strip() != "srun"]
+        assert trainers and len(trainers) < len(old), "expected the old copy's srun and its trainer"
+        for pid in trainers:  # not the old srun (see above): it is let go in `finally`, once the job has ended
             os.kill(pid, signal.SIGCONT)
         state = slurm_multi.wait_job(job, timeout=300)
         text = _log(log)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from fcn.config import RunConfig
 from tests.conftest import REPO, TINY, run_py
 
 SLURM = REPO / "slurm"
@@ -93,9 +94,13 @@ def _sbatch(cluster, script: Path, log: Path, *opts: str, env: dict[str, str]) -
 
 def _tiny_env(data_dir, out_dir: Path, **fcn) -> dict[str, str]:
     """The cell script's variables for a tiny run: every field the paper preset sets is overridden in FCN_ARGS."""
-    # --device cpu: the fake GPUs are allocated but unusable, and --device auto rightly stops on that (fcn/dist.py)
-    # TINY's global batch of 16: 8 clips on each of 2 ranks (a last batch of one is skipped by both, fcn/batching.py)
-    args = dict(TINY, data_dir=str(data_dir), num_workers=0, device="cpu", **fcn)
+    # --device cpu: the fake GPUs are allocated but unusable, and --device auto rightly stops on that (fcn/dist.py).
+    # TINY's global batch of 16: 8 clips on each of 2 ranks (a last batch of one is skipped by both, fcn/batching.py).
+    # The fields that name the feature store at their defaults, those of the stores data_dir already holds: the paper
+    # preset's own front end (the authors' log-mel, 2016 Δ/ΔΔ) would have the session's first cell job build two more
+    # (in a full run the 30-job burst's, while the other 29 wait on the store lock)
+    store = {k: getattr(RunConfig(), k) for k in ("frontend_variant", "deltas", "split")}
+    args = dict(TINY, data_dir=str(data_dir), num_workers=0, device="cpu", **store, **fcn)
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in args.items())
     return {
         "FCN_ARGS": flags,

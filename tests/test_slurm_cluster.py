@@ -8,17 +8,21 @@ import time
 
 import pytest
 
+from tests.services.slurm import patience
+
 pytestmark = pytest.mark.slow  # starts daemons (~5 s once per session)
 
 
 def _wait_for(cond, timeout: float, what: str, poll: float = 0.2):
+    """Poll cond until it returns something true, and return that; `timeout` is for an idle machine (patience())."""
+    timeout = patience(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = cond()
         if value:
             return value
         time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_trivial_job_runs_venv_python_and_sacct_reports_it(slurm_cluster, tmp_path):
@@ -101,3 +105,13 @@ def test_submitit_runs_a_two_task_job(slurm_cluster, tmp_path):
     assert {r[3] for r in results} == {str(job.job_id)}
     assert {r[4] for r in results} == {sys.executable}
     assert slurm_cluster.wait_sacct(job.job_id, timeout=30) == "COMPLETED"
+
+
+def test_waits_stretch_with_the_load_between_one_and_five_times(monkeypatch):
+    """patience(): the tests' Slurm and Ray waits are written for an idle machine and stretched on a loaded one."""
+    import tests.services.slurm as slurm
+
+    monkeypatch.setattr(slurm.os, "cpu_count", lambda: 2)
+    for loads, stretch in (((0.5, 0.1, 0.0), 1.0), ((6.0, 2.0, 1.0), 3.0), ((1.0, 8.0, 9.0), 4.0), ((40.0, 9, 9), 5.0)):
+        monkeypatch.setattr(slurm.os, "getloadavg", lambda loads=loads: loads)
+        assert patience(60) == 60 * stretch, loads

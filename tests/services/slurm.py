@@ -109,14 +109,15 @@ class SlurmCluster:
 
     # --- CLI -------------------------------------------------------------------------------------------------------
     def run(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess:
-        """Run a Slurm CLI (sbatch, squeue, scontrol, sacct, ...) with text output; raises on non-zero exit."""
+        """Run a Slurm CLI (sbatch, squeue, scontrol, sacct, ...) with text output; raises on non-zero exit. `timeout`
+        is for an idle machine (patience()): a busy slurmctld on a loaded one can take over 10 s to answer sinfo."""
         return subprocess.run(
             [str(a) for a in args],
             check=check,
             text=True,
             capture_output=True,
             env={**os.environ, **self.env},
-            timeout=timeout,
+            timeout=patience(timeout),
         )
 
     def sbatch(self, *args: str) -> int:
@@ -144,7 +145,9 @@ class SlurmCluster:
         return lines[-1].split()[0]  # "CANCELLED by 0" -> "CANCELLED"
 
     def wait_job(self, jobid: int | str, timeout: float = 60.0, poll: float = 0.3) -> str:
-        """Poll until the job reaches a terminal state (COMPLETED, FAILED, CANCELLED, TIMEOUT, ...) and return it."""
+        """Poll until the job reaches a terminal state (COMPLETED, FAILED, CANCELLED, TIMEOUT, ...) and return it.
+        `timeout` is for an idle machine: patience() stretches it on a loaded one."""
+        timeout = patience(timeout)
         deadline = time.monotonic() + timeout
         state = None
         while time.monotonic() < deadline:
@@ -159,7 +162,8 @@ class SlurmCluster:
         )
 
     def wait_sacct(self, jobid: int | str, timeout: float = 30.0, poll: float = 0.3) -> str:
-        """Poll sacct until accounting shows a terminal state for the job, and return it."""
+        """Poll sacct until accounting shows a terminal state for the job, and return it (`timeout`: patience())."""
+        timeout = patience(timeout)
         deadline = time.monotonic() + timeout
         state = None
         while time.monotonic() < deadline:
@@ -404,7 +408,24 @@ class _Lock:
         self.fh.close()
 
 
+def patience(seconds: float) -> float:
+    """A wait sized for an idle two-core machine, stretched by how busy the machine is now.
+
+    Every start the tests wait for (Python's imports in a job, `ray start`, a daemon's reply) slows about in
+    proportion to the run queue, and CI runners and shared dev machines are often loaded several times over: a fixed
+    60 s that holds on an idle machine fails there. The stretch is the load average per CPU (the larger of the 1- and
+    5-minute ones, so a load that just began still counts), from 1 (idle: the waits as written) to 5. A wait ends as
+    soon as its condition holds, so the stretch costs a passing test nothing; only a failure takes longer to say so
+    (pytest-timeout's per-test limit still bounds it)."""
+    try:
+        load = max(os.getloadavg()[:2])
+    except OSError:  # no load average on this platform: the wait as written
+        load = 0.0
+    return seconds * min(5.0, max(1.0, load / (os.cpu_count() or 1)))
+
+
 def _wait(cond, timeout: float, what: str, workdir: Path, procs: dict[str, subprocess.Popen]) -> None:
+    timeout = patience(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

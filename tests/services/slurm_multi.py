@@ -54,6 +54,7 @@ from tests.services.slurm import (
     _start_munge_and_accounting,
     _terminate,
     _wait,
+    patience,
     slurm_conf,
     write_slurmdbd_conf,
 )
@@ -96,6 +97,7 @@ class MultiSlurmCluster(SlurmCluster):
         return self.run("sinfo", "-h", "-n", node, "-o", "%T", check=False, timeout=10).stdout.strip()
 
     def wait_node_state(self, node: str, states: tuple[str, ...], timeout: float = 90.0) -> str:
+        timeout = patience(timeout)  # for an idle machine: stretched on a loaded one
         deadline = time.monotonic() + timeout
         state = ""
         while time.monotonic() < deadline:
