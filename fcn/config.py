@@ -16,7 +16,12 @@ from fcn.errors import UserError
 from fcn.frontends import INPUTS, VARIANTS, FrontEndParams
 from fcn.models import DEPTHS
 
-DATASETS = ("mtat", "msd")
+DATASETS = ("mtat", "msd", "jamendo")
+JAMENDO_TYPES = (
+    "audio",
+    "audio-low",
+    "melspecs",
+)  # fcn.data.jamendo.TYPES: what the dataset's download script's --type gets
 
 # Paper scale [C]: the full model on 29.12 s clips.
 PAPER_WIDTH = 1.0
@@ -48,7 +53,11 @@ def _f(default: Any, help: str, **kw):
 @dataclass(frozen=True)
 class RunConfig:
     # --- what to run (the cell) ---
-    dataset: str = _f("mtat", "data set layout: mtat (MagnaTagATune) or msd (Million Song Dataset)", choices=DATASETS)
+    dataset: str = _f(
+        "mtat",
+        "data set layout: mtat (MagnaTagATune), msd (Million Song Dataset) or jamendo (MTG-Jamendo top-50, split-0)",
+        choices=DATASETS,
+    )
     input: str = _f("mel", "front end: mel (96 rows), stft (128 rows) or mfcc (30+Δ+ΔΔ = 90 rows)", choices=INPUTS)
     depth: int = _f(4, "FCN depth, 3..7 (PAPER.md's architecture table)", choices=DEPTHS)
     seed: int = _f(0, "seed of weights, data order and dropout")
@@ -56,12 +65,14 @@ class RunConfig:
     data_root: str = _f(
         "",
         "root of the real data set (MTAT: folder with annotations_final.csv and 0..f/; MSD: "
-        "folder with lastfm_tags.db); empty = the built-in synthetic set in the same layout",
+        "folder with lastfm_tags.db; MTG-Jamendo: the folder its download script unpacked into, NN/<id>.mp3, "
+        ".low.mp3 or .npy); empty = the built-in synthetic set in the same layout",
         resume=True,
     )
     splits_dir: str = _f(
         "",
-        "folder of split lists (MTAT clean split: Lee/Won lists; MSD: Choi's lists); "
+        "folder of split lists (MTAT clean split: Lee/Won lists; MSD: Choi's lists; MTG-Jamendo: "
+        "autotagging_top50tags-{train,validation,test}.tsv); "
         "empty = <data_root>/splits if it holds them, else the lists shipped in fcn/data/splits",
         resume=True,
     )
@@ -75,9 +86,18 @@ class RunConfig:
         "folder); the ids it lists override the d1/d2 layout",
         resume=True,
     )
+    # [D] the dataset README's recommended download, and its download script's default --type
+    jamendo_type: str = _f(
+        "audio",
+        "MTG-Jamendo: which download --data-root holds: audio (NN/<id>.mp3, 320 kbps), audio-low (NN/<id>.low.mp3) "
+        "or melspecs (NN/<id>.npy, the dataset's own mel-spectrograms: the mel input only, no decoding; "
+        "fcn/melspecs.py)",
+        choices=JAMENDO_TYPES,
+    )
     split: str = _f(
         "folder",
-        "MTAT split: folder (0-b / c / d-f) or clean (Lee/Won lists); MSD always uses Choi's split",
+        "MTAT split: folder (0-b / c / d-f) or clean (Lee/Won lists); MSD always uses Choi's split, MTG-Jamendo "
+        "its split-0 (or the lists in --splits-dir)",
         choices=("folder", "clean"),
     )
     store: str = _f("", "HDF5 feature store; empty = <data_dir>/<name>.h5, built on first use", resume=True)
@@ -165,6 +185,11 @@ class RunConfig:
         for name in ("batch_size", "epochs", "patience", "synth_clips"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1")
+        if self.dataset == "jamendo" and self.jamendo_type == "melspecs" and self.input != "mel":
+            raise UserError(
+                f"--jamendo-type melspecs gives the mel input only (MTG-Jamendo's own mel-spectrograms); input "
+                f"{self.input!r} needs the audio: --jamendo-type audio or audio-low (a grid: --inputs mel)"
+            )
 
     # The cell's stable key, e.g. mtat-mel-fcn4-s0 (fcn/cell.py; RQ4 runs on part of the data get a suffix).
     @property
@@ -173,7 +198,9 @@ class RunConfig:
 
     @property
     def frontend(self) -> FrontEndParams:
-        return FrontEndParams.for_seconds(self.clip_seconds, variant=self.frontend_variant)
+        # full tracks are cut on the frame grid of the dataset's own mel-spectrograms (fcn/crop.py) [D]
+        crop = "track-centre" if self.dataset == "jamendo" else "centre"
+        return FrontEndParams.for_seconds(self.clip_seconds, variant=self.frontend_variant, crop=crop)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -40,6 +40,8 @@ import numpy as np
 from fcn.audio import DECODERS, DEFAULT_DECODER
 from fcn.errors import UserError, run_cli
 from fcn.frontends import INPUTS, FrontEndParams
+from fcn.melspecs import NPY_DECODER
+from fcn.melspecs import process_shard as process_npy_shard
 from fcn.pool import run_shards
 from fcn.run_store import lock, read_items, store_path
 
@@ -96,12 +98,14 @@ class Report:
 
 def _decode(path: str, params: FrontEndParams, decoder: str = DEFAULT_DECODER):
     """(wave at the clip length, warning text) of one file; AudioError when it is not usable audio."""
-    from fcn.audio import AudioError, fix_length, info, load
+    from fcn.audio import AudioError, info, load
+    from fcn.crop import MAX_TRACK_SECONDS, cut
 
     meta = info(path, decoder)  # header only (~0.1 ms): refuse absurd lengths before decoding them whole
-    if meta.seconds > MAX_SECONDS:
+    limit = MAX_SECONDS if params.crop == "centre" else MAX_TRACK_SECONDS  # full tracks: fcn/crop.py
+    if meta.seconds > limit:
         raise AudioError(
-            path, f"{meta.seconds:.0f} s long, over the {MAX_SECONDS:.0f} s limit (a whole track or album, not a clip?)"
+            path, f"{meta.seconds:.0f} s long, over the {limit:.0f} s limit (a whole track or album, not a clip?)"
         )
     x = load(path, sr=params.sample_rate, decoder=decoder)
     got = len(x) / params.sample_rate
@@ -113,7 +117,7 @@ def _decode(path: str, params: FrontEndParams, decoder: str = DEFAULT_DECODER):
         note.append("silent (all samples zero)")
     if len(x) < SHORT * params.n_samples:
         note.append(f"short: {got:.2f} s zero-padded to {params.seconds:.2f} s")
-    return fix_length(x, params.n_samples), "; ".join(note)
+    return cut(x, params), "; ".join(note)  # fcn/crop.py: "centre" is fix_length, as before
 
 
 def _process_shard(job, send) -> None:
@@ -127,6 +131,8 @@ def _process_shard(job, send) -> None:
     from fcn.frontends import compute
 
     items, params, inputs, dest, decoder, preskip = job
+    if decoder == NPY_DECODER:  # no audio: the shard's mel comes from the dataset's own NPYs (fcn/melspecs.py)
+        return process_npy_shard(job, send)
     waves, status = [], []
     for j, (cid, path) in enumerate(items):
         if j in preskip:
@@ -391,7 +397,7 @@ def build(
     inputs = tuple(inputs)
     if shard_size < 1:
         raise UserError(f"shard size must be >= 1, not {shard_size}")
-    if decoder not in DECODERS:
+    if decoder not in (*DECODERS, NPY_DECODER):
         raise UserError(f"unknown decoder {decoder!r}: choose from {', '.join(DECODERS)}")
     if cluster is not None:
         cluster.check()  # before any work: a cluster this node cannot reach is one line, and no parts folder
@@ -477,6 +483,7 @@ def build(
 def main(argv=None) -> None:
     from fcn.config import add_config_arguments, config_from_args
     from fcn.preprocess_cluster import add_cluster_arguments, cluster_from_args
+    from fcn.run_store import build_source
 
     ap = argparse.ArgumentParser(
         prog="python -m fcn.preprocess", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -521,7 +528,7 @@ def main(argv=None) -> None:
             shard_size=args.shard_size,
             decode_timeout=args.decode_timeout,
             cluster=cluster,
-            decoder=args.decoder,
+            **build_source(config, args.decoder),  # MTG-Jamendo's mel NPYs: no decoder, the mel input only
         )
     print(report.text(max_lines=20))
     print(f"store: {out}\nreport: {out}.report.txt")

@@ -30,6 +30,9 @@ def store_path(config) -> Path:
     else:
         source = f"synth{config.synth_clips}"
     split = config.split if config.dataset == "mtat" else "choi"
+    if config.dataset == "jamendo":  # which download, and which lists (split-0 unless --splits-dir names others)
+        lists = "split0" if not config.splits_dir else "s" + hashlib.sha256(config.splits_dir.encode()).hexdigest()[:8]
+        split = f"{lists}-{config.jamendo_type}"
     # the mel variant in the name: stores of both variants live side by side
     name = f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s-{config.frontend_variant}.h5"
     return Path(config.data_dir) / name
@@ -44,6 +47,10 @@ def read_items(config):
         from fcn.data import mtat
 
         return mtat.read(root, split=config.split, splits_dir=config.splits_dir or None)
+    if config.dataset == "jamendo":
+        from fcn.data import jamendo
+
+        return jamendo.read(root, splits_dir=config.splits_dir or None, kind=config.jamendo_type)
     from fcn.data import msd
 
     splits_dir = Path(config.splits_dir) if config.splits_dir else msd.default_splits_dir(root)
@@ -63,6 +70,17 @@ def read_items(config):
     return tags, items, problems
 
 
+def build_source(config, decoder: str | None = None) -> dict:
+    """build()'s `decoder` and `inputs` for the run's data: a store from MTG-Jamendo's own mel-spectrograms reads
+    NPYs, not audio, and holds the mel input only (fcn/melspecs.py); any other store decodes audio with `decoder`."""
+    if config.dataset == "jamendo" and config.jamendo_type == "melspecs":
+        from fcn import melspecs
+
+        melspecs.check_params(config.frontend)
+        return dict(decoder=melspecs.NPY_DECODER, inputs=melspecs.INPUTS)
+    return {} if decoder is None else dict(decoder=decoder)
+
+
 def synth_root(config) -> Path:
     root = Path(config.data_dir) / f"synth-{config.dataset}-{config.synth_clips}-{config.clip_seconds:g}s"
     if not (root / ".complete").exists():
@@ -70,7 +88,9 @@ def synth_root(config) -> Path:
 
         with lock(root.with_name(root.name + ".lock")):
             if not (root / ".complete").exists():
-                maker = synth.make_mtat if config.dataset == "mtat" else synth.make_msd
+                from fcn.data.synth_jamendo import make_jamendo
+
+                maker = {"mtat": synth.make_mtat, "msd": synth.make_msd, "jamendo": make_jamendo}[config.dataset]
                 print(f"generating the built-in synthetic {config.dataset.upper()} set in {root}", file=sys.stderr)
                 maker(root, config.synth_clips, seconds=config.clip_seconds, seed=0, workers=os.cpu_count() or 1)
                 (root / ".complete").touch()
@@ -142,6 +162,7 @@ def ensure_store(
                 workers=workers,
                 progress=progress,
                 reader_problems=problems,
+                **build_source(config),
             )
             print(
                 f"feature store {path}: {report.written} clips written, {len(report.skipped)} skipped "
