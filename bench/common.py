@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from fcn.malloc import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_MARK = "BENCH_RESULT "
@@ -43,7 +46,8 @@ def jemalloc_path() -> str | None:
 
 # The allocators compared. glibc's malloc serves blocks of more than 32 MB with fresh mmap()s and returns them on
 # free, so every training step page-faults its activations in again (hundreds of MB at paper scale: system time
-# ≈ user time, FACTS.md). Both fixes keep freed memory for reuse; "-keep" variants are the ones this project proposes.
+# ≈ user time, docs/MEASURED.md). Both fixes keep freed memory for reuse; "-keep" variants are the ones this project
+# proposes.
 ALLOCATORS = {
     "glibc": "glibc malloc (the default)",
     "glibc-keep": "glibc malloc + mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1, M_ARENA_MAX=1) called inside the "
@@ -70,8 +74,6 @@ def allocator_env(allocator: str) -> dict[str, str]:
 
 def glibc_keep_memory() -> bool:
     """glibc keeps freed memory (fcn.malloc.keep_freed_memory, what fcn.train and fcn.preprocess's workers call)."""
-    from fcn.malloc import keep_freed_memory
-
     return keep_freed_memory()
 
 
@@ -153,16 +155,12 @@ def time_calls(fn, repeat: int, warmup: int = 1, sync=None) -> list[float]:
 
 def max_rss_gb() -> float:
     """Peak resident memory of this process in GiB (what a keep-memory allocator costs)."""
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def cpu_times() -> tuple[float, float, int]:
     """(user s, system s, minor page faults) of this process and its finished children. Page faults are the
     allocator's fingerprint: glibc returns big blocks to the OS on free and faults them in again on the next step."""
-    import resource
-
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return s.ru_utime + c.ru_utime, s.ru_stime + c.ru_stime, s.ru_minflt + c.ru_minflt
 
@@ -241,6 +239,8 @@ def machine() -> dict:
         pass
     info["load_avg"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     try:
+        # torch inside the functions: bench.harness_overhead's worker imports this module and then times each of a
+        # cell's one-off imports, torch first, in its fresh process (import_costs)
         import torch
 
         if torch.cuda.is_available():
@@ -268,7 +268,7 @@ def versions() -> dict:
 
 def gpu_available() -> bool:
     try:
-        import torch
+        import torch  # see machine()
 
         return torch.cuda.is_available()
     except ImportError:

@@ -17,7 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
 from bench.common import NO_GPU, Row, Section, allocator_env, apply_allocator, fmt_rate, median, run_worker, worker_main
+from fcn.config import RunConfig
+from fcn.models import FCN
+from fcn.train import train_step
 
 CPU_GLOBAL_BATCH = 8
 GPU_BATCH = 16
@@ -31,13 +38,6 @@ def _free_port() -> int:
 
 def _rank(rank: int, spec: dict, port: int, out: str) -> None:
     """One DDP process: init, identical initial weights, timed steps, parameter check, rank 0 writes the result."""
-    import torch
-    import torch.distributed as dist
-
-    from fcn.config import RunConfig
-    from fcn.models import FCN
-    from fcn.train import train_step
-
     apply_allocator(spec["allocator"])
     world = spec["nproc"]
     cuda = spec["device"] == "cuda"
@@ -92,8 +92,6 @@ def worker(spec: dict) -> dict:
         if spec["nproc"] == 1:
             _rank(0, spec, 0, out)
         else:
-            import torch.multiprocessing as mp
-
             mp.start_processes(_rank, args=(spec, _free_port(), out), nprocs=spec["nproc"], start_method="spawn")
         return json.loads(Path(out).read_text())
 
@@ -146,8 +144,6 @@ def run(quick: bool = False) -> Section:
 def _gpu_row(quick: bool) -> Row:
     name = "GPU, NCCL: 2 GPUs × batch 16 (bf16, channels_last)"
     try:
-        import torch
-
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     except ImportError:
         n = 0

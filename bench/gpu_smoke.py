@@ -12,11 +12,26 @@ usable GPU (one line says why: no GPU, or a driver / build mismatch).
 
 from __future__ import annotations
 
+import datetime
 import os
+import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+
+from fcn.config import RunConfig
+from fcn.dist import driver_version, gpus_allocated
+from fcn.frontends import FrontEndParams
+from fcn.models import FCN
+from fcn.store import Batches, FeatureDataset, write_store
+from fcn.train import train_step
 
 PAPER = dict(width=1.0, frames=1366, batch=16)
 LOADER_CLIPS = 512
@@ -25,11 +40,8 @@ LOADER_WORKERS = 4
 
 def no_gpu_line() -> str | None:
     """Why this machine cannot run the smoke check, in one line; None when CUDA is usable."""
-    import torch
-
     if torch.cuda.is_available():
         return None
-    from fcn.dist import driver_version, gpus_allocated
 
     why = (
         "GPUs are allocated but torch cannot use them (a driver/build mismatch?)"
@@ -43,13 +55,6 @@ def no_gpu_line() -> str | None:
 
 
 def _step(depth: int, inp: str, precision: str, device: str = "cuda", width: float = PAPER["width"]) -> dict:
-    import torch
-
-    from fcn.config import RunConfig
-    from fcn.frontends import FrontEndParams
-    from fcn.models import FCN
-    from fcn.train import train_step
-
     rows = FrontEndParams().rows(inp)
     torch.backends.cuda.matmul.allow_tf32 = False  # "fp32" rows are fp32, not TF32
     torch.backends.cudnn.allow_tf32 = False
@@ -84,11 +89,6 @@ def _step(depth: int, inp: str, precision: str, device: str = "cuda", width: flo
 
 
 def _nccl_worker(rank: int, world: int, port: int, out, backend: str = "nccl") -> None:
-    import datetime
-
-    import torch
-    import torch.distributed as tdist
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cuda = backend == "nccl"
     dev = torch.device("cuda", rank) if cuda else torch.device("cpu")
@@ -112,10 +112,6 @@ def _nccl_worker(rank: int, world: int, port: int, out, backend: str = "nccl") -
 
 
 def _nccl(n_gpus: int, backend: str = "nccl") -> dict:
-    import socket
-
-    import torch.multiprocessing as mp
-
     world = min(2, n_gpus)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -147,13 +143,6 @@ def _nccl(n_gpus: int, backend: str = "nccl") -> dict:
 
 
 def _loader(step_clips_s: float, device: str = "cuda") -> dict:
-    import numpy as np
-    import torch
-    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
-
-    from fcn.frontends import FrontEndParams
-    from fcn.store import Batches, FeatureDataset, write_store
-
     p = FrontEndParams()
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "smoke.h5"
@@ -201,7 +190,6 @@ def run() -> int:
     if line:
         print(line, file=sys.stderr)
         return 2
-    import torch
 
     n = torch.cuda.device_count()
     print(

@@ -16,9 +16,13 @@ before cells start).
 
 from __future__ import annotations
 
+import cProfile
 import json
 import os
+import pstats
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +38,8 @@ CELLS = (("mel", 3), ("mel", 4), ("stft", 4), ("mfcc", 4), ("mel", 5), ("stft", 
 
 
 def base_config(data_dir: Path, out_dir: Path):
+    # fcn, harness and torch are imported inside the functions: the worker times each of a cell's one-off imports in
+    # its fresh process (import_costs), which imports at the top of this module would make free
     from fcn import tracking
     from fcn.config import RunConfig
 
@@ -97,9 +103,6 @@ def import_costs() -> dict:
 def start_costs(repeats: int = 3) -> dict:
     """Wall seconds of `python -m fcn.dist job` (what every sbatch script runs before its tasks) and, for scale, of a
     Python that imports torch: median of `repeats` each."""
-    import subprocess
-    import sys
-
     env = dict(os.environ, SLURM_JOB_ID="1", SLURM_JOB_NODELIST="localhost")
 
     def wall(cmd):
@@ -131,8 +134,6 @@ def worker(spec: dict) -> dict:
         from harness.backends import local
 
         if spec.get("profile"):
-            import cProfile
-
             prof = cProfile.Profile()
             prof.enable()
         outcomes = local.run(todo, local.LocalOptions(parallel=spec["parallel"]), progress=False)
@@ -163,11 +164,9 @@ def worker(spec: dict) -> dict:
 def _breakdown(prof, top: int = 10) -> dict:
     """train()'s total and its epoch-loop-free callees: the functions fcn/train.py calls directly (outside
     `predict`), by cumulative seconds, largest first."""
-    import pstats
-
     st = pstats.Stats(prof).stats
     total, callees = 0.0, {}
-    for (file, line, name), (_cc, _nc, _tt, ct, callers) in st.items():
+    for (file, _line, name), (_cc, _nc, _tt, ct, callers) in st.items():
         if file.endswith("fcn/train.py") and name == "train":
             total += ct
         for (cfile, _cl, cname), edge in callers.items():
@@ -285,7 +284,8 @@ def _import_rows(first_cell) -> list[Row]:
                     else ""
                 )
                 + ". Not ours to cut: torch.optim's step imports torch._dynamo unconditionally, and `import mlflow` "
-                "loads mlflow.artifacts and mlflow.genai eagerly. Ours: the sbatch scripts' pre-training step (next row)",
+                "loads mlflow.artifacts and mlflow.genai eagerly. Ours: the sbatch scripts' pre-training step "
+                "(next row)",
             )
         )
     except RuntimeError as e:

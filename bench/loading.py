@@ -19,10 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from bench.common import Row, Section, allocator_env, apply_allocator, fmt_rate, median, run_worker, worker_main
+from fcn.data import MTAT_TOP50
+from fcn.frontends import FrontEndParams
+from fcn.models import FCN, forward_macs
+from fcn.store import BLOCK_BYTES, Batches, FeatureDataset, write_store
 
 H100_BF16_DENSE = 989.4e12  # FLOP/s, H100 SXM5 datasheet (dense, without sparsity)
 GPU_MFU = 0.45
@@ -34,8 +40,6 @@ BLOCK_MB = 64  # fcn.store.BLOCK_BYTES, for the details text (checked in run())
 
 def consumption() -> tuple[float, float]:
     """(clips/s one H100 consumes training FCN-4 at 45 % MFU, forward FLOPs per clip)."""
-    from fcn.models import FCN, forward_macs
-
     fwd = 2.0 * forward_macs(FCN(4), 96, 1366)
     return GPU_MFU * H100_BF16_DENSE / (3 * fwd), fwd
 
@@ -46,10 +50,6 @@ def consumption() -> tuple[float, float]:
 def make_data(folder: Path, n: int) -> tuple[Path, Path]:
     """A store of n random mel features in fcn's layout (via fcn.store.write_store) and the same clips as peers'
     per-clip float32 .npy files."""
-    from fcn.data import MTAT_TOP50
-    from fcn.frontends import FrontEndParams
-    from fcn.store import write_store
-
     rng = np.random.default_rng(0)
     npy = folder / "npy"
     npy.mkdir(parents=True, exist_ok=True)
@@ -88,8 +88,6 @@ def warm(paths) -> None:
 
 
 def _feature_dataset():
-    from fcn.store import FeatureDataset
-
     return FeatureDataset
 
 
@@ -128,8 +126,6 @@ PEERS = "peers: one float32 .npy per clip"
 
 
 def readers(store: Path, npy: Path, n: int) -> dict[str, torch.utils.data.Dataset]:
-    from fcn.store import Batches
-
     FD = _feature_dataset()
     held = FD(store, "mel", "train")
     if not held.hold_in_memory(1 << 62):
@@ -155,10 +151,6 @@ def consume(ds, x: torch.Tensor, convert: bool = True) -> torch.Tensor:
 
 def loader(ds, workers: int, g: torch.Generator):
     """A shuffled DataLoader of batch BATCH as fcn.train builds it: whole-batch fetches for fcn.store.Batches."""
-    from torch.utils.data import BatchSampler, DataLoader, RandomSampler
-
-    from fcn.store import Batches
-
     ctx = "fork" if workers else None
     if isinstance(ds, Batches):
         return DataLoader(
@@ -199,8 +191,6 @@ def clips_per_s(ds, workers: int, epochs: int, convert: bool = True) -> float:
 
 def raw_h5_rate(store: Path, n: int, repeat: int = 3) -> float:
     """The ceiling: random single-row float16 reads with h5py into a reused buffer, nothing else."""
-    import h5py
-
     rng = np.random.default_rng(0)
     with h5py.File(store, "r") as h:
         d = h["mel"]
@@ -263,8 +253,6 @@ def worker(spec: dict) -> dict:
 
 
 def run(quick: bool = False) -> Section:
-    from fcn.store import BLOCK_BYTES
-
     assert BLOCK_BYTES == BLOCK_MB << 20, "update BLOCK_MB"
     sec = Section("loading", "3. Loading: feature store → training batches (warm page cache, batch 16)")
     n = 256 if quick else 1000
@@ -377,8 +365,8 @@ def _details(need: float, fwd: float, target: float, n: int, res: dict) -> str:
         f"{BATCH}, median of the epochs after an untimed one, first batch of each epoch not timed; the "
         f"consumer standardises "
         f"float16 batches to float32 on the CPU (except the delivery-only row), with one torch thread. Each "
-        f"allocator in its own process (bench/common.py ALLOCATORS). Ceiling: h5py random single-row float16 reads into a reused "
-        f"buffer, nothing else: "
+        f"allocator in its own process (bench/common.py ALLOCATORS). Ceiling: h5py random single-row float16 reads "
+        f"into a reused buffer, nothing else: "
         + ", ".join(f"{r['raw']:,.0f} clips/s ({a})" for a, r in res.items())
         + ". In-memory ceiling: numpy gathers of shuffled batches from the held split, nothing else: "
         + ", ".join(f"{r['gather']:,.0f} clips/s ({a})" for a, r in res.items())

@@ -1,9 +1,9 @@
 """The machine's practical limit: the fastest dense kernel measured here, in GFLOP/s.
 
 Model-FLOPs utilisation (MFU) is achieved FLOP/s divided by this peak. Vendor peaks are not used: on this CPU MKL's
-float32 matmul takes an AVX2 path (~237 GFLOP/s) while oneDNN's AVX-512 convolutions reach ~528 (FACTS.md), so the
-honest "peak" is the best of what the libraries we train with can do, measured in the same process as the training
-steps it is compared with.
+float32 matmul takes an AVX2 path (~237 GFLOP/s) while oneDNN's AVX-512 convolutions reach ~528 (docs/MEASURED.md),
+so the honest "peak" is the best of what the libraries we train with can do, measured in the same process as the
+training steps it is compared with.
 
 CPU candidates: a float32 2048² matmul (MKL) and a float32 convolution of FCN-4's conv2 shape (128 → 384 maps, 3×3,
 48×341, channels_last: oneDNN, the kernel that dominates the model: 7.2 of its 10.0 G multiply-adds). Batch 1 keeps

@@ -19,14 +19,21 @@ resampling inside the decoder (pedalboard's `resampled_to`, FFmpeg's swresample)
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+import resource
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import torch
+from threadpoolctl import threadpool_limits
 
+import fcn.preprocess as pp
+import fcn.store
 from bench.common import (
     NO_GPU,
     Row,
@@ -41,6 +48,10 @@ from bench.common import (
     time_calls,
     worker_main,
 )
+from fcn.audio import DECODERS, DEFAULT_DECODER, SAMPLE_RATE, TOLERANCE_DB, decode, fix_length, load, resample
+from fcn.data import MTAT_TOP50, Item
+from fcn.frontends import FrontEndParams, compute, frontend
+from fcn.preprocess import build
 
 MTAT_CLIPS = 25_863
 MSD_SR, MSD_SECONDS = 44_100, 30.0  # MSD's 7digital previews: 44.1 kHz stereo MP3, mostly 30 s
@@ -67,8 +78,6 @@ def make_clips(
     """n music-like clips (a few harmonic voices with vibrato, percussive clicks, noise) as MP3 at `sr` (16 kHz mono:
     MTAT's; 44.1 kHz stereo: MSD's, each voice panned): `distinct` generated ones (synthesis is slower than
     decoding), then copies of them under new names."""
-    import soundfile as sf
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
@@ -96,8 +105,6 @@ def make_clips(
 
 
 def items_for(paths: list[Path]):
-    from fcn.data import Item
-
     rng = np.random.default_rng(0)
     return [
         Item(
@@ -121,14 +128,6 @@ def ours(paths: list[Path], out: Path, workers: int) -> float:
     Also profiles the build into PROFILE: CPU seconds of the worker processes (reaped by the end of the build, so
     RUSAGE_CHILDREN has them) and the wall time of the parent's serial tail after the last shard (the store's
     assembly: fcn.preprocess._Assembler.finish, and write_store when a skipped clip makes it assemble afterwards)."""
-    import resource
-
-    import fcn.preprocess as pp
-    import fcn.store
-    from fcn.data import MTAT_TOP50
-    from fcn.frontends import FrontEndParams
-    from fcn.preprocess import build
-
     write_store, finish, assembly = fcn.store.write_store, pp._Assembler.finish, []
 
     def timed(fn):
@@ -171,6 +170,7 @@ def ours(paths: list[Path], out: Path, workers: int) -> float:
 
 def peer_features(y: np.ndarray, sr: int = 12_000) -> dict[str, np.ndarray]:
     """The peers' features of one 12 kHz wave, with the paper's settings (PAPER.md, Front ends)."""
+    # librosa, here and below: a dev-group package (the peers' front end), not fcn-sweep's; only the peer rows need it
     import librosa
 
     mel = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, n_fft=512, hop_length=256, n_mels=96))
@@ -196,8 +196,6 @@ def one_blas_thread() -> None:
     """numpy's OpenBLAS (librosa's mel filterbank product) starts a thread per core in every process; with a process
     per core that oversubscribes the cores. Our path sets torch to one thread per worker; give the peers the same."""
     try:
-        from threadpoolctl import threadpool_limits
-
         threadpool_limits(1)
     except ImportError:
         pass
@@ -205,8 +203,6 @@ def one_blas_thread() -> None:
 
 def peers(paths: list[Path], out: Path, workers: int) -> float:
     """Seconds for the peers' path: a fork pool (Linux's default) over clips, one .npy per clip and feature."""
-    import multiprocessing as mp
-
     import librosa  # noqa: F401 - imported once before the fork, as a peer script does at its top
 
     out.mkdir(parents=True, exist_ok=True)
@@ -226,10 +222,6 @@ def mfcc_checks(waves) -> dict[str, float]:
     """Max |difference| (in MFCC units) of: (a) fcn's MFCC of a clip computed alone vs in a batch beside a clip
     1000× quieter, (b) the MFCC fcn.preprocess stores (derived from the mel, both asked together) vs the MFCC
     front end alone."""
-    import torch
-
-    from fcn.frontends import FrontEndParams, compute
-
     p = FrontEndParams()
     w = torch.stack([waves[0], waves[1] * 1e-3])
     alone = [compute(w[i : i + 1], ("mfcc",), p)["mfcc"][0] for i in range(2)]
@@ -257,7 +249,7 @@ def _in_decoder_resamplers(sr: int) -> dict:
     """Resampling inside the decoder, as the libraries offer it: name -> fn(path) -> mono float32 at sr."""
 
     def pedalboard_resampled(path):
-        from pedalboard.io import AudioFile
+        from pedalboard.io import AudioFile  # optional decoders, as in fcn/audio.py: imported when compared
 
         with AudioFile(path).resampled_to(sr) as f:  # its default quality, WindowedSinc32
             return f.read(f.frames).mean(axis=0)
@@ -304,10 +296,6 @@ def decoder_table(formats: dict[str, list[Path]], passes: int = 5) -> dict:
     """Per format: per decoder, ms per clip of decode alone and of load (decode + downmix + resample to 12 kHz), one
     torch thread, median of `passes` passes over the files with the variants interleaved (drift hits all alike);
     and each output's lag, SNR and max |diff| against the default decoder's (worst over the files)."""
-    import torch
-
-    from fcn.audio import DECODERS, DEFAULT_DECODER, SAMPLE_RATE, decode, load
-
     torch.set_num_threads(1)
     out = {}
     for fmt, paths in formats.items():
@@ -343,11 +331,6 @@ def decoder_table(formats: dict[str, list[Path]], passes: int = 5) -> dict:
 def breakdown(paths: list[Path]) -> dict[str, float]:
     """Milliseconds per clip of each stage of both paths, single-threaded, on a batch of clips."""
     import librosa
-    import soundfile as sf
-    import torch
-
-    from fcn.audio import fix_length, load, resample
-    from fcn.frontends import FrontEndParams, compute, frontend
 
     torch.set_num_threads(1)  # what each pool worker does
     one_blas_thread()
@@ -365,7 +348,7 @@ def breakdown(paths: list[Path]) -> dict[str, float]:
     }
     for kind in ("mel", "stft"):
         out[f"ours: {kind} (torchaudio, batch of {len(ps)})"] = (
-            median(time_calls(lambda: compute(waves, (kind,), p), 3)) * per
+            median(time_calls(lambda kind=kind: compute(waves, (kind,), p), 3)) * per
         )
     mel_db = 10.0 * torch.log10(torch.clamp(frontend("mel", p).power(waves), min=p.amin))
     out["ours: mfcc from the mel's dB (DCT + deltas, no 2nd STFT)"] = (
@@ -466,7 +449,8 @@ def run(quick: bool = False) -> Section:
                     f"{total_peers / total:.2f}× faster",
                     f"≤ {TARGET_MTAT_S / 60:.0f} min",
                     total <= TARGET_MTAT_S,
-                    f"= {f_ours:.1f} s fixed + {MTAT_CLIPS:,} ÷ {m_ours:.1f} clips/s; the target needs {need:.0f} clips/s, "
+                    f"= {f_ours:.1f} s fixed + {MTAT_CLIPS:,} ÷ {m_ours:.1f} clips/s; the target needs "
+                    f"{need:.0f} clips/s, "
                     f"{need / m_ours:.1f}× this machine's rate (≈ {workers * need / m_ours:.0f} of these cores at this "
                     f"load); {_mtat_limit(bds['glibc-keep'], workers)}",
                 )
@@ -486,8 +470,6 @@ def run(quick: bool = False) -> Section:
 
 def _decoder_rows(dec: dict) -> list[Row]:
     """One row per format: the fastest decoder's load() rate on one core against the others, outputs checked."""
-    from fcn.audio import DECODERS, DEFAULT_DECODER, TOLERANCE_DB
-
     rows = []
     for fmt, r in dec.items():
         rate = {d: 1000.0 / r[f"{d}: load"]["ms"] for d in DECODERS}
@@ -526,8 +508,6 @@ def _decoder_rows(dec: dict) -> list[Row]:
 
 
 def _decoder_details(dec: dict, formats: dict) -> str:
-    from fcn.audio import DEFAULT_DECODER, TOLERANCE_DB
-
     lines = [
         f"Decoders side by side (fcn.audio.DECODERS; one torch thread, median of 5 interleaved passes over "
         f"{DECODER_CLIPS} distinct synthetic clips per format, written by libsndfile's LAME as VBR MP3 with a "
@@ -578,11 +558,11 @@ def _profile_text(sizes, bd: dict) -> str:
         f"cores idle: the pool's start (spawn + importing torch in each worker, part of the fixed cost), the "
         f"last shard's tail, and the parent's serial tail after the last shard ({p['assembly']:.1f} s: the "
         f"store is assembled while the workers compute, each shard appended as it lands; the tail writes the "
-        f"labels and ids and renames the file). Inside a worker, decoding ({dec:.1f} ms/clip single-core, {dec / ours_sum:.0%} of our "
-        f"stages) and the front ends run one after the other on the same core, so with one worker per core no "
-        f"core waits on decoding in the steady state. What is left at the edges: on machines with more cores than "
-        f"workers, decoding the next shard in a thread while the front ends run (the worker pool's file, not "
-        f"changed here)."
+        f"labels and ids and renames the file). Inside a worker, decoding ({dec:.1f} ms/clip single-core, "
+        f"{dec / ours_sum:.0%} of our stages) and the front ends run one after the other on the same core, so with "
+        f"one worker per core no core waits on decoding in the steady state. What is left at the edges: on "
+        f"machines with more cores than workers, decoding the next shard in a thread while the front ends run (the "
+        f"worker pool's file, not changed here)."
     )
 
 
@@ -599,10 +579,6 @@ def _gpu_row(paths: list[Path]) -> Row:
     name = "GPU front ends (mel + STFT + MFCC, batched) vs librosa on one CPU core"
     if not gpu_available():
         return Row(name, f"not run: {NO_GPU}", target=f"≥ {GPU_TARGET:.0f}×")
-    import torch
-
-    from fcn.audio import fix_length, load
-    from fcn.frontends import FrontEndParams, compute
 
     p = FrontEndParams()
     w = np.stack([fix_length(load(str(x)), p.n_samples) for x in paths])
@@ -624,11 +600,6 @@ def _gpu_row(paths: list[Path]) -> Row:
 
 
 def _checks(paths: list[Path]) -> dict[str, float]:
-    import torch
-
-    from fcn.audio import fix_length, load
-    from fcn.frontends import FrontEndParams
-
     n = FrontEndParams().n_samples
     return mfcc_checks(torch.from_numpy(np.stack([fix_length(load(str(x)), n) for x in paths])))
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from bench.common import Row, Section, fmt_s
+from harness.bootstrap import bootstrap_macro_auc
 
 N_CLIPS, N_TAGS, N_BOOT = 4000, 50, 1000
 TARGET_S = 10.0  # [D] one cell's interval: a table of ~10 cells then regenerates in well under two minutes
@@ -25,8 +27,6 @@ def _data(n: int):
 
 def _sklearn_per_resample(y, s, n: int) -> float:
     """Seconds per resample of the scikit-learn way (macro over the tags with both classes)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     rng = np.random.default_rng(1)
     t0 = time.perf_counter()
     for _ in range(n):
@@ -39,8 +39,6 @@ def _sklearn_per_resample(y, s, n: int) -> float:
 
 
 def run(quick: bool = False) -> Section:
-    from harness.bootstrap import bootstrap_macro_auc
-
     n_boot = 100 if quick else N_BOOT
     y, s = _data(N_CLIPS)
     t0 = time.perf_counter()

@@ -12,18 +12,28 @@ Variants (each in its own process, because an allocator is chosen at process sta
 (fcn.train's memory_format "auto" picks between them by width and CPU: the headline says whether it picked the
 fastest), torch.compile, four allocators (common.ALLOCATORS: glibc, glibc + mallopt, jemalloc, jemalloc that never
 purges), bf16 autocast on CPU where the CPU has bf16 arithmetic (at paper scale and at demo width, and the demo cell's
-test ROC-AUC trained with --amp bf16 vs off, same seed: what fcn.precision's "auto" rule rests on); on GPU fp32 eager / channels_last, bf16 autocast and compile. The step
-is fcn.train's: forward, BCE with logits, zero_grad, backward, Adam (data loading excluded: bench.loading measures it).
+test ROC-AUC trained with --amp bf16 vs off, same seed: what fcn.precision's "auto" rule rests on); on GPU fp32 eager /
+channels_last, bf16 autocast and compile. The step is fcn.train's: forward, BCE with logits, zero_grad, backward, Adam
+(data loading excluded: bench.loading measures it).
 The fastest fp32 variant is run a second time, with a torch.profiler step at the end.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench import peak
 from bench.common import (
     ALLOCATORS,
     NO_GPU,
@@ -41,9 +51,13 @@ from bench.common import (
     run_worker,
     worker_main,
 )
+from fcn.config import PRESETS, RunConfig
+from fcn.models import FCN, forward_macs
+from fcn.precision import amp_dtype, channels_last, cpu_bf16_arithmetic, describe
+from fcn.train import train_step
 
 SAME_WITHIN = 0.05  # variants closer than this (normalised) are the same speed on this shared machine
-MFU_TARGET = 0.70  # of the measured peak, on this CPU (FACTS.md: channels_last + jemalloc reached ≈ 69 %)
+MFU_TARGET = 0.70  # of the measured peak, on this CPU (docs/MEASURED.md: channels_last + jemalloc reached ≈ 69 %)
 PAPER = dict(depth=4, width=1.0, rows=96, frames=1366, batch=16)
 # fcn.train's demo scale (RunConfig defaults: width 0.125, 4 s clips → 188 frames, batch 32, one thread per cell)
 DEMO = dict(depth=4, width=0.125, rows=96, frames=188, batch=32)
@@ -55,8 +69,6 @@ DEMO = dict(depth=4, width=0.125, rows=96, frames=188, batch=32)
 def set_gpu_precision(amp: str) -> None:
     """A GPU row's precision is what it says: "fp32" rows run fp32 convolutions and matmuls, not TF32 (torch lets
     cuDNN use TF32 by default); bf16 rows leave them on. Fixed shapes: cudnn.benchmark, as fcn.train does."""
-    import torch
-
     tf32 = amp == "bf16"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
@@ -64,13 +76,6 @@ def set_gpu_precision(amp: str) -> None:
 
 
 def worker(spec: dict) -> dict:
-    import torch
-
-    from bench import peak
-    from fcn.config import RunConfig
-    from fcn.models import FCN, forward_macs
-    from fcn.train import train_step
-
     apply_allocator(spec["allocator"])
     dev = spec["device"]
     if dev == "cpu":
@@ -151,8 +156,6 @@ def worker(spec: dict) -> dict:
     )
 
     if spec.get("profile"):
-        from torch.profiler import ProfilerActivity, profile
-
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev == "cuda" else [])
         with profile(activities=acts) as prof:
             step()
@@ -229,8 +232,6 @@ def cpu_variants(quick: bool, have_jemalloc: bool) -> list[Variant]:
 
 def native_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX): fcn.precision's check, which "auto" uses."""
-    from fcn.precision import cpu_bf16_arithmetic
-
     return cpu_bf16_arithmetic()
 
 
@@ -247,11 +248,6 @@ GPU_VARIANTS = (
 def default_path() -> tuple[Variant, str]:
     """The CPU variant `python -m fcn.train --preset paper` runs here: its layout (fcn.precision.channels_last, which
     decides "auto" by this CPU) and what fcn.train does to malloc."""
-    import torch
-
-    from fcn.config import PRESETS, RunConfig
-    from fcn.precision import amp_dtype, channels_last
-
     c = RunConfig(**PRESETS["paper"])
     src = (REPO / "fcn" / "train.py").read_text()
     inherited = os.environ.get("LD_PRELOAD", "")
@@ -505,23 +501,12 @@ AUC_EPOCHS = 2  # [D] the demo cell's bf16-vs-fp32 check: 2 epochs (a few minute
 
 
 def _auto_words(width: float) -> str:
-    import torch
-
-    from fcn.config import RunConfig
-    from fcn.precision import describe
-
     return describe(RunConfig(width=width), torch.device("cpu"))
 
 
 def _auc_rows(quick: bool) -> list[Row]:
     """The default demo cell (`python -m fcn.train --epochs AUC_EPOCHS`) trained with --amp off and --amp bf16,
     same seed, in fresh processes: test ROC-AUC and training time of each."""
-    import json
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-
     name = f"demo cell, test ROC-AUC after {AUC_EPOCHS} epochs, --amp bf16 vs off"
     if quick:
         return [Row(name, "not run: --quick")]

@@ -5,7 +5,7 @@ own rate, with MP3 encoder priming and padding removed where the file's LAME/Xin
 (channel mean) and resampling are shared, so the decoders differ only in the decoded samples (bench/preprocess.py
 measures them side by side: equal within TOLERANCE_DB, see DEFAULT_DECODER for speed):
 - "soundfile": the soundfile wheel bundles libsndfile 1.2.2 (mpg123 inside), which reads MP3 and WAV with no system
-  package at all (FACTS.md);
+  package at all (docs/MEASURED.md);
 - "pedalboard": Spotify's pedalboard wheel (JUCE's decoders; on Linux its MP3 decoder is JUCE's own). JUCE does not
   read the LAME tag, so its MP3 output starts with the encoder's delay + the decoder's 529 samples (1105 for LAME's
   576) and ends with the padding: trimmed here from the tag (`_lame_gapless`), as libsndfile and FFmpeg do;
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from math import gcd
 
 import numpy as np
+import soundfile as sf
+import torch
 
 SAMPLE_RATE = 12_000  # PAPER.md: audio is resampled to 12 kHz [C]
 CLIP_SAMPLES = 349_440  # 29.12 s at 12 kHz -> 1366 frames at hop 256 [C]
@@ -95,8 +97,6 @@ def _check_decoder(decoder: str) -> None:
 
 
 def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
-    import soundfile as sf
-
     data, sr = sf.read(path, dtype="float32", always_2d=True)
     return data, int(sr)
 
@@ -131,7 +131,7 @@ def _lame_gapless(path: str) -> tuple[int, int] | None:
 
 
 def _read_pedalboard(path: str) -> tuple[np.ndarray, int]:
-    from pedalboard.io import AudioFile
+    from pedalboard.io import AudioFile  # an optional decoder: imported only when chosen (see DECODERS)
 
     with AudioFile(path) as f:
         sr, chunks = int(round(f.samplerate)), [np.zeros((f.num_channels, 0), np.float32)]
@@ -148,7 +148,7 @@ def _read_pedalboard(path: str) -> tuple[np.ndarray, int]:
 
 
 def _read_ffmpeg(path: str) -> tuple[np.ndarray, int]:
-    import av
+    import av  # an optional decoder: imported only when chosen (see DECODERS)
 
     with av.open(path) as c:
         if not c.streams.audio:
@@ -178,18 +178,16 @@ def info(path, decoder: str = DEFAULT_DECODER) -> AudioInfo:
     _check_file(path)
     try:
         if decoder == "soundfile":
-            import soundfile as sf
-
             i = sf.info(path)
             return AudioInfo(int(i.samplerate), int(i.channels), int(i.frames), str(i.format))
         if decoder == "pedalboard":
-            from pedalboard.io import AudioFile
+            from pedalboard.io import AudioFile  # an optional decoder: imported only when chosen (see DECODERS)
 
             with AudioFile(path) as f:
                 sr, channels, frames = int(round(f.samplerate)), int(f.num_channels), int(f.frames)
             head, tail = _lame_gapless(path) or (0, 0)  # as _read_pedalboard trims them
             return AudioInfo(sr, channels, max(0, frames - head - tail), os.path.splitext(path)[1][1:].upper())
-        import av
+        import av  # an optional decoder: imported only when chosen (see DECODERS)
 
         with av.open(path) as c:
             if not c.streams.audio:
@@ -207,7 +205,6 @@ def resample(x: np.ndarray, orig_sr: int, sr: int) -> np.ndarray:
     """Resample a 1-D float32 signal with torchaudio's windowed-sinc resampler (see the module docstring)."""
     if orig_sr == sr:
         return x
-    import torch
 
     g = gcd(int(orig_sr), int(sr))  # torchaudio reduces by the gcd itself; doing it here keeps the kernel explicit
     y = _resampler(int(orig_sr) // g, int(sr) // g)(torch.from_numpy(np.ascontiguousarray(x)))
@@ -218,8 +215,7 @@ def resample(x: np.ndarray, orig_sr: int, sr: int) -> np.ndarray:
 def _resampler(orig: int, new: int):
     """torchaudio's Resample module: AF.resample's windowed sinc with its defaults, the kernel computed once per
     pair of rates instead of on every clip (a quarter of the resampling's time, bench/preprocess.py)."""
-    import torch
-    import torchaudio.transforms as T
+    import torchaudio.transforms as T  # ~0.2 s to import: only resampling needs it, not every importer of fcn.audio
 
     return T.Resample(
         orig, new, dtype=torch.float32

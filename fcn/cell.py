@@ -6,7 +6,7 @@ A cell is one (dataset, input, depth, seed, training fraction) of the paper's gr
   a search trial of a cell gets `<key>-t<n>/` beside it (harness/search.py).
 - finished: its run dir holds metrics.json (written last by training: the truth on disk), or its MLflow run is
   FINISHED with metric test_roc_auc (the truth when the run dir is on another machine's scratch).
-- tracking defaults: the SQLite store `<out_dir>/mlflow.db`, artifacts in `<out_dir>/mlartifacts`, harness
+- defaults: out dir `runs`, the SQLite store `<out_dir>/mlflow.db`, artifacts in `<out_dir>/mlartifacts`, harness
   bookkeeping in `<out_dir>/<experiment>/.harness/`.
 
 No torch, no mlflow: the harness imports this on a login node.
@@ -31,6 +31,8 @@ GRID_EXPERIMENT = "fcn-sweep"
 # MLflow tag that names the cell a run belongs to (one live run per cell; fcn/tracking.py).
 CELL_TAG = "cell_key"
 
+# The default out dir of every command: run directories, and the default local store beside them.
+OUT_DIR = "runs"
 # The default local store and its artifacts, beside the run directories (never ./mlruns of a job's working dir).
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -70,7 +72,12 @@ def parse_key(key: str) -> dict | None:
 
 def run_dir(config, trial: str = "") -> Path:
     """A cell's run dir; a search trial of it ("t3", harness/search.py) gets its own, `<key>-t3`, beside it."""
-    return Path(config.out_dir) / config.experiment / (f"{config.key}-{trial}" if trial else config.key)
+    return run_dir_at(config.out_dir, config.experiment, f"{config.key}-{trial}" if trial else config.key)
+
+
+def run_dir_at(out_dir: str, experiment: str, key: str) -> Path:
+    """The run dir of cell `key` of `experiment` under `out_dir` (without a config: fcn.predict --run KEY)."""
+    return Path(out_dir) / experiment / key
 
 
 def ckpt(rdir: Path, which: str = LAST) -> Path:
@@ -84,6 +91,12 @@ def harness_dir(out_dir: str, experiment: str) -> Path:
 def store_uri(out_dir: str) -> str:
     """The default tracking URI: a SQLite store beside the run directories."""
     return f"sqlite:///{Path(out_dir).resolve() / STORE_FILE}"
+
+
+def sqlite_db(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI (the default store's kind), else None (a server)."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
 
 
 def artifacts_uri(out_dir: str) -> str:
@@ -122,8 +135,8 @@ def is_finished(rdir: Path, runs=()) -> bool:
 def lock_wait_s() -> float:
     """How long a trainer waits for a cell lock held by another process: env FCN_CELL_LOCK_WAIT_S if set, else 900 s
     in a requeued Slurm job (SLURM_RESTART_COUNT > 0: after a node is lost, the old copy of the job may still be
-    running on it until its slurmd returns and kills it, FACTS.md; the new copy must outlast it, not fail), else 0:
-    a second trainer started by hand stops at once."""
+    running on it until its slurmd returns and kills it, docs/MEASURED.md; the new copy must outlast it, not fail),
+    else 0: a second trainer started by hand stops at once."""
     env = os.environ.get("FCN_CELL_LOCK_WAIT_S", "")
     if env:
         try:

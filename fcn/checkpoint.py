@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import random
 import sys
 from dataclasses import asdict, dataclass, field, fields
@@ -27,6 +28,7 @@ from typing import NotRequired, TypedDict
 import numpy as np
 import torch
 
+from fcn.config import RunConfig
 from fcn.errors import UserError
 
 MAGIC = "fcn-checkpoint"
@@ -135,8 +137,6 @@ def read_best(path: str | Path) -> Best:
 def config_changes(saved: dict, config) -> list[str]:
     """How `config` differs from the config a checkpoint was made with, in the fields a resume may not change (those
     not marked `resume=True` in RunConfig's field metadata); a field added since counts as its default."""
-    from fcn.config import RunConfig
-
     out = []
     for f in fields(RunConfig):
         if f.metadata.get("resume"):
@@ -287,8 +287,6 @@ def _fsync_dir(d: Path) -> None:
 
 
 def _torch_load(src, name: str):
-    import pickle
-
     try:
         return torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

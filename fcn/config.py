@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from fcn import cell
 from fcn.errors import UserError
+from fcn.flags import add_arguments, given, option
 from fcn.frontends import INPUTS, VARIANTS, FrontEndParams
 from fcn.models import DEPTHS
 
@@ -43,101 +44,98 @@ DEMO_CLIP_SECONDS = 4.0
 DEMO_DROPOUT = 0.1
 
 
-def _f(default: Any, help: str, **kw):
-    """A field with its --flag's help text. Metadata: `choices`; `resume=True` for a field that says where or how fast
-    a run goes, not what it computes: a resume may change it (fcn.checkpoint.config_changes), any other field must
-    match the checkpoint's."""
-    return field(default=default, metadata={"help": help, **kw})
-
-
 @dataclass(frozen=True)
 class RunConfig:
+    # Every field is a --flag (fcn/flags.py's `option`). `resume=True` marks a field that says where or how fast a run
+    # goes, not what it computes: a resume may change it (fcn.checkpoint.config_changes), any other field must match
+    # the checkpoint's.
+
     # --- what to run (the cell) ---
-    dataset: str = _f(
+    dataset: str = option(
         "mtat",
         "data set layout: mtat (MagnaTagATune), msd (Million Song Dataset) or jamendo (MTG-Jamendo top-50, split-0)",
         choices=DATASETS,
     )
-    input: str = _f("mel", "front end: mel (96 rows), stft (128 rows) or mfcc (30+Δ+ΔΔ = 90 rows)", choices=INPUTS)
-    depth: int = _f(4, "FCN depth, 3..7 (PAPER.md's architecture table)", choices=DEPTHS)
-    seed: int = _f(0, "seed of weights, data order and dropout")
+    input: str = option("mel", "front end: mel (96 rows), stft (128 rows) or mfcc (30+Δ+ΔΔ = 90 rows)", choices=INPUTS)
+    depth: int = option(4, "FCN depth, 3..7 (PAPER.md's architecture table)", choices=DEPTHS)
+    seed: int = option(0, "seed of weights, data order and dropout")
     # --- data ---
-    data_root: str = _f(
+    data_root: str = option(
         "",
         "root of the real data set (MTAT: folder with annotations_final.csv and 0..f/; MSD: "
         "folder with lastfm_tags.db; MTG-Jamendo: the folder its download script unpacked into, NN/<id>.mp3, "
         ".low.mp3 or .npy); empty = the built-in synthetic set in the same layout",
         resume=True,
     )
-    splits_dir: str = _f(
+    splits_dir: str = option(
         "",
         "folder of split lists (MTAT clean split: Lee/Won lists; MSD: Choi's lists; MTG-Jamendo: "
         "autotagging_top50tags-{train,validation,test}.tsv); "
         "empty = <data_root>/splits if it holds them, else the lists shipped in fcn/data/splits",
         resume=True,
     )
-    tags_db: str = _f("", "MSD: the Last.fm tag database (SQLite); empty = <data_root>/lastfm_tags.db", resume=True)
-    audio_root: str = _f(
+    tags_db: str = option("", "MSD: the Last.fm tag database (SQLite); empty = <data_root>/lastfm_tags.db", resume=True)
+    audio_root: str = option(
         "", "MSD: folder of the 7digital previews, d1/d2/<7digital id>.clip.mp3; empty = <data_root>/audio", resume=True
     )
-    id_map: str = _f(
+    id_map: str = option(
         "",
         "MSD: CSV 'msd_id,path' of previews stored elsewhere (relative paths: from the CSV's "
         "folder); the ids it lists override the d1/d2 layout",
         resume=True,
     )
     # [D] the dataset README's recommended download, and its download script's default --type
-    jamendo_type: str = _f(
+    jamendo_type: str = option(
         "audio",
         "MTG-Jamendo: which download --data-root holds: audio (NN/<id>.mp3, 320 kbps), audio-low (NN/<id>.low.mp3) "
         "or melspecs (NN/<id>.npy, the dataset's own mel-spectrograms: the mel input only, no decoding; "
         "fcn/melspecs.py)",
         choices=JAMENDO_TYPES,
     )
-    split: str = _f(
+    split: str = option(
         "folder",
         "MTAT split: folder (0-b / c / d-f) or clean (Lee/Won lists); MSD always uses Choi's split, MTG-Jamendo "
         "its split-0 (or the lists in --splits-dir)",
         choices=("folder", "clean"),
     )
-    store: str = _f("", "HDF5 feature store; empty = <data_dir>/<name>.h5, built on first use", resume=True)
-    data_dir: str = _f("data", "where built-in data sets and derived feature stores are kept", resume=True)
-    synth_clips: int = _f(1200, "size of the built-in synthetic data set (clips)")
-    train_fraction: float = _f(1.0, "fraction of the training split used (RQ4: data size)")
+    store: str = option("", "HDF5 feature store; empty = <data_dir>/<name>.h5, built on first use", resume=True)
+    data_dir: str = option("data", "where built-in data sets and derived feature stores are kept", resume=True)
+    synth_clips: int = option(1200, "size of the built-in synthetic data set (clips)")
+    train_fraction: float = option(1.0, "fraction of the training split used (RQ4: data size)")
     # --- model and front end ---
-    width: float = _f(DEMO_WIDTH, "channel multiplier; 1.0 is the paper's model [demo 0.125]")
-    clip_seconds: float = _f(DEMO_CLIP_SECONDS, "clip length fed to the front end; the paper's is 29.12 [demo 4.0]")
-    frontend_variant: str = _f(
+    width: float = option(DEMO_WIDTH, "channel multiplier; 1.0 is the paper's model [demo 0.125]")
+    clip_seconds: float = option(DEMO_CLIP_SECONDS, "clip length fed to the front end; the paper's is 29.12 [demo 4.0]")
+    frontend_variant: str = option(
         "plain-db",
         "log-mel variant: authors (their released code: 10·log10(mel²) with a "
         "per-clip floor 80 dB below the peak) or plain-db (10·log10(mel), no "
         "floor); fcn/frontends.py [paper preset: authors]",
         choices=VARIANTS,
     )
-    dropout: float = _f(DEMO_DROPOUT, "dropout after every max-pool; the paper's is 0.5 [demo 0.1]")
+    dropout: float = option(DEMO_DROPOUT, "dropout after every max-pool; the paper's is 0.5 [demo 0.1]")
     # --- optimisation ---
-    batch_size: int = _f(16, "per-process batch size [U: 16 as in Won et al. 2020]")
-    sync_bn: str = _f(
+    batch_size: int = option(16, "per-process batch size [U: 16 as in Won et al. 2020]")
+    sync_bn: str = option(
         "auto",
         "SyncBatchNorm across processes: auto (on CUDA when several processes train with "
         "fewer than 8 clips each [D]), on, or off",
         choices=("auto", "on", "off"),
     )
-    lr: float = _f(PAPER_LR, "Adam learning rate [U: Adam defaults, as in the sibling CRNN paper]")
-    epochs: int = _f(8, "maximum epochs [paper preset 100, U]")
-    patience: int = _f(3, "early stopping: epochs without a better validation ROC-AUC [paper preset 10, U]")
+    lr: float = option(PAPER_LR, "Adam learning rate [U: Adam defaults, as in the sibling CRNN paper]")
+    epochs: int = option(8, "maximum epochs [paper preset 100, U]")
+    patience: int = option(3, "early stopping: epochs without a better validation ROC-AUC [paper preset 10, U]")
     # --- runtime ---
-    device: str = _f("auto", "auto (cuda if available), cpu, or cuda", choices=("auto", "cpu", "cuda"), resume=True)
+    device: str = option("auto", "auto (cuda if available), cpu, or cuda", choices=("auto", "cpu", "cuda"), resume=True)
     # [D] bf16 autocast on CUDA, and on CPUs with bf16 arithmetic, is our speed choice; the paper trained in fp32
     # (--amp off)
-    amp: str = _f(
+    amp: str = option(
         "auto",
         "autocast: auto (bf16 on CUDA and on a CPU with bf16 arithmetic, AVX-512 BF16 or AMX, "
         "where bench/train_step.py measured it faster at equal AUC: fcn/precision.py; else fp32) "
         "[D: our speed choice], bf16, or off (fp32, the paper's precision)",
         choices=("auto", "bf16", "off"),
     )
-    memory_format: str = _f(
+    memory_format: str = option(
         "auto",
         "activations' layout: auto (channels_last on CUDA and at demo width; contiguous "
         "at full width on a CPU without AVX-512, bench/train_step.py), channels_last, or "
@@ -145,18 +143,18 @@ class RunConfig:
         choices=("auto", "channels_last", "contiguous"),
         resume=True,
     )
-    num_workers: int = _f(0, "DataLoader worker processes per training process", resume=True)
-    threads: int = _f(0, "torch CPU threads per process; 0 = all cores divided among local processes", resume=True)
+    num_workers: int = option(0, "DataLoader worker processes per training process", resume=True)
+    threads: int = option(0, "torch CPU threads per process; 0 = all cores divided among local processes", resume=True)
     # --- where results go ---
-    out_dir: str = _f(
-        "runs", "run directories (checkpoints, metrics.json) and the default SQLite MLflow store", resume=True
+    out_dir: str = option(
+        cell.OUT_DIR, "run directories (checkpoints, metrics.json) and the default SQLite MLflow store", resume=True
     )
-    experiment: str = _f(cell.CELL_EXPERIMENT, "MLflow experiment name", resume=True)
-    tracking_uri: str = _f(
+    experiment: str = option(cell.CELL_EXPERIMENT, "MLflow experiment name", resume=True)
+    tracking_uri: str = option(
         "", "MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///<out_dir>/mlflow.db", resume=True
     )
-    parent_run_id: str = _f("", "MLflow parent run (set by the harness for sweeps)", resume=True)
-    recipe: str = _f(
+    parent_run_id: str = option("", "MLflow parent run (set by the harness for sweeps)", resume=True)
+    recipe: str = option(
         "",
         "where lr, dropout and batch size came from: empty = the preset and flags; set by "
         "`harness.grid --configs-from` to a search's recipe file (logged, shown in the tables)",
@@ -242,15 +240,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _parse_bool(s: str) -> bool:
-    low = s.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
-
-
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One --flag per RunConfig field (type-checked by argparse; unknown flags are errors) plus --preset."""
     parser.add_argument(
@@ -266,20 +255,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         metavar="JSON",
         help="a whole run config as a JSON file (as saved in metrics.json); flags override it",
     )
-    for f in fields(RunConfig):
-        if f.name in skip:
-            continue
-        typ = {"int": int, "float": float, "str": str, "bool": _parse_bool}[f.type]
-        default = f.default if f.default is not MISSING else None
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=typ,
-            default=None,
-            choices=f.metadata.get("choices") if f.type != "bool" else None,
-            metavar=f.type.upper() if not f.metadata.get("choices") else None,
-            help=f"{f.metadata['help']} (default: {default!r})",
-        )
+    # unset: a flag not given leaves the preset's (or the --config file's) value
+    add_arguments(parser, RunConfig, skip=skip, unset=True)
 
 
 def config_from_args(args: argparse.Namespace, **extra) -> RunConfig:
@@ -289,7 +266,7 @@ def config_from_args(args: argparse.Namespace, **extra) -> RunConfig:
             with open(args.config) as f:
                 values.update(RunConfig.from_dict(json.load(f)).to_dict())
         except (OSError, ValueError) as e:
-            raise UserError(f"cannot read --config {args.config}: {e}")
-    values.update({f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None})
+            raise UserError(f"cannot read --config {args.config}: {e}") from e
+    values.update(given(RunConfig, args))
     values.update(extra)
     return RunConfig(**values)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fcn.audio import fix_length
+
 CROPS = ("centre", "track-centre")
 # [D] the longest file "track-centre" decodes (fcn.preprocess.MAX_SECONDS, 600 s, bounds "centre"): MTG-Jamendo's
 # longest track (4,140 s) with room to spare. A 69-min 44.1-kHz stereo MP3 decodes to ~1.5 GB of float32 in one
@@ -51,8 +53,6 @@ def first_frame(n_track_frames: int, n_clip_frames: int) -> int:
 
 def cut(x: np.ndarray, params) -> np.ndarray:
     """`x` (mono, at params.sample_rate) cut to exactly params.n_samples by the params' crop rule."""
-    from fcn.audio import fix_length
-
     n = params.n_samples
     if check_crop(params.crop) == "centre":
         return fix_length(x, n)

@@ -1,8 +1,9 @@
 """Distributed set-up: one code path for a single process, torchrun, and srun (Slurm tasks).
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. srun sets SLURM_PROCID / SLURM_NTASKS /
-SLURM_LOCALID but no rendezvous (FACTS.md), so the first node of the job is the master and the port is derived from the
-job id (the sbatch scripts ask `python -m fcn.dist job` for the same values). gloo on CPU, NCCL on CUDA.
+SLURM_LOCALID but no rendezvous (no MASTER_ADDR: docs/MEASURED.md), so the first node of the job is the master and the
+port is derived from the job id (the sbatch scripts ask `python -m fcn.dist job` for the same values). gloo on CPU, NCCL
+on CUDA.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fcn.errors import UserError
+from fcn.errors import UserError, run_cli
 
 if TYPE_CHECKING:
     import torch
@@ -337,6 +338,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from fcn.errors import run_cli
-
     run_cli(main)  # a broken rule is one line, exit 2

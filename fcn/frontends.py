@@ -169,6 +169,8 @@ class FrontEnd(nn.Module):
 
     def __init__(self, kind: str, params: FrontEndParams = FrontEndParams()):
         super().__init__()
+        # torchaudio: ~0.2 s to import (measured), and every CLI imports this module through fcn.config; only
+        # computing features needs it
         import torchaudio.transforms as T
 
         self.kind, self.params = check_input(kind), params
@@ -187,7 +189,7 @@ class FrontEnd(nn.Module):
         elif kind == "stft":
             self.spec = T.Spectrogram(n_fft=p.stft_n_fft, hop_length=p.hop, power=1.0, pad_mode=p.pad_mode)
         else:
-            import torchaudio.functional as AF
+            import torchaudio.functional as AF  # see __init__'s torchaudio note
 
             # Not T.MFCC: its 80 dB floor is taken over the whole batch, so a clip's MFCC depended on its neighbours
             # (bench/preprocess.py found differences of hundreds of units). Here the floor is per clip, as librosa's.

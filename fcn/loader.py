@@ -9,17 +9,15 @@ worker processes. Either way the sampler, and so every batch's clips and their o
 from __future__ import annotations
 
 import torch
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from fcn import dist
 from fcn.config import RunConfig
+from fcn.store import Batches, memory_budget
 
 
 def make_loader(ds, config: RunConfig, d: dist.Dist, shuffle: bool, batch: int = 0):
     """Whole float16 batches of `ds` (fcn.store.Batches), standardised later on the device (`device_inputs`)."""
-    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
-
-    from fcn.store import Batches, memory_budget
-
     # One sampler for every world size: the epoch's order depends only on (seed, epoch), so a resumed run sees
     # exactly the batches an uninterrupted one would.
     sampler = DistributedSampler(

@@ -11,14 +11,14 @@ choice, and is no faster once both have warmed up.
 
 from __future__ import annotations
 
+import ctypes
+
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # <malloc.h>
 
 
 def keep_freed_memory() -> bool:
     """mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, -1) and mallopt(M_ARENA_MAX, 1) (man mallopt(3));
     False when libc is not glibc."""
-    import ctypes
-
     try:
         libc = ctypes.CDLL("libc.so.6")
         return all(

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcn.frontends import FrontEndParams
+
 # Per depth: (channels, pool) for each 3×3 block, then the widths of the extra 1×1 blocks. PAPER.md's table:
 SPECS: dict[int, tuple[tuple[tuple[int, tuple[int, int]], ...], tuple[int, ...]]] = {
     # FCN-3 [D]: 128, 384, 2048 with pools (4,8), (4,8), (6,21) → 1×1
@@ -109,8 +111,6 @@ def forward_macs(model: FCN, rows: int, frames: int) -> int:
 
 def model_card() -> str:
     """Markdown table: depth × input → parameters and forward multiply-adds at paper scale."""
-    from fcn.frontends import FrontEndParams
-
     p = FrontEndParams()
     lines = [
         "FCN model card (Choi, Fazekas & Sandler 2016) at paper scale: 29.12 s at 12 kHz → "

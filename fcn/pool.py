@@ -12,21 +12,22 @@ line to the parent: ("clip", j) before decoding item j, ("compute",) after the l
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import signal
 import sys
 import time
 import traceback
 from collections import deque
+from multiprocessing.connection import wait
+
+import torch
 
 from fcn.errors import UserError
+from fcn.malloc import keep_freed_memory
 
 
 def _worker_main(conn, task) -> None:
     """A worker process: shard jobs in, progress messages out, until told to stop or the parent is gone."""
-    import torch
-
-    from fcn.malloc import keep_freed_memory
-
     torch.set_num_threads(1)  # one process per core; threads inside would only fight each other
     keep_freed_memory()  # a 32-clip batch's STFTs would otherwise be fresh mmap()s, page-faulted in on every shard
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us cleanly
@@ -91,8 +92,6 @@ class _Pool:
     """The supervisor's state: jobs still to run, files found to crash or hang the decoder, deaths per shard."""
 
     def __init__(self, jobs: dict, n_workers: int, decode_timeout: float, on_done, task):
-        import multiprocessing as mp
-
         self.ctx, self.task = mp.get_context("spawn"), task
         self.jobs, self.decode_timeout, self.on_done = jobs, decode_timeout, on_done
         self.pending = deque(sorted(jobs))
@@ -101,8 +100,6 @@ class _Pool:
         self.workers = [_Worker(self.ctx, task) for _ in range(min(n_workers, len(self.pending)))]
 
     def run(self) -> None:
-        from multiprocessing.connection import wait
-
         try:
             while True:
                 for w in self.workers:
@@ -177,7 +174,8 @@ class _Pool:
 
 
 def run_shards(jobs: dict, n_workers: int, decode_timeout: float, on_done, task) -> None:
-    """Run shard jobs {index: (items, params, inputs, dest, decoder)} through `task` in `n_workers` spawned worker processes;
-    `on_done(index)` after each. A file whose decoding crashes or hangs a worker is skipped (the shard is redone with
-    it marked in `preskip`); a worker dying twice on one shard outside decoding is an error (out of memory?)."""
+    """Run shard jobs {index: (items, params, inputs, dest, decoder)} through `task` in `n_workers` spawned worker
+    processes; `on_done(index)` after each. A file whose decoding crashes or hangs a worker is skipped (the shard is
+    redone with it marked in `preskip`); a worker dying twice on one shard outside decoding is an error (out of
+    memory?)."""
     _Pool(jobs, n_workers, decode_timeout, on_done, task).run()

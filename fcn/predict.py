@@ -18,21 +18,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fcn import cell, checkpoint
+from fcn import cell, checkpoint, tracking
+from fcn.audio import AudioError, fix_length, load
+from fcn.config import RunConfig
 from fcn.errors import UserError, run_cli
+from fcn.frontends import FrontEnd, FrontEndParams
+from fcn.models import FCN
 
 
 def find_checkpoint(
-    run: str, *, out_dir: str = "runs", experiment: str = cell.CELL_EXPERIMENT, tracking_uri: str = ""
+    run: str, *, out_dir: str = cell.OUT_DIR, experiment: str = cell.CELL_EXPERIMENT, tracking_uri: str = ""
 ) -> Path:
     """A .pt path, a cell key (its run dir), or an MLflow run id / cell key whose `model/best.pt` artifact is used."""
     p = Path(run)
     if p.suffix == ".pt" and p.exists():
         return p
-    local = cell.ckpt(Path(out_dir) / experiment / run, cell.BEST)
+    local = cell.ckpt(cell.run_dir_at(out_dir, experiment, run), cell.BEST)
     if local.exists():
         return local
-    from fcn import tracking
 
     uri = tracking.resolve_uri(tracking_uri, out_dir)
     tracking.check_reachable(uri)
@@ -49,18 +52,14 @@ def find_checkpoint(
         raise UserError(
             f"no finished run {run!r}: not a checkpoint file, not a cell key under {out_dir}/"
             f"{experiment}/, and not an MLflow run id in {tracking.redact(uri)}"
-        )
-    import mlflow.artifacts
+        ) from None
+    import mlflow.artifacts  # heavy (seconds): only a run found in MLflow, not on disk, needs it
 
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/best.pt", tracking_uri=uri))
 
 
 class Tagger:
     def __init__(self, ckpt_path: Path):
-        from fcn.config import RunConfig
-        from fcn.frontends import FrontEnd, FrontEndParams
-        from fcn.models import FCN
-
         if not Path(ckpt_path).is_file():
             raise UserError(f"{ckpt_path} does not exist")
         # verified, tensors and plain values only (weights_only): a crafted file is refused, nothing of it runs
@@ -76,8 +75,6 @@ class Tagger:
 
     @torch.no_grad()
     def scores(self, path: str | Path) -> np.ndarray:
-        from fcn.audio import fix_length, load
-
         wave = fix_length(load(path, sr=self.params.sample_rate), self.params.n_samples)
         x = self.frontend(torch.from_numpy(wave)[None])
         x = (x.float() - self.mean) / self.std
@@ -90,15 +87,13 @@ class Tagger:
 
 
 def main(argv=None) -> None:
-    from fcn.audio import AudioError
-
     ap = argparse.ArgumentParser(
         prog="python -m fcn.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("files", nargs="+", help="audio files (MP3, WAV, any rate or channel count)")
     ap.add_argument("--run", required=True, help="cell key, MLflow run id, or a best.pt path")
     ap.add_argument("--top", type=int, default=10, help="how many tags to print (default: 10)")
-    ap.add_argument("--out-dir", default="runs")
+    ap.add_argument("--out-dir", default=cell.OUT_DIR, help=f"the runs' out dir (default: {cell.OUT_DIR})")
     ap.add_argument(
         "--experiment", default=cell.CELL_EXPERIMENT, help=f"MLflow experiment (a grid's: {cell.GRID_EXPERIMENT})"
     )

@@ -3,13 +3,13 @@
     python -m fcn.preprocess                                   # the built-in synthetic MTAT set (demo scale)
     python -m fcn.preprocess --dataset mtat --data-root /data/mtat --split clean --preset paper --workers 16
     python -m fcn.preprocess --dataset msd --data-root /data/msd --preset paper
-    python -m fcn.preprocess --dataset msd --data-root /data/msd --preset paper --cluster slurm --partition cpu
+    python -m harness.preprocess --dataset msd --data-root /data/msd --preset paper --cluster slurm --partition cpu
 
 Every input type (mel, STFT, MFCC) is computed in one pass over the audio. Work is cut into shards of clips; each
 finished shard is written atomically under `<store>.parts/`, so a rerun after a kill does only the missing shards and
 ends with the identical store. The store itself is assembled into a temporary file and renamed on success.
-With --cluster slurm (a job array) or --cluster ray (Ray tasks) the shards are computed on a cluster's nodes
-(fcn/preprocess_cluster.py) and assembled here into the same store, byte for byte.
+`python -m harness.preprocess --cluster slurm|ray` (harness/preprocess.py) is this build with its shards computed on a
+cluster's nodes (a Slurm job array, Ray tasks: `build(runner=...)`), assembled here into the same store, byte for byte.
 
 Bad input never costs good data: a file that cannot be decoded is skipped and named in the report; a decoder that
 crashes or hangs on one file takes down only its worker process, which is replaced, and the file is skipped. What is
@@ -29,24 +29,31 @@ import argparse
 import hashlib
 import json
 import os
+import queue
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from fcn.audio import DECODERS, DEFAULT_DECODER
+from fcn.audio import DECODERS, DEFAULT_DECODER, AudioError, info, load
+from fcn.config import add_config_arguments, config_from_args
+from fcn.crop import MAX_TRACK_SECONDS, cut
 from fcn.errors import UserError, run_cli
-from fcn.frontends import INPUTS, FrontEndParams
+from fcn.frontends import INPUTS, FrontEndParams, compute
 from fcn.melspecs import NPY_DECODER
 from fcn.melspecs import process_shard as process_npy_shard
 from fcn.pool import run_shards
-from fcn.run_store import lock, read_items, store_path
+from fcn.run_store import build_source, is_current, lock, read_items, store_path, wait_for_store, why_stale
+from fcn.store import FORMAT_VERSION, StoreWriter, write_store
 
 SHARD_SIZE = 32  # clips per shard: small enough that a kill loses little, large enough to batch the front ends
-# A 29 s MP3 decodes in ~4 ms (FACTS.md): a decoder still busy with one file after this long is stuck, not slow.
+# A 29 s MP3 decodes in ~4 ms (docs/MEASURED.md): a decoder still busy with one file after this long is stuck, not slow.
 DECODE_TIMEOUT = 120.0
 # [D] No clip of either data set is anywhere near this (MTAT 29 s, MSD previews 30-60 s); a file this long is a
 # whole track or album in the wrong place, and decoding it whole in 16 workers at once could exhaust memory.
@@ -98,9 +105,6 @@ class Report:
 
 def _decode(path: str, params: FrontEndParams, decoder: str = DEFAULT_DECODER):
     """(wave at the clip length, warning text) of one file; AudioError when it is not usable audio."""
-    from fcn.audio import AudioError, info, load
-    from fcn.crop import MAX_TRACK_SECONDS, cut
-
     meta = info(path, decoder)  # header only (~0.1 ms): refuse absurd lengths before decoding them whole
     limit = MAX_SECONDS if params.crop == "centre" else MAX_TRACK_SECONDS  # full tracks: fcn/crop.py
     if meta.seconds > limit:
@@ -125,16 +129,11 @@ def _process_shard(job, send) -> None:
 
     `send(kind, ...)` tells the parent which clip is being decoded, so that a crash or hang is pinned on that file.
     Clips in `preskip` (index -> reason) were found to crash or hang the decoder in an earlier attempt."""
-    import torch
-
-    from fcn.audio import AudioError
-    from fcn.frontends import compute
-
     items, params, inputs, dest, decoder, preskip = job
     if decoder == NPY_DECODER:  # no audio: the shard's mel comes from the dataset's own NPYs (fcn/melspecs.py)
         return process_npy_shard(job, send)
     waves, status = [], []
-    for j, (cid, path) in enumerate(items):
+    for j, (_cid, path) in enumerate(items):
         if j in preskip:
             status.append(("skip", preskip[j]))
             continue
@@ -165,13 +164,21 @@ def _process_shard(job, send) -> None:
     os.replace(tmp, dest)
 
 
+def compute_shards(jobs: dict, workers: int, decode_timeout: float) -> int:
+    """Compute a group of shard jobs in `workers` processes, skipping parts already written (by a retry of the same
+    task, or by an earlier run still going); returns how many it computed. The task a cluster's node runs
+    (harness/preprocess.py), with the same pool and shard code as a one-node build."""
+    left = {i: job for i, job in jobs.items() if _shard_status(job[3], len(job[0]), job[2]) is None}
+    if left:
+        run_shards(left, min(workers, len(left)), decode_timeout, on_done=lambda i: None, task=_process_shard)
+    return len(left)
+
+
 # ---------------------------------------------------------------- the whole build
 
 
 def _manifest(items, params: FrontEndParams, inputs, shard_size: int, decoder: str = DEFAULT_DECODER) -> str:
     """What the parts of a build depend on: a rerun resumes only parts made from exactly this."""
-    from fcn.store import FORMAT_VERSION
-
     h = hashlib.sha256()
     h.update(f"format {FORMAT_VERSION}\n".encode())  # parts of an older format's build must not be reused
     h.update(params.to_json().encode())
@@ -245,14 +252,12 @@ def _compute(
     workers: int,
     decode_timeout: float,
     progress: bool,
-    cluster,
+    runner,
     log_dir: Path,
     landed=lambda i: None,
 ) -> list[str]:
-    """Compute the shards in `todo` here, or on the cluster `cluster` names, calling `landed(i)` as shard i is written;
-    returns the cluster's failed tasks."""
-    from tqdm import tqdm
-
+    """Compute the shards in `todo` here, or with `runner` (a cluster), calling `landed(i)` as shard i is written;
+    returns the runner's failed tasks."""
     failures: list[str] = []
     bar = tqdm(
         total=total,
@@ -270,7 +275,7 @@ def _compute(
         landed(i)
 
     try:
-        if todo and (cluster is None or cluster.cluster == "local"):
+        if todo and runner is None:
             # always in worker processes, even one: a decoder that crashes or hangs must not take this process along
             run_shards(
                 todo,
@@ -280,9 +285,7 @@ def _compute(
                 task=_process_shard,
             )
         elif todo:
-            from fcn.preprocess_cluster import run_on_cluster
-
-            failures = run_on_cluster(todo, cluster, decode_timeout=decode_timeout, log_dir=log_dir, on_done=on_done)
+            failures = runner(todo, decode_timeout=decode_timeout, log_dir=log_dir, on_done=on_done)
     finally:
         bar.close()  # before any error's line, which would otherwise be glued to the bar's
     return failures
@@ -297,11 +300,6 @@ class _Assembler:
     from the parts after the last shard, as it always did."""
 
     def __init__(self, out: Path, dests: list[Path], sizes: list[int], params: FrontEndParams, inputs):
-        import queue
-        import threading
-
-        from fcn.store import StoreWriter
-
         self.dests, self.sizes, self.inputs = dests, sizes, tuple(inputs)
         self.q, self.ok = queue.Queue(), True
         self.writer = StoreWriter(out, sum(sizes), params, list(inputs))
@@ -380,18 +378,19 @@ def build(
     reader_problems=(),
     shard_size: int = SHARD_SIZE,
     decode_timeout: float = DECODE_TIMEOUT,
-    cluster=None,
+    runner=None,
     decoder: str = DEFAULT_DECODER,
 ) -> Report:
     """Build the store at `out` from data set items (fcn.data.Item); returns the report (also saved beside it).
 
     Parts of an interrupted build with the same items, parameters and shard size under `<out>.parts/` are reused;
-    parts of any other build there are discarded. Callers that may race on `out` hold its lock (see ensure_store).
-    `cluster` (fcn.preprocess_cluster.ClusterOptions) computes the parts on a Slurm or Ray cluster instead of here:
-    the same parts, so the same store; `<out>.parts/` must then be on a file system the cluster's nodes share.
+    parts of any other build there are discarded. Callers that may race on `out` hold its lock (ensure_feature_store
+    does).
+    `runner` computes the parts somewhere else than this machine's pool: `runner(todo, decode_timeout=, log_dir=,
+    on_done=)` with `todo` = {shard index: job} for `compute_shards`, `on_done(i)` as part i appears, returning one
+    line per task that failed; `runner.name` names it in errors (harness/preprocess.py: a Slurm job array, Ray tasks).
+    The same parts, so the same store; `<out>.parts/` must then be on a file system the runner's nodes share.
     """
-    from fcn.store import write_store
-
     t0 = time.time()
     out = Path(out).absolute()  # absolute: a cluster's tasks write the parts from another working directory
     inputs = tuple(inputs)
@@ -399,8 +398,6 @@ def build(
         raise UserError(f"shard size must be >= 1, not {shard_size}")
     if decoder not in (*DECODERS, NPY_DECODER):
         raise UserError(f"unknown decoder {decoder!r}: choose from {', '.join(DECODERS)}")
-    if cluster is not None:
-        cluster.check()  # before any work: a cluster this node cannot reach is one line, and no parts folder
     report = Report(reader_problems=list(reader_problems))
     unique = _unique(items, report)
     if not unique:
@@ -435,7 +432,7 @@ def build(
             workers=workers,
             decode_timeout=decode_timeout,
             progress=progress,
-            cluster=cluster,
+            runner=runner,
             log_dir=parts / "logs",
             landed=asm.landed,
         )
@@ -444,7 +441,7 @@ def build(
         missing = [i for i in todo if status[i] is None]
         if missing and failures:
             raise UserError(
-                f"{len(missing)} of {len(shards)} shards are missing after the {cluster.cluster} build "
+                f"{len(missing)} of {len(shards)} shards are missing after the {runner.name} build "
                 f"({len(failures)} task(s) failed; first: {failures[0]}; logs in {parts / 'logs'}): "
                 "rerun the same command, and only the missing shards are computed again"
             )
@@ -480,13 +477,67 @@ def build(
     return report
 
 
-def main(argv=None) -> None:
-    from fcn.config import add_config_arguments, config_from_args
-    from fcn.preprocess_cluster import add_cluster_arguments, cluster_from_args
-    from fcn.run_store import build_source
+# ---------------------------------------------------------------- a run's store, built on first use
 
+
+def ensure_feature_store(
+    config, *, workers: int = 0, progress: bool = True, build_here: bool = True, wait_s: float | None = None
+) -> Path:
+    """The run's feature store (fcn.run_store.store_path), built (once, under a lock) if it does not exist yet;
+    a damaged or older-format one is rebuilt.
+
+    build_here=False (every DDP rank but global rank 0): never build, wait up to `wait_s` seconds (default
+    $FCN_STORE_WAIT_S, else 24 h: a paper-scale MSD build on one node) for the builder's finished file. The file lock
+    alone is not enough where a shared file system's locks are node-local (some GPFS / Lustre mounts): one rank per
+    node would build, and they would delete each other's parts.
+    """
+    path = store_path(config)
+    if config.store or is_current(path):
+        return path  # an explicit --store is never built implicitly: a wrong path must be an error, not a build
+    if not build_here:
+        return wait_for_store(path, float(os.environ.get("FCN_STORE_WAIT_S", 86400)) if wait_s is None else wait_s)
+    with lock(path.with_name(path.name + ".lock")):
+        if not is_current(path):
+            if path.exists():  # a derived store is a cache: one of an older format is rebuilt, not refused
+                print(f"feature store {path} {why_stale(path)}: rebuilding it", file=sys.stderr)
+            tags, items, problems = read_items(config)
+            report = build(
+                items,
+                tags,
+                dataset=config.dataset,
+                out=path,
+                params=config.frontend,
+                workers=workers,
+                progress=progress,
+                reader_problems=problems,
+                **build_source(config),  # MTG-Jamendo's mel NPYs: no decoder, the mel input only
+            )
+            print(
+                f"feature store {path}: {report.written} clips written, {len(report.skipped)} skipped "
+                f"(report: {path}.report.txt)",
+                file=sys.stderr,
+            )
+    return path
+
+
+def ensure_feature_stores(configs, progress: bool = True) -> None:
+    """Each distinct store of `configs` built once, here, before their cells start (harness.grid, harness.search):
+    the cells would otherwise queue on its lock."""
+    seen = set()
+    for c in configs:
+        p = store_path(c)
+        if p not in seen:
+            seen.add(p)
+            ensure_feature_store(c, progress=progress)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def build_parser(prog: str = "python -m fcn.preprocess", description: str = __doc__) -> argparse.ArgumentParser:
+    """The build's flags (also `python -m harness.preprocess`'s, which adds where the shards are computed)."""
     ap = argparse.ArgumentParser(
-        prog="python -m fcn.preprocess", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--workers", type=int, default=0, help="processes (default: all cores this job may use)")
     ap.add_argument("--out", default="", help="store path (default: the path fcn.train derives for these flags)")
@@ -506,15 +557,17 @@ def main(argv=None) -> None:
         default=DEFAULT_DECODER,
         help=f"MP3/WAV decoder (fcn/audio.py; default: {DEFAULT_DECODER}, the fastest measured)",
     )
-    add_cluster_arguments(ap)
     add_config_arguments(ap)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def run_build(args: argparse.Namespace, runner=None) -> Report:
+    """The build the parsed flags describe (its shards in this machine's pool, or with `runner`), printed."""
     if args.shard_size < 1 or args.decode_timeout <= 0 or args.workers < 0:
-        ap.error("--shard-size must be >= 1, --decode-timeout > 0 and --workers >= 0")
-    cluster = cluster_from_args(args)
+        raise UserError("--shard-size must be >= 1, --decode-timeout > 0 and --workers >= 0")
     config = config_from_args(args)
     out = Path(args.out) if args.out else store_path(config)
-    # the lock ensure_store takes: a sweep building the same store at the same time must wait, not share the parts
+    # the lock ensure_feature_store takes: a sweep building the same store at once must wait, not share the parts
     with lock(out.with_name(out.name + ".lock")):
         tags, items, problems = read_items(config)
         report = build(
@@ -527,11 +580,25 @@ def main(argv=None) -> None:
             reader_problems=problems,
             shard_size=args.shard_size,
             decode_timeout=args.decode_timeout,
-            cluster=cluster,
+            runner=runner,
             **build_source(config, args.decoder),  # MTG-Jamendo's mel NPYs: no decoder, the mel input only
         )
     print(report.text(max_lines=20))
     print(f"store: {out}\nreport: {out}.report.txt")
+    return report
+
+
+def main(argv=None) -> None:
+    ap = build_parser()
+    # the cluster build moved to the harness (fcn never launches cluster jobs): say where, in one line
+    ap.add_argument("--cluster", default="local", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.cluster != "local":
+        raise UserError(
+            f"--cluster {args.cluster}: a build over a cluster is `python -m harness.preprocess --cluster "
+            f"{args.cluster}` now (the same flags, plus the cluster's)"
+        )
+    run_build(args)
 
 
 if __name__ == "__main__":

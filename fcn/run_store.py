@@ -1,8 +1,9 @@
-"""Which feature store a run uses, and building it on first use (once, under a lock, for a whole sweep).
+"""Which feature store a run uses, and the data set it is built from.
 
 `store_path` derives a store's name from the config (data set, source, split, clip length, mel variant); `read_items`
-reads the run's data set (generating the built-in synthetic one on first use, `synth_root`); `ensure_store` returns a
-current store, rebuilding a damaged or older-format one, or waits for the rank that builds it.
+reads the run's data set (generating the built-in synthetic one on first use, `synth_root`); `is_current` tells a
+usable store from a missing, damaged or older-format one, and `wait_for_store` waits for the rank that builds it.
+Building one on first use is fcn.preprocess's (`ensure_feature_store`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from fcn import melspecs
+from fcn.data import jamendo, msd, mtat, synth, synth_jamendo
 from fcn.errors import UserError
+from fcn.store import FORMAT_VERSION, read_meta
 
 
 def store_path(config) -> Path:
@@ -44,14 +48,9 @@ def read_items(config):
     if not root.exists():
         raise UserError(f"data root {root} does not exist: pass --data-root of your {config.dataset.upper()} copy")
     if config.dataset == "mtat":
-        from fcn.data import mtat
-
         return mtat.read(root, split=config.split, splits_dir=config.splits_dir or None)
     if config.dataset == "jamendo":
-        from fcn.data import jamendo
-
         return jamendo.read(root, splits_dir=config.splits_dir or None, kind=config.jamendo_type)
-    from fcn.data import msd
 
     splits_dir = Path(config.splits_dir) if config.splits_dir else msd.default_splits_dir(root)
     tags_db = Path(config.tags_db) if config.tags_db else root / msd.TAGS_DB
@@ -74,8 +73,6 @@ def build_source(config, decoder: str | None = None) -> dict:
     """build()'s `decoder` and `inputs` for the run's data: a store from MTG-Jamendo's own mel-spectrograms reads
     NPYs, not audio, and holds the mel input only (fcn/melspecs.py); any other store decodes audio with `decoder`."""
     if config.dataset == "jamendo" and config.jamendo_type == "melspecs":
-        from fcn import melspecs
-
         melspecs.check_params(config.frontend)
         return dict(decoder=melspecs.NPY_DECODER, inputs=melspecs.INPUTS)
     return {} if decoder is None else dict(decoder=decoder)
@@ -84,13 +81,11 @@ def build_source(config, decoder: str | None = None) -> dict:
 def synth_root(config) -> Path:
     root = Path(config.data_dir) / f"synth-{config.dataset}-{config.synth_clips}-{config.clip_seconds:g}s"
     if not (root / ".complete").exists():
-        from fcn.data import synth
-
         with lock(root.with_name(root.name + ".lock")):
             if not (root / ".complete").exists():
-                from fcn.data.synth_jamendo import make_jamendo
-
-                maker = {"mtat": synth.make_mtat, "msd": synth.make_msd, "jamendo": make_jamendo}[config.dataset]
+                maker = {"mtat": synth.make_mtat, "msd": synth.make_msd, "jamendo": synth_jamendo.make_jamendo}[
+                    config.dataset
+                ]
                 print(f"generating the built-in synthetic {config.dataset.upper()} set in {root}", file=sys.stderr)
                 maker(root, config.synth_clips, seconds=config.clip_seconds, seed=0, workers=os.cpu_count() or 1)
                 (root / ".complete").touch()
@@ -109,10 +104,8 @@ def lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _current(path: Path) -> bool:
+def is_current(path: Path) -> bool:
     """Whether `path` is a store of this fcn's format (False when absent, older or unreadable)."""
-    from fcn.store import FORMAT_VERSION, read_meta
-
     if not path.exists():
         return False
     try:
@@ -121,60 +114,18 @@ def _current(path: Path) -> bool:
         return False
 
 
-def _why_stale(path: Path) -> str:
+def why_stale(path: Path) -> str:
     """Why an existing store is rebuilt: damaged (a killed write, a full disk) or of an older format."""
-    from fcn.store import read_meta
-
     try:
         return f"is of an older format ({read_meta(path)['format_version']})"
     except UserError:
         return "is damaged or truncated (it cannot be read as a feature store)"
 
 
-def ensure_store(
-    config, *, workers: int = 0, progress: bool = True, build_here: bool = True, wait_s: float | None = None
-) -> Path:
-    """The run's store, built (once, under a lock) if it does not exist yet.
-
-    build_here=False (every DDP rank but global rank 0): never build, wait up to `wait_s` seconds (default
-    $FCN_STORE_WAIT_S, else 24 h: a paper-scale MSD build on one node) for the builder's finished file. The file lock
-    alone is not enough where a shared file system's locks are node-local (some GPFS / Lustre mounts): one rank per
-    node would build, and they would delete each other's parts.
-    """
-    path = store_path(config)
-    if config.store or _current(path):
-        return path  # an explicit --store is never built implicitly: a wrong path must be an error, not a build
-    if not build_here:
-        return _wait_for_store(path, float(os.environ.get("FCN_STORE_WAIT_S", 86400)) if wait_s is None else wait_s)
-    with lock(path.with_name(path.name + ".lock")):
-        if not _current(path):
-            if path.exists():  # a derived store is a cache: one of an older format is rebuilt, not refused
-                print(f"feature store {path} {_why_stale(path)}: rebuilding it", file=sys.stderr)
-            from fcn.preprocess import build  # fcn.preprocess imports this module: import it here, when needed
-
-            tags, items, problems = read_items(config)
-            report = build(
-                items,
-                tags,
-                dataset=config.dataset,
-                out=path,
-                params=config.frontend,
-                workers=workers,
-                progress=progress,
-                reader_problems=problems,
-                **build_source(config),
-            )
-            print(
-                f"feature store {path}: {report.written} clips written, {len(report.skipped)} skipped "
-                f"(report: {path}.report.txt)",
-                file=sys.stderr,
-            )
-    return path
-
-
-def _wait_for_store(path: Path, wait_s: float) -> Path:
+def wait_for_store(path: Path, wait_s: float) -> Path:
+    """`path` once another process (DDP rank 0) has built it; one line after `wait_s` seconds without it."""
     deadline = time.monotonic() + wait_s
-    while not _current(path):
+    while not is_current(path):
         if time.monotonic() > deadline:
             raise UserError(
                 f"waited {wait_s:.0f} s for rank 0 to build the feature store {path}, and it is not "

@@ -3,7 +3,7 @@
 Layout (DESIGN.md): datasets `mel`/`stft`/`mfcc` (N, rows, frames) float16, `labels` (N, 50) uint8, `clip_id`,
 `split`, `path` (N,) str; attrs `format_version`, `dataset`, `tags`, `frontend`, `inputs`, `decoder`.
 float16 costs at most 0.016 dB and halves the reads; contiguous (unchunked, uncompressed) datasets gave the fastest
-random reads here (FACTS.md: 2,900-4,300 clips/s cold, 23-35 k warm, vs 1,255-2,230 chunked + compressed).
+random reads here (docs/MEASURED.md: 2,900-4,300 clips/s cold, 23-35 k warm, vs 1,255-2,230 chunked + compressed).
 A split that fits in RAM is read once, in large sequential blocks, and its batches are gathered from memory
 (FeatureDataset.hold_in_memory): per-row HDF5 reads cap a loader at 5-10 k clips/s, well under what a GPU consumes.
 """
@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
@@ -45,8 +46,6 @@ class StoreWriter:
     fcn.preprocess fills it while later shards still compute; abort() removes the temporary file."""
 
     def __init__(self, out: Path, n: int, params: FrontEndParams, inputs: list[str]):
-        import h5py
-
         self.out = Path(out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.out.with_name(self.out.name + ".tmp")
@@ -74,8 +73,6 @@ class StoreWriter:
         labels: np.ndarray,
         decoder: str = OLD_DECODER,
     ) -> Path:
-        import h5py
-
         n = self.n
         if self.filled != n or len(clip_ids) != n:
             self.abort()
@@ -156,8 +153,6 @@ def write_store(
 
 def read_meta(path: str | Path) -> dict:
     """The store's attributes and sizes, with a clear error when the file is missing or not a store."""
-    import h5py
-
     path = Path(path)
     if not path.exists():
         raise UserError(
@@ -176,7 +171,7 @@ def read_meta(path: str | Path) -> dict:
                 decoder=str(h.attrs.get("decoder", OLD_DECODER)),
             )
     except (OSError, KeyError) as e:
-        raise UserError(f"{path} is not an fcn feature store ({e}); rebuild it with `python -m fcn.preprocess`")
+        raise UserError(f"{path} is not an fcn feature store ({e}); rebuild it with `python -m fcn.preprocess`") from e
     return meta
 
 
@@ -269,8 +264,6 @@ class FeatureDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, path: str | Path, input: str, split: str, *, fraction: float = 1.0, seed: int = 0):
-        import h5py
-
         self.path, self.input = str(path), input
         with h5py.File(self.path, "r") as h:
             splits = h["split"].asstr()[:]
@@ -299,8 +292,6 @@ class FeatureDataset(torch.utils.data.Dataset):
         """Read the whole split into RAM if it takes at most `budget` bytes (fcn.store.memory_budget); whether it
         is held. Idempotent."""
         if self.features is None and 0 < self.nbytes() <= budget:
-            import h5py
-
             with h5py.File(self.path, "r") as h:
                 d = h[self.input]
                 x = np.empty((len(self.index), *d.shape[1:]), dtype=d.dtype)
@@ -313,8 +304,6 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     def _file(self):
         if self._h5 is None or self._pid != os.getpid():
-            import h5py
-
             self._h5, self._pid = h5py.File(self.path, "r"), os.getpid()
         return self._h5[self.input]
 

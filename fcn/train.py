@@ -10,7 +10,7 @@ last epoch's checkpoint, or, if the cell is finished, prints its result again wi
 
 Read `train` first: set up → resume → epoch loop → test → publish, one helper each. `train_step` and `predict` are
 the steps that ship (bench/ times `train_step` itself). What a checkpoint holds is fcn/checkpoint.py's; what a cell is
-(key, run dir, lock, finished), fcn/cell.py's; the MLflow end of a run, fcn/tracking.py's.
+(key, run dir, lock, finished), fcn/cell.py's; the MLflow end of a run, fcn/tracker.py's.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from fcn import cell, checkpoint, dist
+from fcn import cell, checkpoint, dist, tracker, tracking
 from fcn import metrics as M
 from fcn.cell import run_dir
 from fcn.checkpoint import Progress
@@ -40,6 +41,8 @@ from fcn.loader import device_inputs, make_loader
 from fcn.malloc import keep_freed_memory
 from fcn.models import FCN, n_params
 from fcn.precision import autocast, channels_last, describe
+from fcn.preprocess import ensure_feature_store
+from fcn.store import FeatureDataset, check_store
 
 # [D] Below this many clips per process, batch statistics are too noisy per GPU: BatchNorm becomes SyncBatchNorm.
 SYNC_BN_BELOW = 8
@@ -150,8 +153,6 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
     stop the trial by raising out of it); on a resume, first once for each epoch the checkpoint already holds, so the
     caller sees every epoch even when the run had none left to train.
     """
-    from fcn import tracking
-
     # credentials in the tracking URI move to MLflow's environment variables: the config (checkpoints, metrics.json,
     # MLflow params) never holds them
     config = tracking.without_credentials(config)
@@ -182,7 +183,7 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
         return result
     finally:
         if run is not None and run.tracker is not None:
-            run.tracker.close()  # MLflow's queued calls written (fcn.tracking.Tracker logs in the background)
+            run.tracker.close()  # MLflow's queued calls written (fcn.tracker.Tracker logs in the background)
         dist.cleanup()
         while _LOCKS:
             _LOCKS.pop().close()
@@ -221,27 +222,21 @@ def _claim(config: RunConfig, d: dist.Dist, trial: str) -> Path:
 
 def _finished(rdir: Path, config: RunConfig, d: dist.Dist) -> dict | None:
     """A finished cell's metrics (re-synced to MLflow if the server missed the end), or None."""
-    from fcn import tracking
-
     result = cell.finished_metrics(rdir)
     if result is not None and d.main:
-        tracking.sync_finished(result, rdir, config)
+        tracker.sync_finished(result, rdir, config)
     return result
 
 
 def _set_up(config: RunConfig, d: dist.Dist, rdir: Path, trial: str) -> Run:
     """The tracking server checked, the feature store (built if missing), the splits, a fresh model and optimiser."""
-    from fcn import tracking
-    from fcn.run_store import ensure_store
-    from fcn.store import check_store
-
     uri = tracking.resolve_uri(config.tracking_uri, config.out_dir)
     if d.main:
         tracking.check_reachable(uri)
     # Global rank 0 alone builds a missing store; the others wait for its finished file (not in a collective
     # barrier, which would time out during a paper-scale MSD build; not on the file lock alone, which some
     # shared file systems keep per node).
-    store = ensure_store(config, progress=d.main, build_here=d.main)
+    store = ensure_feature_store(config, progress=d.main, build_here=d.main)
     dist.barrier(d)
     meta = check_store(store, input=config.input, params=config.frontend, dataset=config.dataset)
     torch.manual_seed(config.seed)  # identical initial weights on every rank
@@ -269,8 +264,6 @@ def _set_up(config: RunConfig, d: dist.Dist, rdir: Path, trial: str) -> Run:
 
 
 def _splits(config: RunConfig, store: Path, trial: str) -> dict:
-    from fcn.store import FeatureDataset
-
     data = {
         "train": FeatureDataset(store, config.input, "train", fraction=config.train_fraction, seed=config.seed),
         "valid": FeatureDataset(store, config.input, "valid"),
@@ -318,10 +311,8 @@ def _resume(run: Run) -> bool:
 
 def _start(run: Run, resumed: bool) -> None:
     """The cell's MLflow run (continued, or its first), DDP around the model, the loaders, and one line of where."""
-    from fcn import tracking
-
     c, d = run.config, run.d
-    run.tracker = tracking.Tracker(run.uri, c.experiment, c.out_dir, enabled=d.main)
+    run.tracker = tracker.Tracker(run.uri, c.experiment, c.out_dir, enabled=d.main)
     tags = {"run_dir": str(run.rdir.resolve())}
     if c.parent_run_id:
         tags["mlflow.parentRunId"] = c.parent_run_id
@@ -329,7 +320,7 @@ def _start(run: Run, resumed: bool) -> None:
     if d.main and not resumed:
         run.tracker.metrics({"n_params": n_params(run.model)})
     if d.main and resumed:  # epochs the checkpoint holds but MLflow missed (their queued calls died with a process)
-        tracking.log_missing_epochs(run.tracker, run.progress.history)
+        tracker.log_missing_epochs(run.tracker, run.progress.history)
     run.net = run.model
     if use_sync_bn(c, d.world, run.batch, d.device):
         run.net = run.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
@@ -393,8 +384,6 @@ def _epoch(run: Run, epoch: int) -> dict:
 
 def _train_epoch(run: Run, epoch: int) -> float:
     """One pass over this rank's share of the training split; the mean loss over all ranks."""
-    from tqdm import tqdm
-
     c, d, dl = run.config, run.d, run.loaders["train"]
     dl.sampler.sampler.set_epoch(epoch)  # the BatchSampler's DistributedSampler
     run.net.train()
@@ -530,8 +519,6 @@ def _load_best(run: Run) -> None:
 def _publish(run: Run, result: dict, files: dict) -> None:
     """Rank 0 writes the result files, metrics.json last (its presence means the cell is finished), then logs the
     end to MLflow."""
-    from fcn import tracking
-
     # The last collective: after it rank 0 writes the results and talks to MLflow alone, so a dead server or a
     # failure there never leaves the other ranks waiting in a barrier until the process-group timeout.
     dist.barrier(run.d)
@@ -552,7 +539,7 @@ def _publish(run: Run, result: dict, files: dict) -> None:
     tmp = rdir / (cell.METRICS + ".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, rdir / cell.METRICS)  # written last: its presence means the cell is finished
-    tracking.log_final(run.tracker, result, rdir)
+    tracker.log_final(run.tracker, result, rdir)
     run.log(
         f"{run.config.key}: test ROC-AUC {result['test_roc_auc']:.4f}, PR-AUC {result['test_pr_auc']:.4f} "
         f"(best epoch {result['best_epoch']})"

@@ -11,7 +11,7 @@ import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
-from fcn import cell
+from fcn import cell, tracking
 from fcn.config import DATASETS, RunConfig, add_config_arguments, config_from_args
 from fcn.errors import UserError
 from fcn.frontends import INPUTS
@@ -100,8 +100,6 @@ def preset_for(args) -> str:
 
 def grid_from_args(args) -> list[RunConfig]:
     """The cells, with every path absolute and the tracking URI explicit: jobs start in other directories."""
-    from fcn import tracking
-
     args = argparse.Namespace(**{**vars(args), "preset": preset_for(args)})
     base = config_from_args(args, experiment=args.experiment or cell.GRID_EXPERIMENT)
     absolute = {k: str(Path(getattr(base, k)).resolve()) for k in ("out_dir", "data_dir") if getattr(base, k)}

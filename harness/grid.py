@@ -19,16 +19,22 @@ import sys
 import time
 from pathlib import Path
 
+from fcn import flags, tracking
+from fcn.cell import finished_metrics, run_dir
 from fcn.config import RunConfig
 from fcn.errors import UserError, run_cli
-from harness import backends
+from fcn.preprocess import ensure_feature_stores
+from fcn.tracker import sync_finished
+from harness import backends, tracking_server
 from harness.cells import add_grid_arguments, grid_from_args
+from harness.search import apply_recipes
+from harness.status import grid_states
+from harness.tables import write_tables
+from harness.ui import install_runs_view
 
 
 def _find_parent(uri: str, experiment: str):
     """(client, experiment id, the sweep's parent run or None); the experiment id is None if it doesn't exist."""
-    from fcn import tracking
-
     c = tracking.client(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
@@ -39,9 +45,6 @@ def _find_parent(uri: str, experiment: str):
 
 def _parent_run(uri: str, cells: list[RunConfig]) -> str:
     """The sweep's parent run: one per experiment, found again on every rerun."""
-    from fcn import tracking
-    from harness.ui import install_runs_view
-
     c, exp_id, parent = _find_parent(uri, cells[0].experiment)
     if parent is not None:
         c.update_run(parent.info.run_id, status="RUNNING")
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "slurm": "--cluster slurm (one job per cell, DDP over tasks = GPUs)",
     }
     for name in backends.BACKENDS:
-        backends.add_arguments(ap.add_argument_group(titles[name]), backends.options_class(name))
+        flags.add_arguments(ap.add_argument_group(titles[name]), backends.options_class(name))
     ap.add_argument(
         "--tracking-server",
         nargs="?",
@@ -100,8 +103,6 @@ def main(argv=None) -> int:
 
 def _with_tracking_server(args) -> int:
     """Start an MLflow server over the sweep's own SQLite store, run the sweep with its URI, stop it."""
-    from harness import tracking_server
-
     if args.tracking_uri:
         raise UserError("--tracking-server starts a server for the sweep; --tracking-uri names one: give only one")
     if not args.wait:
@@ -123,24 +124,19 @@ def _with_tracking_server(args) -> int:
 def _backend(args):
     """The chosen back end's module and options; flags of a back end that was not chosen are an error."""
     for name in backends.BACKENDS:
-        other = backends.changed_flags(backends.options_class(name), args) if name != args.cluster else []
+        other = flags.changed_flags(backends.options_class(name), args) if name != args.cluster else []
         if other:
             raise UserError(
                 f"{', '.join(other)} need --cluster {name} (they say where cells run on it), not "
                 f"--cluster {args.cluster}"
             )
-    return backends.module(args.cluster), backends.from_args(backends.options_class(args.cluster), args)
+    return backends.module(args.cluster), flags.from_args(backends.options_class(args.cluster), args)
 
 
 def _main(args) -> int:
     """Expand the grid, pick the back end, run what is not finished, write the tables."""
-    from fcn import tracking
-    from harness.status import grid_states
-
     cells = grid_from_args(args)
     if args.configs_from:
-        from harness.search import apply_recipes
-
         cells = apply_recipes(cells, args.configs_from)
     backend, opts = _backend(args)
     uri = cells[0].tracking_uri
@@ -163,7 +159,7 @@ def _main(args) -> int:
         parent = _parent_run(uri, cells)
         todo = [c.replace(parent_run_id=parent) for c in todo]
         if args.cluster != "slurm" or not todo[0].data_root:
-            _prepare_stores(todo, progress=not args.quiet)
+            ensure_feature_stores(todo, progress=not args.quiet)
         outcomes = backend.run(todo, opts, progress=not args.quiet)
         if any(o.state == "submitted" for o in outcomes):
             print("submitted; rerun the same command or `python -m harness.status` to follow", file=sys.stderr)
@@ -185,8 +181,6 @@ def _dry_run(cells: list[RunConfig], states: dict, where: str) -> int:
 
 def _report(args, cells: list[RunConfig], outcomes: list, took_s: float) -> int:
     """The sweep's end: the parent run closed, what failed, the tables; exit 1 unless every cell is finished."""
-    from harness.status import grid_states
-
     uri = cells[0].tracking_uri
     n_done = sum(s.state == "finished" for s in grid_states(cells, uri))
     failed = [o for o in outcomes if o.state == "failed"]
@@ -210,26 +204,11 @@ def _report(args, cells: list[RunConfig], outcomes: list, took_s: float) -> int:
 
 def _resync(cells: list[RunConfig], states: dict) -> None:
     """Finished on disk but not in MLflow (killed between the two, or the server was down): log the end now."""
-    from fcn.cell import finished_metrics, run_dir
-    from fcn.tracking import sync_finished
-
     for c in cells:
         s = states[c.key]
         if s.state == "finished" and not s.synced:
             rdir = run_dir(c)
             sync_finished(finished_metrics(rdir), rdir, c)
-
-
-def _prepare_stores(cells: list[RunConfig], progress: bool) -> None:
-    """Build each distinct feature store once, here, before cells start (they would otherwise queue on its lock)."""
-    from fcn.run_store import ensure_store, store_path
-
-    seen = set()
-    for c in cells:
-        p = store_path(c)
-        if p not in seen:
-            seen.add(p)
-            ensure_store(c, progress=progress)
 
 
 def _finish_parent(uri: str, cells: list[RunConfig], all_done: bool) -> None:
@@ -239,10 +218,6 @@ def _finish_parent(uri: str, cells: list[RunConfig], all_done: bool) -> None:
 
 
 def _tables(cells: list[RunConfig], uri: str, results: str) -> None:
-    try:
-        from harness.tables import write_tables
-    except ImportError:
-        return
     try:
         parent = _find_parent(uri, cells[0].experiment)[2]
         paths = write_tables(cells[0].experiment, uri, results, parent_run_id=parent.info.run_id if parent else None)

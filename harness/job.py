@@ -16,7 +16,10 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+from fcn.cell import run_dir
 from fcn.config import RunConfig
+from fcn.errors import UserError
+from fcn.train import train
 
 FINISHED, FAILED, SUBMITTED = "finished", "failed", "submitted"
 WORKER_LOG = "worker.log"  # in the run dir: what a cell printed on a back end that shares one terminal or none
@@ -58,9 +61,6 @@ def run_cell(config: RunConfig, *, gpus: int = 1, log: bool = True) -> Outcome:
     """Train one cell (DDP over `gpus` processes through torchrun when above 1) and return its Outcome; a failure is
     an Outcome too, never an exception, so one failed cell never stops a grid. `log`: this process's output for the
     cell goes to <run dir>/worker.log (parallel cells must not interleave on one terminal)."""
-    from fcn.cell import run_dir
-    from fcn.errors import UserError
-
     rdir = run_dir(config)
     rdir.mkdir(parents=True, exist_ok=True)
     where = f" (see {rdir / WORKER_LOG})" if log else ""
@@ -87,8 +87,6 @@ def _output_to(path):
 
 
 def _train(config: RunConfig) -> dict:
-    from fcn.train import train
-
     return train(config)
 
 

@@ -28,9 +28,17 @@ import sys
 import time
 from pathlib import Path
 
-from fcn.cell import harness_dir
+import numpy as np
+
+from fcn import checkpoint, flags, tracker, tracking
+from fcn.cell import LAST, ckpt, harness_dir, run_dir
 from fcn.config import RunConfig
 from fcn.errors import UserError, run_cli
+from fcn.preprocess import ensure_feature_stores
+from fcn.train import train
+from harness import launch
+from harness.backends.ray_backend import RayOptions
+from harness.cells import add_grid_arguments, grid_from_args
 
 # The recipe: what a search may change. The cell (data set, input, depth, seed, scale) is never searched.
 RECIPE_FIELDS = {"lr": float, "dropout": float, "batch_size": int}
@@ -65,7 +73,7 @@ def parse_space(specs: list[str]) -> dict[str, tuple]:
             else:
                 space[name] = ("choice", tuple(typ(v) for v in values.split(",") if v.strip()))
         except ValueError as e:
-            raise UserError(f"--space {spec!r}: {e}")
+            raise UserError(f"--space {spec!r}: {e}") from e
     return space
 
 
@@ -78,8 +86,6 @@ def default_space(base: RunConfig) -> dict[str, tuple]:
 
 def expand_trials(space: dict[str, tuple], n: int, seed: int) -> list[dict]:
     """The whole product when every field is a choice and `n` is 0 or covers it; else `n` samples (seeded)."""
-    import numpy as np
-
     names = sorted(space)
     if all(space[k][0] == "choice" for k in names):
         grid = [dict(zip(names, vals)) for vals in itertools.product(*(space[k][1] for k in names))]
@@ -114,10 +120,7 @@ def recipe_of(config: RunConfig) -> dict:
 def _trial(space: dict) -> None:
     """Train one recipe on validation only, reporting each epoch's validation ROC-AUC to the scheduler; a trial done
     before (finished or pruned, e.g. before a kill) only replays its history, so the scheduler still knows it."""
-    from ray import tune
-
-    from fcn.cell import run_dir
-    from fcn.train import train
+    from ray import tune  # optional and heavy (harness/launch.py)
 
     # A pruned trial's thread leaves through Tune's stop (SystemExit out of tune.report); give it time to unwind
     # (train()'s finally) before this actor takes the next trial. Read by Tune in this process at that moment.
@@ -153,9 +156,6 @@ def read_trial(rdir: Path) -> dict | None:
 def end_trial(config: RunConfig, name: str, stopped: str, status: str = "FINISHED") -> dict:
     """Write the trial's outcome (trial.json, from its last checkpoint: the truth on disk) and end its MLflow run with
     why it stopped. Called by the trial when it ends on its own, by the driver when the scheduler pruned it."""
-    from fcn import checkpoint, tracking
-    from fcn.cell import LAST, ckpt, run_dir
-
     rdir = run_dir(config, name)
     state = checkpoint.load(ckpt(rdir, LAST)) or {}
     progress = state.get("progress", {"history": [], "best": float("nan"), "best_epoch": 0, "epoch": 0})
@@ -175,7 +175,7 @@ def end_trial(config: RunConfig, name: str, stopped: str, status: str = "FINISHE
         config=config.to_dict(),
     )
     if out["run_id"]:
-        t = tracking.Tracker(
+        t = tracker.Tracker(
             tracking.resolve_uri(config.tracking_uri, config.out_dir), config.experiment, config.out_dir
         )
         t.run_id = out["run_id"]
@@ -203,23 +203,14 @@ def _fit(
     *,
     scheduler,
     storage: str,
-    address: str,
     cpus: float,
     gpus: float,
     progress: bool,
 ) -> dict[str, str]:
-    """Run trials on Ray Tune; mark the ones the scheduler stopped as pruned; returns {name: error} of failed ones."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster (FACTS.md)
-    import ray
-    from ray import tune
+    """Run trials on Ray Tune (the session main opened); mark the ones the scheduler stopped as pruned; returns
+    {name: error} of failed ones."""
+    from ray import tune  # optional and heavy (harness/launch.py)
 
-    from fcn.cell import run_dir
-
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     by_name = dict(trials)
 
     class MarkPruned(tune.Callback):
@@ -263,7 +254,7 @@ def _scheduler(name: str, config: RunConfig, grace: int, rf: float, keep: str):
     still set the rungs' cut-offs for the others)."""
     if name == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler  # optional and heavy (harness/launch.py)
 
     class KeepPreset(ASHAScheduler):
         pruned: set = set()  # names of the trials it stopped (a trial stopped by anything else is not "pruned")
@@ -292,8 +283,6 @@ def _scheduler(name: str, config: RunConfig, grace: int, rf: float, keep: str):
 def _search_parent(uri: str, experiment: str, cell: RunConfig, params: dict) -> str:
     """The cell's search run (one per cell and search experiment, found again on every rerun); trials are its
     children, so the UI shows them one click from it."""
-    from fcn import tracking
-
     c = tracking.client(uri)
     exp_id = tracking.experiment_id(c, experiment, tracking.artifact_root(uri, cell.out_dir))
     runs = c.search_runs([exp_id], filter_string=f"tags.search_cell = '{cell.key}'", max_results=1)
@@ -307,8 +296,6 @@ def _search_parent(uri: str, experiment: str, cell: RunConfig, params: dict) -> 
 
 
 def _check_same_search(trials: list[tuple[str, RunConfig]]) -> None:
-    from fcn.cell import run_dir
-
     for name, config in trials:
         old = read_trial(run_dir(config, name))
         if old is not None and old["recipe"] != recipe_of(config):
@@ -327,7 +314,6 @@ def search_cell(
     scheduler: str,
     grace: int,
     rf: float,
-    address: str,
     cpus: float,
     gpus: float,
     configs_out: Path,
@@ -336,9 +322,6 @@ def search_cell(
 ) -> dict:
     """Search one cell; returns a summary (winner, baseline, outcomes, errors). Everything it finds is on disk and in
     MLflow before it returns."""
-    from fcn import tracking
-    from fcn.cell import run_dir
-
     t0 = time.time()
     experiment = f"{cell.experiment}-search"
     uri = cell.tracking_uri
@@ -370,7 +353,6 @@ def search_cell(
         trials,
         scheduler=_scheduler(scheduler, cell, grace, rf, keep),
         storage=storage,
-        address=address,
         cpus=cpus,
         gpus=gpus,
         progress=progress,
@@ -456,7 +438,7 @@ def apply_recipes(cells: list[RunConfig], directory: str) -> list[RunConfig]:
         try:
             r = RunConfig.from_dict(json.loads(f.read_text()))
         except (OSError, ValueError) as e:
-            raise UserError(f"cannot read recipe {f}: {e}")
+            raise UserError(f"cannot read recipe {f}: {e}") from e
         diff = [
             f"{k}={getattr(r, k)!r} (the grid's {getattr(c, k)!r})"
             for k in CELL_FIELDS
@@ -502,7 +484,7 @@ def _data_text(cell: RunConfig) -> str:
 
 def write_report(s: dict, results: Path) -> list[Path]:
     """results/search-<key>.md and .png: the trials, the pruning curves, the choice and its margin."""
-    import matplotlib
+    import matplotlib  # 0.4 s to import: only a finished search draws; pyplot only after the Agg backend is set
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -591,8 +573,6 @@ def write_report(s: dict, results: Path) -> list[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.grid import add_grid_arguments
-
     ap = argparse.ArgumentParser(
         prog=GENERATOR, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -613,30 +593,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--configs-out", default="", help="where <key>.json recipes go (default: <results>/search-recipes)")
     s.add_argument("--results", default="results", help="where search-<key>.md/.png go (default: results)")
     s.add_argument("--quiet", action="store_true", help="no progress output")
-    r = ap.add_argument_group("where trials run (Ray: local, or an existing cluster, e.g. slurm/ray_cluster.sh's)")
-    r.add_argument("--ray-address", default="", help="existing Ray cluster ('auto' or host:port); empty = local")
-    r.add_argument("--cpus-per-trial", type=float, default=1.0)
-    r.add_argument("--gpus-per-trial", type=float, default=0.0, help="at most 1: a trial is one process")
+    # the grid's Ray options (harness/backends/ray_backend.py), but a trial is one process: --gpus-per-trial <= 1
+    flags.add_arguments(
+        ap.add_argument_group("where trials run (Ray: local, or an existing cluster, e.g. slurm/ray_cluster.sh's)"),
+        RayOptions,
+    )
     add_grid_arguments(ap)
     return ap
 
 
 def main(argv=None) -> int:
-    from fcn import tracking
-    from harness.grid import _prepare_stores, grid_from_args
-
     args = build_parser().parse_args(argv)
-    if args.gpus_per_trial > 1:
+    ray_opts = flags.from_args(RayOptions, args)
+    if ray_opts.gpus_per_trial > 1:
         raise UserError("a search trial is one process: --gpus-per-trial at most 1 (DDP trials are not supported)")
     cells = grid_from_args(args)
     tracking.check_reachable(cells[0].tracking_uri)
-    threads = cells[0].threads or max(1, int(args.cpus_per_trial))
+    threads = cells[0].threads or max(1, int(ray_opts.cpus_per_trial))
     cells = [c.replace(threads=threads) for c in cells]
     results = Path(args.results)
     configs_out = Path(args.configs_out) if args.configs_out else results / "search-recipes"
-    _prepare_stores(cells, progress=not args.quiet)
+    ensure_feature_stores(cells, progress=not args.quiet)
     failed = 0
-    try:
+    with launch.ray_session(ray_opts.ray_address):
         for cell in cells:
             space = parse_space(args.space) if args.space else default_space(cell)
             s = search_cell(
@@ -647,9 +626,8 @@ def main(argv=None) -> int:
                 scheduler=args.scheduler,
                 grace=args.grace_period,
                 rf=args.reduction_factor,
-                address=args.ray_address,
-                cpus=args.cpus_per_trial,
-                gpus=args.gpus_per_trial,
+                cpus=ray_opts.cpus_per_trial,
+                gpus=ray_opts.gpus_per_trial,
                 configs_out=configs_out,
                 results=results,
                 progress=not args.quiet,
@@ -665,11 +643,6 @@ def main(argv=None) -> int:
             for name, err in s["errors"].items():
                 print(f"  {cell.key} {name}: FAILED: {err}", file=sys.stderr)
             failed += bool(s["errors"])
-    finally:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
     print(
         f"next: python -m harness.grid --configs-from {configs_out} (same cell flags); MLflow UI: python -m "
         f"harness.ui --tracking-uri '{cells[0].tracking_uri}' --experiment {cells[0].experiment}-search",

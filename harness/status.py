@@ -6,7 +6,7 @@
 Takes the same grid flags as `python -m harness.grid`, reads MLflow and the run directories, and changes nothing.
 harness.grid and the Slurm back end ask `grid_states` too: a cell's state comes from its MLflow run and its run
 directory, never from a cluster client's word (submitit can report a job failed although Slurm requeued it, and a
-requeue from outside sends no signal: FACTS.md). Finished is fcn/cell.py's one rule.
+requeue from outside sends no signal: docs/MEASURED.md). Finished is fcn/cell.py's one rule.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import argparse
 import sys
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
-from fcn import cell
-from fcn.cell import CELL_TAG, finished_metrics, lock_held, run_dir, run_is_finished
+from fcn import cell, tracking
+from fcn.cell import CELL_TAG, finished_metrics, is_finished, lock_held, run_dir, run_is_finished
 from fcn.config import RunConfig
 from fcn.errors import run_cli
+from harness.cells import add_grid_arguments, grid_from_args
 
 
 @dataclass
@@ -38,8 +38,6 @@ class CellState:
 
 def runs_by_key(uri: str, experiment: str) -> dict[str, list]:
     """The experiment's cell runs grouped by key (one query for the whole grid)."""
-    from fcn import tracking
-
     c = tracking.client(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
@@ -60,20 +58,20 @@ def runs_by_key(uri: str, experiment: str) -> dict[str, list]:
 def cell_state(config: RunConfig, runs: list) -> CellState:
     rdir = run_dir(config)
     at = dict(log=str((rdir / cell.LOG).resolve()), run_dir=str(rdir))
-    r = finished_metrics(rdir)
-    if r is not None:
-        return CellState(
-            config.key,
-            "finished",
-            r["test_roc_auc"],
-            r["test_pr_auc"],
-            r.get("epochs_run"),
-            r.get("run_id"),
-            synced=any(run_is_finished(x) for x in runs),
-            **at,
-        )
     done = [r for r in runs if run_is_finished(r)]
-    if done:
+    if is_finished(rdir, runs):  # fcn/cell.py's one rule; the result from the run dir if it holds it, else MLflow
+        r = finished_metrics(rdir)
+        if r is not None:
+            return CellState(
+                config.key,
+                "finished",
+                r["test_roc_auc"],
+                r["test_pr_auc"],
+                r.get("epochs_run"),
+                r.get("run_id"),
+                synced=bool(done),
+                **at,
+            )
         met = done[0].data.metrics
         return CellState(
             config.key, "finished", met.get("test_roc_auc"), met.get("test_pr_auc"), None, done[0].info.run_id, **at
@@ -91,7 +89,8 @@ def cell_state(config: RunConfig, runs: list) -> CellState:
 
 def _store_missing(uri: str) -> bool:
     """A local SQLite store that does not exist yet: it holds no runs, and opening it would create it."""
-    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists()
+    db = cell.sqlite_db(uri)
+    return db is not None and not db.exists()
 
 
 def grid_states(configs: list[RunConfig], uri: str) -> list[CellState]:
@@ -101,9 +100,6 @@ def grid_states(configs: list[RunConfig], uri: str) -> list[CellState]:
 
 
 def main(argv=None) -> None:
-    from fcn import tracking
-    from harness.cells import add_grid_arguments, grid_from_args
-
     ap = argparse.ArgumentParser(
         prog="python -m harness.status", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -25,10 +25,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from fcn import cell
+from fcn import cell, tracking
 from fcn.errors import UserError
 
-START_TIMEOUT_S = 180.0  # ~3 s on an idle machine (FACTS.md); a loaded login node can take much longer
+START_TIMEOUT_S = 180.0  # ~3 s on an idle machine (docs/MEASURED.md); a loaded login node can take much longer
 
 
 @dataclass
@@ -125,8 +125,6 @@ def _mlflow_binary() -> str:
 
 def start(out_dir: str, host: str, port: int = 0, timeout_s: float = START_TIMEOUT_S) -> TrackingServer:
     """`mlflow server` over <out_dir>/mlflow.db, artifacts proxied into <out_dir>/mlartifacts; waits for /health."""
-    from fcn import tracking
-
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     store_uri = cell.store_uri(str(out))
@@ -134,7 +132,7 @@ def start(out_dir: str, host: str, port: int = 0, timeout_s: float = START_TIMEO
     try:
         port = port or _free_port(host)
     except OSError as e:
-        raise UserError(f"--tracking-server: cannot bind {host} ({e.strerror}): give an address of this machine")
+        raise UserError(f"--tracking-server: cannot bind {host} ({e.strerror}): give an address of this machine") from e
     shown = f"[{host}]" if ":" in host else host
     uri = f"http://{shown}:{port}"
     log = out / f"mlflow-server-{port}.log"
@@ -146,7 +144,7 @@ def start(out_dir: str, host: str, port: int = 0, timeout_s: float = START_TIMEO
         "--port",
         str(port),
         "--workers",
-        "1",  # one process owns the SQLite file; ~0.5 GB instead of ~2.4 GB (FACTS.md)
+        "1",  # one process owns the SQLite file; ~0.5 GB instead of ~2.4 GB (docs/MEASURED.md)
         "--backend-store-uri",
         store_uri,
         "--serve-artifacts",

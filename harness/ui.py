@@ -26,8 +26,9 @@ import sys
 from pathlib import Path
 
 from fcn import cell
+from fcn.errors import run_cli
+from fcn.tracking import resolve_uri
 
-DEFAULT_OUT_DIR = "runs"
 # Experiment tag prefix that the MLflow 3.17 UI reads for `#/experiments/<id>/runs?viewStateShareKey=<key>`.
 SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 RUNS_VIEW_KEY = "fcn-sweep"
@@ -45,15 +46,7 @@ RUNS_VIEW_COLUMNS = [
 
 def resolve_tracking_uri(tracking_uri: str | None = None, out_dir: str | os.PathLike | None = None) -> str:
     """Explicit URI, else $MLFLOW_TRACKING_URI, else sqlite:///<abs out_dir>/mlflow.db: fcn.tracking's one rule."""
-    from fcn.tracking import resolve_uri
-
-    return resolve_uri(tracking_uri or "", str(out_dir or DEFAULT_OUT_DIR))
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite:/// URI, else None."""
-    prefix = "sqlite:///"
-    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
+    return resolve_uri(tracking_uri or "", str(out_dir or cell.OUT_DIR))
 
 
 def runs_view_state() -> dict:
@@ -76,7 +69,7 @@ def runs_fragment(experiment_id: str | None, view_key: str | None = RUNS_VIEW_KE
 
 
 def server_command(store_uri: str, host: str, port: int) -> list[str]:
-    """`mlflow server` on the store, one worker (the UI needs no more; 4 workers take ~2.4 GB: FACTS.md)."""
+    """`mlflow server` on the store, one worker (the UI needs no more; 4 workers take ~2.4 GB: docs/MEASURED.md)."""
     exe = Path(sys.executable).parent / "mlflow"
     mlflow_bin = str(exe) if exe.exists() else (shutil.which("mlflow") or "mlflow")
     cmd = [
@@ -91,7 +84,7 @@ def server_command(store_uri: str, host: str, port: int) -> list[str]:
         "--backend-store-uri",
         store_uri,
     ]
-    db = sqlite_path(store_uri)
+    db = cell.sqlite_db(store_uri)
     if db is not None:
         # Experiments made by the sweep carry their own artifact location; this only serves ones made in the UI.
         cmd += ["--artifacts-destination", str(db.parent / cell.ARTIFACTS_DIR)]
@@ -120,9 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--tracking-uri", help="tracking store URI (sqlite:///..., a directory, or http://... server)")
-    src.add_argument(
-        "--out-dir", default=None, help=f"the sweep's out dir holding mlflow.db (default: {DEFAULT_OUT_DIR})"
-    )
+    src.add_argument("--out-dir", default=None, help=f"the sweep's out dir holding mlflow.db (default: {cell.OUT_DIR})")
     ap.add_argument("--experiment", help="experiment name: print a link straight to its runs table")
     ap.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     ap.add_argument(
@@ -152,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    db = sqlite_path(store)
+    db = cell.sqlite_db(store)
     if db is not None and not db.exists():
         print(f"no tracking store at {db}: run the sweep first, or pass --out-dir / --tracking-uri", file=sys.stderr)
         return 2
@@ -172,6 +163,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from fcn.errors import run_cli
-
     run_cli(main)  # one line for any failure (fcn/errors.py)

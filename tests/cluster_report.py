@@ -13,18 +13,14 @@ Needs what the test suite needs (root: the fixture starts a two-node Slurm clust
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
-import xml.etree.ElementTree as ET
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests import report
+from tests.report import REPO
+
 ENV = "FCN_CLUSTER_REPORT"
 
 # The scenarios, in the order of the table: pytest node id → what it is and what must hold.
@@ -62,34 +58,7 @@ COLUMNS = (
 def record(scenario: str, **figures) -> None:
     """Append one scenario's measured figures to $FCN_CLUSTER_REPORT (a no-op when unset). `scenario` is the test's
     own name (`request.node.name`) or its node id."""
-    path = os.environ.get(ENV)
-    if not path:
-        return
-    with open(path, "a") as f:
-        f.write(json.dumps({"scenario": scenario, **figures}) + "\n")
-
-
-def _run(jsonl: Path, junit: Path, nodes: list[str], extra: list[str]) -> tuple[int, float]:
-    env = dict(
-        os.environ, **{ENV: str(jsonl)}, PYTHONPATH=str(REPO), MLFLOW_DISABLE_TELEMETRY="true", RAY_AUTH_MODE="disabled"
-    )
-    t0 = time.time()
-    rc = subprocess.call(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *nodes, *extra],
-        cwd=REPO,
-        env=env,
-    )
-    return rc, time.time() - t0
-
-
-def _outcomes(junit: Path) -> dict[str, tuple[bool, float]]:
-    """node id → (passed, seconds)."""
-    out = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        node = case.get("classname", "").replace(".", "/") + ".py::" + case.get("name", "")
-        ok = not any(case.find(t) is not None for t in ("failure", "error", "skipped"))
-        out[node] = (ok, float(case.get("time", 0)))
-    return out
+    report.append(ENV, {"scenario": scenario, **figures})
 
 
 def _cell(figures: dict, key: str) -> str:
@@ -145,21 +114,15 @@ def render(records: list[dict], outcomes: dict, seconds: float) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m tests.cluster_report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return report.main(
+        argv,
+        prog="python -m tests.cluster_report",
+        description=__doc__,
+        default_out=REPO / "results" / "cluster.md",
+        env_var=ENV,
+        tests=[n for n in SCENARIOS if (REPO / n.split("::")[0]).exists()],
+        render=render,
     )
-    ap.add_argument("--out", default=str(REPO / "results" / "cluster.md"))
-    ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments")
-    args = ap.parse_args(argv)
-    nodes = [n for n in SCENARIOS if (REPO / n.split("::")[0]).exists()]
-    with tempfile.TemporaryDirectory() as d:
-        jsonl, junit = Path(d) / "figures.jsonl", Path(d) / "junit.xml"
-        rc, seconds = _run(jsonl, junit, nodes, args.pytest_args)
-        records = [json.loads(x) for x in jsonl.read_text().splitlines()] if jsonl.exists() else []
-        outcomes = _outcomes(junit) if junit.exists() else {}
-    Path(args.out).write_text(render(records, outcomes, seconds))
-    print(f"wrote {args.out} (pytest exit {rc})")
-    return rc
 
 
 if __name__ == "__main__":

@@ -21,6 +21,18 @@ os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_report_header(config):
+    """pytest-timeout heads the output with its three settings; the per-test limit is the one worth a line (its
+    `timeout func_only: False` line read like stray output in CI's log)."""
+    results = yield  # one entry per plugin: a string or a list of strings, each possibly of several lines
+    out = []
+    for entry in results:
+        lines = [ln for e in ([entry] if isinstance(entry, str) else entry) for ln in e.splitlines()]
+        out.append([ln for ln in lines if not ln.startswith(("timeout method: ", "timeout func_only: "))])
+    return out
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the group marks into node ids
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (scripts/test.sh runs two workers), every test that uses a Slurm cluster runs on one worker:
@@ -51,11 +63,11 @@ TINY = dict(synth_clips=320, clip_seconds=2.0, width=0.125, batch_size=16, epoch
 def data_dir(tmp_path_factory):
     """Built-in synthetic MTAT and MSD sets and their stores, made once for the whole session."""
     from fcn.config import RunConfig
-    from fcn.run_store import ensure_store
+    from fcn.preprocess import ensure_feature_store
 
     d = tmp_path_factory.mktemp("data")
     for ds in ("mtat", "msd"):
-        ensure_store(RunConfig(dataset=ds, data_dir=str(d), **TINY), workers=1, progress=False)
+        ensure_feature_store(RunConfig(dataset=ds, data_dir=str(d), **TINY), workers=1, progress=False)
     return d
 
 

@@ -11,18 +11,15 @@ Needs what the test suite needs (the MLflow server fixture starts a real server;
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
-import xml.etree.ElementTree as ET
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests import report
+from tests.report import REPO
+
+ENV = "FCN_FAULTS_REPORT"  # the JSON-lines file tests/test_faults.py's `observe` appends to
 
 # Scenarios already held before the fault suite: the test that shows it, what must hold, what it asserts.
 EXISTING = {
@@ -67,46 +64,6 @@ EXISTING = {
         "one line naming the file; unknown run: one line",
     ),
 }
-
-
-def _run(out_jsonl: Path, junit: Path, extra: list[str]) -> tuple[int, float]:
-    env = dict(
-        os.environ,
-        FCN_FAULTS_REPORT=str(out_jsonl),
-        PYTHONPATH=str(REPO),
-        MLFLOW_DISABLE_TELEMETRY="true",
-        RAY_AUTH_MODE="disabled",
-    )
-    t0 = time.time()
-    rc = subprocess.call(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            f"--junitxml={junit}",
-            "tests/test_faults.py",
-            *EXISTING,
-            *extra,
-        ],
-        cwd=REPO,
-        env=env,
-    )
-    return rc, time.time() - t0
-
-
-def _outcomes(junit: Path) -> dict[str, tuple[bool, float]]:
-    """nodeid (parameters stripped) → (all cases passed, seconds)."""
-    out: dict[str, tuple[bool, float]] = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        mod = case.get("classname", "").replace(".", "/") + ".py"
-        node = f"{mod}::{case.get('name', '').split('[')[0]}"
-        ok = not any(case.find(t) is not None for t in ("failure", "error", "skipped"))
-        prev_ok, prev_s = out.get(node, (True, 0.0))
-        out[node] = (prev_ok and ok, prev_s + float(case.get("time", 0)))
-    return out
 
 
 def _fmt(observed: dict) -> str:
@@ -159,20 +116,15 @@ def render(rows: list[dict], outcomes: dict, seconds: float) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m tests.faults_report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return report.main(
+        argv,
+        prog="python -m tests.faults_report",
+        description=__doc__,
+        default_out=REPO / "results" / "reliability.md",
+        env_var=ENV,
+        tests=["tests/test_faults.py", *EXISTING],
+        render=render,
     )
-    ap.add_argument("--out", default=str(REPO / "results" / "reliability.md"))
-    ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments")
-    args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as d:
-        jsonl, junit = Path(d) / "obs.jsonl", Path(d) / "junit.xml"
-        rc, seconds = _run(jsonl, junit, args.pytest_args)
-        rows = [json.loads(x) for x in jsonl.read_text().splitlines()] if jsonl.exists() else []
-        outcomes = _outcomes(junit) if junit.exists() else {}
-    Path(args.out).write_text(render(rows, outcomes, seconds))
-    print(f"wrote {args.out} (pytest exit {rc})")
-    return rc
 
 
 if __name__ == "__main__":

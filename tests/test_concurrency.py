@@ -15,10 +15,10 @@ N_PROCS = 8
 def _cell(uri: str, out_dir: str, key: str, go, results) -> None:
     """What a cell job does with MLflow: open the store, get-or-create the experiment, one run, a metric, the end."""
     try:
-        from fcn import tracking
+        from fcn import tracker
 
         go.wait(120)
-        t = tracking.Tracker(uri, "sweep", out_dir)
+        t = tracker.Tracker(uri, "sweep", out_dir)
         run_id = t.start(key, {"key": key}, {})
         t.metrics({"valid_loss": 0.5}, step=1)
         t.finish()
@@ -28,7 +28,7 @@ def _cell(uri: str, out_dir: str, key: str, go, results) -> None:
 
 
 def test_processes_starting_together_share_a_fresh_store(tmp_path):
-    from fcn import tracking
+    from fcn import mlflow_db, tracking
 
     tracking.client  # noqa: B018 - imported here; the children are forked with mlflow already imported (seconds each)
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
@@ -52,7 +52,7 @@ def test_processes_starting_together_share_a_fresh_store(tmp_path):
     assert all(r.info.status == "FINISHED" and r.data.metrics["valid_loss"] == 0.5 for r in runs)
     con = sqlite3.connect(tmp_path / "mlflow.db")
     assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    assert not [t for t in tracking._tables(con) if t.startswith(tracking.LEFTOVER)]
+    assert not [t for t in mlflow_db._tables(con) if t.startswith(mlflow_db.LEFTOVER)]
     assert (tmp_path / "mlflow.db.lock").exists()
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import faults_report, report
 from tests.conftest import REPO, TINY, config_flags, free_port, run_py
 
 SECRET = "s3cret-Pw0rd"
@@ -35,11 +36,8 @@ def observe(request):
         rows.append(dict(test=request.node.nodeid, scenario=scenario, must=must, observed=observed))
 
     yield record
-    out = os.environ.get("FCN_FAULTS_REPORT")
-    if out:
-        with open(out, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+    for r in rows:
+        report.append(faults_report.ENV, r)
 
 
 @pytest.fixture(scope="module")
@@ -579,16 +577,16 @@ def test_sbatch_script_runs_nothing_from_fcn_args(tmp_path, observe):
 
 def test_truncated_store_is_announced_as_damaged_and_rebuilt(tmp_path, capsys, observe):
     from fcn.config import RunConfig
-    from fcn.run_store import ensure_store
+    from fcn.preprocess import ensure_feature_store
     from fcn.store import read_meta
 
     config = RunConfig(**dict(TINY, synth_clips=40, clip_seconds=1.0, data_dir=str(tmp_path / "data")))
-    path = ensure_store(config, workers=1, progress=False)
+    path = ensure_feature_store(config, workers=1, progress=False)
     n = read_meta(path)["n"]
     with open(path, "r+b") as f:
         f.truncate(path.stat().st_size // 3)
     capsys.readouterr()
-    ensure_store(config, workers=1, progress=False)
+    ensure_feature_store(config, workers=1, progress=False)
     err = capsys.readouterr().err
     assert "is damaged or truncated" in err and "older format" not in err, err
     assert read_meta(path)["n"] == n

@@ -196,12 +196,13 @@ def test_global_batch_and_sync_bn_rules():
 
 
 def test_only_rank0_builds_the_store_others_wait_bounded(tiny, tmp_path, data_dir):
-    from fcn.run_store import ensure_store, store_path
+    from fcn.preprocess import ensure_feature_store
+    from fcn.run_store import store_path
 
     config = tiny(data_dir=str(tmp_path / "d"))
     t0 = time.monotonic()
     with pytest.raises(UserError, match="waited 1 s for rank 0 to build the feature store"):
-        ensure_store(config, build_here=False, wait_s=1)
+        ensure_feature_store(config, build_here=False, wait_s=1)
     assert time.monotonic() - t0 < 30
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())  # built nothing, no parts
     src, dst = store_path(tiny()), store_path(config)
@@ -214,7 +215,7 @@ def test_only_rank0_builds_the_store_others_wait_bounded(tiny, tmp_path, data_di
 
     th = threading.Thread(target=rank0_finishes)
     th.start()
-    assert ensure_store(config, build_here=False, wait_s=60) == dst
+    assert ensure_feature_store(config, build_here=False, wait_s=60) == dst
     th.join()
 
 

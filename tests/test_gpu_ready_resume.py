@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fcn import checkpoint, tracking, train as T
+from fcn import checkpoint, tracker, train as T
 from fcn.errors import run_cli
 
 STOP = int(os.environ.get("STOP_AFTER_EPOCH", "0"))
@@ -51,7 +51,7 @@ def save(state, path):
 
 
 checkpoint.save = save
-real_final = tracking.log_final
+real_final = tracker.log_final
 
 
 def log_final(*a):
@@ -60,7 +60,7 @@ def log_final(*a):
     (OUT / "final-0").write_text(str(time.time()))
 
 
-tracking.log_final = log_final
+tracker.log_final = log_final
 real_train = T.train
 
 

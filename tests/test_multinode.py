@@ -397,7 +397,7 @@ def test_node_crash_requeues_and_resumes_on_the_other_node(slurm_multi, data_dir
 @slow
 def test_slurmd_lost_while_the_old_copy_runs_on(slurm_multi, data_dir, tmp_path, empty_store, reference):
     """Only the node's slurmd dies: Slurm requeues the job and starts it on the other node, while the old copy keeps
-    running on the lost node (FACTS.md). The new copy waits on the cell lock (it does not fail), the old copy (held
+    running on the lost node (docs/MEASURED.md). The new copy waits on the cell lock (not failing), the old copy (held
     still with SIGSTOP until the new one is seen waiting, so the overlap is certain) is let go and finishes the cell,
     and the new copy then finds it finished: one MLflow run, FINISHED once, the same numbers as the uninterrupted
     run, every epoch trained once."""

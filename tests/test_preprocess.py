@@ -70,10 +70,10 @@ def inject_env(tmp_path_factory):
     return {"PYTHONPATH": os.pathsep.join(filter(None, [str(d), os.environ.get("PYTHONPATH", "")]))}
 
 
-def _cli(root, out, *extra, env=None, timeout=300):
+def _cli(root, out, *extra, env=None, timeout=300, module="fcn.preprocess"):
     return run_py(
         "-m",
-        "fcn.preprocess",
+        module,
         "--dataset",
         "mtat",
         "--data-root",
@@ -383,7 +383,7 @@ def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_for
     assert len(list(parts.glob("shard-*.npz"))) == 2 and not path.exists()
 
     capsys.readouterr()
-    assert rs.ensure_store(config, workers=1, progress=False) == path
+    assert pp.ensure_feature_store(config, workers=1, progress=False) == path
     err = capsys.readouterr().err
     assert "discarded the parts" in err and "resuming" not in err
     assert "note: discarded the parts" in Path(f"{path}.report.txt").read_text()
@@ -405,15 +405,15 @@ def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_for
     with h5py.File(path, "r") as h:
         assert h["mel"].shape == (60, 96, config.frontend.n_frames)
 
-    # a finished store: ensure_store neither reads the data set nor builds, and the file is untouched
+    # a finished store: ensure_feature_store neither reads the data set nor builds, and the file is untouched
     stamp = path.stat().st_mtime_ns
 
     def must_not_run(*a, **k):
-        raise AssertionError("ensure_store rebuilt a finished store")
+        raise AssertionError("ensure_feature_store rebuilt a finished store")
 
     monkeypatch.setattr(pp, "build", must_not_run)
-    monkeypatch.setattr(rs, "read_items", must_not_run)
-    assert rs.ensure_store(config, workers=1, progress=False) == path
+    monkeypatch.setattr(pp, "read_items", must_not_run)
+    assert pp.ensure_feature_store(config, workers=1, progress=False) == path
     assert path.stat().st_mtime_ns == stamp
 
     # a store of an older format (format 1's MFCC had a batch-wide floor): refused when named, rebuilt when derived
@@ -425,7 +425,7 @@ def test_stale_parts_are_discarded_a_finished_store_is_left_alone_and_an_old_for
     ):
         fcn.store.check_store(path, input="mel", params=config.frontend, dataset="mtat")
     capsys.readouterr()
-    assert rs.ensure_store(config, workers=1, progress=False) == path
+    assert pp.ensure_feature_store(config, workers=1, progress=False) == path
     assert "is of an older format (1): rebuilding it" in capsys.readouterr().err
     assert fcn.store.read_meta(path)["format_version"] == fcn.store.FORMAT_VERSION == 3
     _assert_same_store(path, ref)

@@ -1,6 +1,6 @@
-"""fcn.preprocess --cluster slurm / ray: one build's shards computed as a real Slurm job array (tests/services/slurm.py)
-or as Ray tasks on a local Ray, assembled into the very store a one-node build makes (the same bytes); a killed array
-task costs only its missing shards, which a rerun computes (and nothing else)."""
+"""harness.preprocess --cluster slurm / ray: one build's shards computed as a real Slurm job array
+(tests/services/slurm.py) or as Ray tasks on a local Ray, assembled into the very store a one-node build makes (the same
+bytes); a killed array task costs only its missing shards, which a rerun computes (and nothing else)."""
 
 import os
 import re
@@ -30,14 +30,25 @@ def root(tmp_path_factory):
 def ref(root, tmp_path_factory):
     """The one-node build the cluster builds must equal."""
     out = tmp_path_factory.mktemp("ref") / "store.h5"
-    r = _build(root, out, "--workers", "2")
+    r = _build(root, out, "--workers", "2", module="fcn.preprocess")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "shards: 9 (0 reused from an interrupted run)" in r.stdout
     return out
 
 
-def _build(root, out, *extra, env=None):
-    return _cli(root, out, "--clip-seconds", str(SECONDS), "--shard-size", str(SHARD), *extra, env=env, timeout=240)
+def _build(root, out, *extra, env=None, module="harness.preprocess"):
+    return _cli(
+        root,
+        out,
+        "--clip-seconds",
+        str(SECONDS),
+        "--shard-size",
+        str(SHARD),
+        *extra,
+        env=env,
+        timeout=240,
+        module=module,
+    )
 
 
 def _same_bytes(a: Path, b: Path) -> None:
@@ -89,7 +100,7 @@ def test_slurm_job_array_builds_the_same_store(slurm_cluster, root, ref, tmp_pat
     assert all(t[1] == "COMPLETED" for t in tasks), tasks
 
 
-def test_a_killed_array_task_costs_only_its_shards(slurm_cluster, root, ref, inject_env, tmp_path):
+def test_a_killed_array_task_costs_only_its_shards(slurm_cluster, root, ref, inject_env, tmp_path):  # noqa: F811
     out, parts = tmp_path / "store.h5", tmp_path / "store.h5.parts"
     log1, log2 = tmp_path / "decoded1.txt", tmp_path / "decoded2.txt"
     flags = [
@@ -120,7 +131,7 @@ def test_a_killed_array_task_costs_only_its_shards(slurm_cluster, root, ref, inj
         [
             sys.executable,
             "-m",
-            "fcn.preprocess",
+            "harness.preprocess",
             "--dataset",
             "mtat",
             "--data-root",
@@ -173,7 +184,7 @@ def test_ray_tasks_build_the_same_store(root, ref, tmp_path, capsys):
     import ray
 
     from fcn.errors import UserError
-    from fcn.preprocess import main
+    from harness.preprocess import main
 
     flags = [
         "--dataset",
@@ -208,7 +219,7 @@ def test_ray_tasks_build_the_same_store(root, ref, tmp_path, capsys):
 
 def test_bad_cluster_options_are_one_line_each(root, tmp_path):
     from fcn.errors import UserError
-    from fcn.preprocess_cluster import ClusterOptions, groups
+    from harness.preprocess import ClusterOptions, groups
 
     with pytest.raises(UserError, match="--cpus-per-task must be >= 1, not 0"):
         ClusterOptions(cluster="slurm", cpus_per_task=0)
@@ -218,6 +229,12 @@ def test_bad_cluster_options_are_one_line_each(root, tmp_path):
     r = _build(root, tmp_path / "s.h5", "--cluster", "slurm", env={"PATH": str(tmp_path)})  # no sbatch here
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: --cluster slurm: Slurm's sbatch is not on PATH: run this on a node that submits jobs"
+    ], r.stderr
+    # the one-node build's command names the new one in one line
+    r = _build(root, tmp_path / "s.h5", "--cluster", "slurm", module="fcn.preprocess")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --cluster slurm: a build over a cluster is `python -m harness.preprocess --cluster slurm` now "
+        "(the same flags, plus the cluster's)"
     ], r.stderr
 
 

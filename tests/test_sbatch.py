@@ -193,7 +193,7 @@ FAKE_PYTHON = """#!/bin/bash
 [ "$*" = "-m fcn.dist job" ] && exec .venv/bin/python "$@"
 echo "start=${SLURM_RESTART_COUNT:-0} rank=$SLURM_PROCID/$SLURM_NTASKS master=$MASTER_ADDR:$MASTER_PORT args=$*" >> "$MARKS"
 exec sleep 300
-"""
+"""  # noqa: E501 - bash, as it is written to the fake interpreter
 
 
 @pytest.mark.slow

@@ -13,14 +13,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing as mp
 import sqlite3
 import sys
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from fcn.data import MSD_TOP50, MTAT_TOP50, SPLITS
 from fcn.data.signals import N_SLOTS, render, sample_labels
+from fcn.data.synth_jamendo import make_jamendo  # the third layout, in its own module
 
 FOLDERS = "0123456789abcdef"
 BROKEN_ID, BROKEN_PATH = "35644", "6/norine_braun-now_and_zen-08-gently-117-146.mp3"  # PAPER.md: an empty file
@@ -90,8 +93,6 @@ def _clip_rng(seed: int, layout: str, i: int) -> np.random.Generator:
 
 
 def _write_clip(job) -> None:
-    import soundfile as sf
-
     path, labels, sr, n, channels, seed, layout, i, mp3 = job
     x = render(labels, sr, n, _clip_rng(seed, layout, i), channels=channels)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -102,8 +103,6 @@ def _write_clip(job) -> None:
 
 def _write_all(jobs, workers: int) -> None:
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
         with mp.get_context("spawn").Pool(workers) as pool:
             for _ in pool.imap_unordered(_write_clip, jobs, chunksize=8):
                 pass
@@ -386,8 +385,6 @@ def main(argv=None) -> None:
     if a.layout == "mtat":
         root = make_mtat(a.out, a.n or 1200, a.seconds, a.seed, workers=a.workers)
     elif a.layout == "jamendo":
-        from fcn.data.synth_jamendo import make_jamendo  # fcn/data/synth_jamendo.py: the third layout
-
         root = make_jamendo(a.out, a.n or 600, a.seconds, a.seed, workers=a.workers)
     else:
         root = make_msd(a.out, a.n or 600, a.seconds, a.seed, n_missing=a.missing, workers=a.workers)

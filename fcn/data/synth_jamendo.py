@@ -21,11 +21,14 @@ The audio comes from fcn.data.signals (tag slot k = TOP50[k]), deterministic fro
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
-from fcn.data import SPLITS
+from fcn.audio import load
+from fcn.data import SPLITS, essentia_mel
 from fcn.data.jamendo import SPLIT_FILES, SUFFIX, TOP50
 from fcn.data.signals import render, sample_labels
 
@@ -39,11 +42,6 @@ def _track_rng(seed: int, i: int) -> np.random.Generator:
 
 
 def _write_track(job) -> None:
-    import soundfile as sf
-
-    from fcn.audio import load
-    from fcn.data import essentia_mel
-
     base, labels, sr, n, seed, i = job
     x = render(labels, sr, n, _track_rng(seed, i), channels=2)
     base.parent.mkdir(parents=True, exist_ok=True)
@@ -60,8 +58,6 @@ def _write_track(job) -> None:
 
 def _write_all(jobs, workers: int) -> None:
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
         with mp.get_context("spawn").Pool(workers) as pool:
             for _ in pool.imap_unordered(_write_track, jobs, chunksize=4):
                 pass

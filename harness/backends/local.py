@@ -6,14 +6,22 @@ Workers are reused across cells (torch is imported once per worker, not per cell
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing as mp
 import os
+import queue
+import signal
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
 
 from fcn.config import RunConfig
 from fcn.errors import UserError
-from harness.backends import option
-from harness.job import Outcome
+from fcn.flags import option
+from harness.job import Outcome, run_cell
 
 
 @dataclass(frozen=True)
@@ -28,8 +36,6 @@ def _init_worker(gpus=None) -> None:
     cells train on it (as cuda:0 of its visible set) instead of every cell on cuda:0."""
     _die_with_parent()
     if gpus is not None:
-        import queue
-
         try:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get(timeout=30)
         except queue.Empty:  # a replacement worker after all GPUs were handed out: keep the parent's view
@@ -40,21 +46,13 @@ def visible_gpus(device: str) -> list[str]:
     """The GPU ids the local workers share out (CUDA_VISIBLE_DEVICES's entries, else 0..n-1); none on CPU."""
     if device == "cpu":
         return []
-    try:
-        import torch
-
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except ImportError:
-        return []
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     ids = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
     return (ids or [str(i) for i in range(n)])[:n]
 
 
 def _die_with_parent() -> None:
     try:
-        import ctypes
-        import signal
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: an orphan finishes its cell; the cell lock still keeps a rerun off it
@@ -62,16 +60,11 @@ def _die_with_parent() -> None:
 
 def _run_cell(config_dict: dict):
     """One cell in a worker (configs cross the process boundary as dicts)."""
-    from harness.job import run_cell
-
     return run_cell(RunConfig.from_dict(config_dict))
 
 
 def pool(parallel: int, gpus: list[str]):
     """The worker pool; with GPUs, one per worker (round-robin when there are more workers than GPUs)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     ctx = mp.get_context("spawn")  # fork would copy the parent's torch threads and locks
     q = None
     if gpus:
@@ -92,10 +85,6 @@ def where(opts: LocalOptions) -> str:
 
 def run(configs: list[RunConfig], opts: LocalOptions, *, progress: bool = True) -> list[Outcome]:
     """Train every cell, `opts.parallel` at a time, each with its share of the cores; one Outcome per cell."""
-    from concurrent.futures import as_completed
-
-    from tqdm import tqdm
-
     parallel = min(opts.parallel or default_parallel(configs[0].device), len(configs))
     threads = configs[0].threads or max(1, (os.cpu_count() or 1) // parallel)
     configs = [c.replace(threads=threads) for c in configs]
@@ -125,11 +114,6 @@ def _report(bar, o: Outcome) -> None:
 def default_parallel(device: str) -> int:
     """On CPU one single-threaded cell per core beats one multi-threaded cell (small convs scale badly)."""
     if device != "cpu":
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                return max(1, torch.cuda.device_count())
-        except ImportError:
-            pass
+        if torch.cuda.is_available():
+            return max(1, torch.cuda.device_count())
     return max(1, os.cpu_count() or 1)

@@ -6,15 +6,15 @@ trial is the same code path as anywhere.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
 from fcn.cell import harness_dir
 from fcn.config import RunConfig
 from fcn.errors import UserError
-from harness.backends import option
-from harness.job import FAILED, Outcome
+from fcn.flags import option
+from harness import launch
+from harness.job import FAILED, Outcome, run_cell
 
 
 @dataclass(frozen=True)
@@ -22,10 +22,12 @@ class RayOptions:
     """Where cells run on Ray: the cluster, and what each cell's trial asks of it."""
 
     ray_address: str = option(
-        "", "existing Ray cluster ('auto' or host:port); empty = a local Ray started for the grid"
+        "", "existing Ray cluster ('auto' or host:port); empty = a local Ray started for this command"
     )
-    cpus_per_trial: float = option(1.0, "CPUs per cell")
-    gpus_per_trial: float = option(0.0, "GPUs per cell; above 1 runs torchrun (DDP) inside the trial")
+    cpus_per_trial: float = option(1.0, "CPUs per cell (per trial)")
+    gpus_per_trial: float = option(
+        0.0, "GPUs per cell (per trial); a grid's cell with more than 1 runs torchrun (DDP) inside its trial"
+    )
 
 
 def check(opts: RayOptions, cells: list[RunConfig]) -> None:
@@ -44,9 +46,7 @@ PREFIX = "cell:"
 
 def _trial(space: dict) -> None:
     """A Ray Tune trial: one cell's job; its Outcome goes back as the trial's one report."""
-    from ray import tune
-
-    from harness.job import run_cell
+    from ray import tune  # optional and heavy (harness/launch.py); the trial's Ray actor has it
 
     o = run_cell(RunConfig.from_dict(space["config"]), gpus=int(space.get("gpus", 0)))
     # the cell's metrics prefixed: Ray adds numbers of its own to every report (pid, timestamp, ...)
@@ -74,43 +74,33 @@ def _outcome(r) -> Outcome:
 
 
 def run(configs: list[RunConfig], opts: RayOptions, *, progress: bool = True) -> list[Outcome]:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster (FACTS.md)
-    import ray
-    from ray import tune
+    from ray import tune  # optional and heavy (harness/launch.py)
 
     t0 = time.time()
     threads = configs[0].threads or max(1, int(opts.cpus_per_trial))
     configs = [c.replace(threads=threads) for c in configs]
-    started = not ray.is_initialized()
-    if started:
-        if opts.ray_address:
-            ray.init(address=opts.ray_address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    trainable = tune.with_resources(_trial, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
-    space = {"config": tune.grid_search([c.to_dict() for c in configs]), "gpus": opts.gpus_per_trial}
-    storage = harness_dir(configs[0].out_dir, configs[0].experiment) / "ray"
-    tuner = tune.Tuner(
-        trainable,
-        param_space=space,
-        # reuse_actors: one actor process trains trial after trial, so torch, torch._dynamo and MLflow are imported
-        # once per actor, not once per cell (FACTS.md: 0.9 s → 0.08 s of overhead per trivial trial; a cell's
-        # imports cost seconds more). Every cell asks for the same resources, which reuse requires.
-        tune_config=tune.TuneConfig(
-            trial_name_creator=lambda t: RunConfig.from_dict(t.config["config"]).key,
-            trial_dirname_creator=lambda t: RunConfig.from_dict(t.config["config"]).key,
-            reuse_actors=True,
-        ),
-        # max_failures: a trial whose process died (not a cell that failed: that is an Outcome) is tried once more
-        run_config=tune.RunConfig(
-            name=f"grid-{int(t0)}",
-            storage_path=str(storage),
-            verbose=1 if progress else 0,
-            failure_config=tune.FailureConfig(max_failures=1),
-        ),
-    )
-    try:
+    with launch.ray_session(opts.ray_address):  # a Ray this grid started ends with it (no processes left behind)
+        trainable = tune.with_resources(_trial, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+        space = {"config": tune.grid_search([c.to_dict() for c in configs]), "gpus": opts.gpus_per_trial}
+        storage = harness_dir(configs[0].out_dir, configs[0].experiment) / "ray"
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            # reuse_actors: one actor process trains trial after trial, so torch, torch._dynamo and MLflow are
+            # imported once per actor, not once per cell (measured: 0.9 s → 0.08 s of overhead per trivial trial,
+            # docs/MEASURED.md; a cell's imports cost seconds more). Every cell asks for the same resources, which
+            # reuse requires.
+            tune_config=tune.TuneConfig(
+                trial_name_creator=lambda t: RunConfig.from_dict(t.config["config"]).key,
+                trial_dirname_creator=lambda t: RunConfig.from_dict(t.config["config"]).key,
+                reuse_actors=True,
+            ),
+            # max_failures: a trial whose process died (not a cell that failed: that is an Outcome) is tried once more
+            run_config=tune.RunConfig(
+                name=f"grid-{int(t0)}",
+                storage_path=str(storage),
+                verbose=1 if progress else 0,
+                failure_config=tune.FailureConfig(max_failures=1),
+            ),
+        )
         return [_outcome(r) for r in tuner.fit()]
-    finally:
-        if started:
-            ray.shutdown()  # the Ray this grid started ends with it (no processes left behind)

@@ -2,7 +2,7 @@
 
 Preemption and time limits: submitit's checkpoint hook requeues the job, and fcn.train resumes from the cell's last
 epoch checkpoint. Whether a cell is done is read from MLflow and its run directory (harness.status), never from
-submitit's view of the job, which can be wrong after a requeue (FACTS.md).
+submitit's view of the job, which can be wrong after a requeue (docs/MEASURED.md).
 """
 
 from __future__ import annotations
@@ -16,14 +16,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from fcn.cell import harness_dir
 from fcn.config import RunConfig
 from fcn.errors import UserError
-from harness.backends import option
-from harness.job import FAILED, FINISHED, SUBMITTED, Outcome
+from fcn.flags import option
+from harness import launch
+from harness.job import FAILED, FINISHED, SUBMITTED, Outcome, run_cell
+from harness.status import grid_states
 
 # [D] USR2 this long before the time limit: the job checkpoints and requeues itself. Slurm may send it up to ~30 s
-# early (FACTS.md), and a paper-scale epoch checkpoint takes seconds: 2 minutes leave room for both. The sbatch
+# early (docs/MEASURED.md), and a paper-scale epoch checkpoint takes seconds: 2 minutes leave room for both. The sbatch
 # scripts (harness/sbatch.py) render the same default.
 SIGNAL_DELAY_S = 120
 ARRAY_PARALLELISM = 64  # [D] jobs of one grid running at once: a courtesy to the other users of a cluster
@@ -70,31 +74,24 @@ def cpus_for(opts: SlurmOptions, configs: list[RunConfig]) -> int:
 
 def executor(folder: Path, opts: SlurmOptions, name: str, configs: list[RunConfig]):
     """A submitit executor for cells (or any callable, in tests) with the options every job gets."""
-    import submitit
-
-    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    params = dict(
+    return launch.slurm_executor(
+        folder,
         name=name,
-        timeout_min=opts.time_min,
+        time_min=opts.time_min,
+        cpus_per_task=cpus_for(opts, configs),
+        array_parallelism=opts.array_parallelism,
         nodes=opts.nodes,
         tasks_per_node=opts.ntasks,
-        slurm_signal_delay_s=opts.signal_delay_s,
-        slurm_array_parallelism=opts.array_parallelism,
-        slurm_srun_args=list(SRUN_ARGS),
-        cpus_per_task=cpus_for(opts, configs),
-        slurm_additional_parameters={"requeue": True, **opts.extra},
+        partition=opts.partition,
+        account=opts.account,
+        qos=opts.qos,
+        gpus_per_node=opts.gpus_per_node,
+        mem_gb=opts.mem_gb,
+        signal_delay_s=opts.signal_delay_s,
+        srun_args=SRUN_ARGS,
+        requeue=True,
+        extra=opts.extra,
     )
-    for k, v in (
-        ("slurm_partition", opts.partition),
-        ("slurm_account", opts.account),
-        ("slurm_qos", opts.qos),
-        ("gpus_per_node", opts.gpus_per_node),
-        ("mem_gb", opts.mem_gb),
-    ):
-        if v:
-            params[k] = v
-    ex.update_parameters(**params)
-    return ex
 
 
 class CellFailed(RuntimeError):
@@ -107,15 +104,13 @@ class CellJob:
     limit: requeue the same cell, which resumes from its checkpoint."""
 
     def __call__(self, config_dict: dict):
-        from harness.job import run_cell
-
         o = run_cell(RunConfig.from_dict(config_dict), log=False)  # submitit keeps each task's output
         if not o.ok:
             raise CellFailed(o.error)
         return o
 
     def checkpoint(self, config_dict: dict):
-        import submitit
+        import submitit  # optional and heavy (harness/launch.py); the job it runs in has it
 
         # The state is in the cell's checkpoint on disk; resubmitting the same call resumes from it.
         return submitit.helpers.DelayedSubmission(CellJob(), config_dict)
@@ -179,8 +174,7 @@ def _submit(configs: list[RunConfig], opts: SlurmOptions, known: dict, jobs_path
     to_submit = [c for c in configs if known.get(c.key) not in alive]
     if not to_submit:
         return
-    # A fresh folder per submission: Slurm job ids restart when a cluster's state is wiped (FACTS.md).
-    folder = harness_dir(out_dir, experiment) / "submitit" / time.strftime("%Y%m%d-%H%M%S")
+    folder = launch.fresh_folder(harness_dir(out_dir, experiment) / "submitit")
     ex = executor(folder, opts, f"fcn-{experiment}", to_submit)
     jobs = ex.map_array(CellJob(), [c.to_dict() for c in to_submit])
     for c, j in zip(to_submit, jobs):
@@ -204,10 +198,6 @@ def run(configs: list[RunConfig], opts: SlurmOptions, *, progress: bool = True, 
 
 
 def _follow(configs: list[RunConfig], known: dict, progress: bool, poll_s: float) -> list[Outcome]:
-    from tqdm import tqdm
-
-    from harness.status import grid_states
-
     uri = configs[0].tracking_uri
     bar = tqdm(total=len(configs), unit="cell", desc="grid (slurm)", disable=not progress, file=sys.stderr)
     pending = {c.key: c for c in configs}

@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import argparse
 
+from fcn import tracking
+from fcn.cell import OUT_DIR, quiet_mlflow
+from fcn.errors import UserError, run_cli
 from harness import bootstrap
 from harness.tables.build import WHICH, write_tables
 from harness.tables.render import GENERATOR
+from harness.ui import resolve_tracking_uri
 
 
 def _default_experiment(tracking_uri: str) -> str:
     """The store's only experiment besides 'Default'; otherwise ask for --experiment."""
-    from fcn import tracking
-    from fcn.errors import UserError
-
     names = [e.name for e in tracking.client(tracking_uri).search_experiments() if e.name != "Default"]
     if len(names) == 1:
         return names[0]
@@ -42,9 +43,6 @@ def _default_experiment(tracking_uri: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fcn.cell import quiet_mlflow
-    from harness.ui import resolve_tracking_uri
-
     parts = __doc__.split("\n\n", 2)
     ap = argparse.ArgumentParser(
         prog=GENERATOR,
@@ -53,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else <runs-dir>/mlflow.db)")
-    ap.add_argument("--runs-dir", default="runs", help="the sweep's out dir, for the default store (default: runs)")
+    ap.add_argument(
+        "--runs-dir", default=OUT_DIR, help=f"the sweep's out dir, for the default store (default: {OUT_DIR})"
+    )
     ap.add_argument("--experiment", help="experiment name (default: the store's only non-Default experiment)")
     ap.add_argument("--out", default="results", help="output folder (default: results)")
     ap.add_argument(
@@ -85,6 +85,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from fcn.errors import run_cli
-
     run_cli(main)  # one line for any failure (fcn/errors.py)

@@ -3,6 +3,7 @@ depth × training-data fraction (RQ4). matplotlib (Agg) is imported inside each 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ FRACTION_PLOT = "auc_by_depth_fraction.png"
 
 
 def _pyplot():
+    # 0.4 s to import (measured), and harness.grid imports this package: only drawing needs it; pyplot only after
+    # the Agg backend is chosen (no display on a cluster node)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,8 +30,6 @@ def _pyplot():
 def _save(fig, path: Path, footer: str) -> Path:
     """Lay out and save; `footer` (which command made the figure, and when: render.Made) is wrapped to the figure's
     width, since a grid command can be longer than one line of small print."""
-    import textwrap
-
     lines = textwrap.wrap(footer, width=int(fig.get_figwidth() * 72 / (6 * 0.55)))  # 6 pt, ~0.55 em per character
     fig.tight_layout(rect=(0, 0.01 + 0.11 * len(lines) / fig.get_figheight(), 1, 1))
     fig.text(0.01, 0.005, "\n".join(lines), fontsize=6, color="0.4", ha="left", va="bottom")

@@ -1,6 +1,6 @@
 """Headless Chromium for UI tests: a screenshot or the rendered DOM of one URL.
 
-Debian's `chromium` package; the flags are the ones that worked offline here (FACTS.md): no sandbox (we run as root in
+Debian's `chromium` package; the flags are those that worked offline (docs/MEASURED.md): no sandbox (we run as root in
 a container), no GPU, no background network traffic, a fresh profile per call (so no saved UI state leaks between
 calls), and a virtual-time budget so the single-page app can fetch and render before the page is captured.
 """

@@ -8,7 +8,7 @@ Tests that need their own server (e.g. to kill it and check "tracking server dow
 `start_mlflow_server(tmp_path)` and `handle.stop()` themselves, or use the function-scoped `mlflow_server_factory`.
 
 Why these flags: `--workers 1` and MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false start in ~3 s and take ~0.5 GB instead of
-~6 s and ~2.4 GB (FACTS.md); telemetry is off because tests must not reach the network.
+~6 s and ~2.4 GB (docs/MEASURED.md); telemetry is off because tests must not reach the network.
 """
 
 from __future__ import annotations

@@ -396,7 +396,7 @@ class _Lock:
                     raise SlurmStartError(
                         f"another test session holds {run_dir}/lock (a Slurm test cluster is "
                         f"running) for more than {timeout:.0f} s"
-                    )
+                    ) from None
                 time.sleep(1.0)
 
     def release(self) -> None:
@@ -431,14 +431,36 @@ def _node_line() -> tuple[str, int]:
     return " ".join(fields), cpus
 
 
-def _write_configs(wd: Path, node: str, ports: dict[str, int]) -> int:
-    node_line, cpus = _node_line()
+def slurm_conf(
+    *,
+    header: str,
+    cluster_name: str,
+    ctld_host: str,
+    ports: dict[str, int],
+    wd: Path,
+    nodes: str,
+    partition: str,
+    slurmd_files: str = "",
+    slurmd_extra: tuple[str, ...] = (),
+    def_mem_per_cpu: int = 1024,
+) -> str:
+    """The slurm.conf of a throw-away test cluster (both fixtures: this one and slurm_multi.py), state under `wd`.
+
+    ctld_host: `SlurmctldHost`'s value, e.g. `myhost(127.0.0.1)`; nodes: the NodeName line(s); slurmd_files: a suffix
+    for slurmd's spool dir, pid and log names (`%n`: one per node name, when several slurmd share the work dir);
+    slurmd_extra: lines after SlurmdDebug. The small timeouts (cred_expire, sched_interval, KillWait) make a requeued
+    job restart in ~11 s instead of ~130 s; cred_expire takes effect only after a daemon restart."""
     munge_sock = wd / "munge" / "munge.socket.2"
-    CONF_DIR.mkdir(parents=True, exist_ok=True)
-    slurm_conf = f"""\
-{CONF_HEADER} {wd}
-ClusterName={CLUSTER_NAME}
-SlurmctldHost={node}(127.0.0.1)
+    spool, pid, log = (
+        (f"spool/{slurmd_files}", f"slurmd-{slurmd_files}.pid", f"slurmd-{slurmd_files}.log")
+        if slurmd_files
+        else ("spool", "slurmd.pid", "slurmd.log")
+    )
+    extra = "".join(line + "\n" for line in slurmd_extra)
+    return f"""\
+{header}
+ClusterName={cluster_name}
+SlurmctldHost={ctld_host}
 SlurmUser=root
 SlurmdUser=root
 SlurmctldPort={ports["slurmctld"]}
@@ -447,19 +469,19 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_sock},cred_expire=10
 StateSaveLocation={wd}/state
-SlurmdSpoolDir={wd}/spool
+SlurmdSpoolDir={wd}/{spool}
 SlurmctldPidFile={wd}/run/slurmctld.pid
-SlurmdPidFile={wd}/run/slurmd.pid
+SlurmdPidFile={wd}/run/{pid}
 SlurmctldLogFile={wd}/log/slurmctld.log
-SlurmdLogFile={wd}/log/slurmd.log
+SlurmdLogFile={wd}/log/{log}
 SlurmctldDebug=info
 SlurmdDebug=info
-ProctrackType=proctrack/linuxproc
+{extra}ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=1024
+DefMemPerCPU={def_mem_per_cpu}
 GresTypes=gpu
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2,bf_interval=5
@@ -477,24 +499,23 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort={ports["slurmdbd"]}
 AccountingStoragePass={munge_sock}
 AccountingStorageTRES=gres/gpu
-{node_line} NodeAddr=127.0.0.1 Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN
-PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+{nodes}
+PartitionName={partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
-    (CONF_DIR / "slurm.conf").write_text(slurm_conf)
-    os.chmod(CONF_DIR / "slurm.conf", 0o644)
-    (CONF_DIR / "gres.conf").write_text(
-        f"{CONF_HEADER} {wd}\nAutoDetect=off\nName=gpu File={wd}/dev/nvidia[0-{GPUS_PER_NODE - 1}]\n"
-    )
-    dbd = CONF_DIR / "slurmdbd.conf"
-    dbd.unlink(missing_ok=True)
-    fd = os.open(dbd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+
+
+def write_slurmdbd_conf(path: Path, *, header: str, dbd_host: str, ports: dict[str, int], wd: Path) -> None:
+    """slurmdbd.conf for either fixture's accounting (MariaDB on 127.0.0.1), mode 0600 and owned by root (slurmdbd
+    wants its config owned by SlurmUser, root here)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(f"""\
-{CONF_HEADER} {wd}
+{header}
 AuthType=auth/munge
-AuthInfo=socket={munge_sock}
+AuthInfo=socket={wd / "munge" / "munge.socket.2"}
 DbdAddr=127.0.0.1
-DbdHost={node}
+DbdHost={dbd_host}
 DbdPort={ports["slurmdbd"]}
 SlurmUser=root
 DebugLevel=info
@@ -507,7 +528,28 @@ StorageUser=slurm
 StoragePass={DB_PASS}
 StorageLoc=slurm_acct_db
 """)
-    os.chown(dbd, 0, 0)  # slurmdbd wants its config owned by SlurmUser (root here) and mode 0600
+    os.chown(path, 0, 0)
+
+
+def _write_configs(wd: Path, node: str, ports: dict[str, int]) -> int:
+    node_line, cpus = _node_line()
+    CONF_DIR.mkdir(parents=True, exist_ok=True)
+    (CONF_DIR / "slurm.conf").write_text(
+        slurm_conf(
+            header=f"{CONF_HEADER} {wd}",
+            cluster_name=CLUSTER_NAME,
+            ctld_host=f"{node}(127.0.0.1)",
+            ports=ports,
+            wd=wd,
+            nodes=f"{node_line} NodeAddr=127.0.0.1 Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN",
+            partition=PARTITION,
+        )
+    )
+    os.chmod(CONF_DIR / "slurm.conf", 0o644)
+    (CONF_DIR / "gres.conf").write_text(
+        f"{CONF_HEADER} {wd}\nAutoDetect=off\nName=gpu File={wd}/dev/nvidia[0-{GPUS_PER_NODE - 1}]\n"
+    )
+    write_slurmdbd_conf(CONF_DIR / "slurmdbd.conf", header=f"{CONF_HEADER} {wd}", dbd_host=node, ports=ports, wd=wd)
     return cpus
 
 

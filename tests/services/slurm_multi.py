@@ -13,11 +13,11 @@ address), `.bridge_addr`, `.node_of(jobid)`, `.kill_slurmd(node)` (only the daem
 after a slurmd crash), `.crash_node(node)` (every process of the node: a hard crash), `.start_slurmd(node)` (bring it
 back) and `.wait_node_state(node, states, timeout)`, `.node_pids(node, cmdline_contains)`.
 
-Set-up as measured on this kind of machine (the team's notes, FACTS.md): slurmd under `nsenter --net=<netns> unshare --uts --mount` (not `ip netns
-exec`, which remounts /sys), /etc/resolv.conf bind-mounted to a 127.0.0.1 one inside each node's private mount
-namespace (the real nameserver is unreachable from the bridge: every DNS fall-through would stall 10 s), the node
-names in /etc/hosts (lines marked, removed at teardown). Small timeouts (cred_expire=10, SlurmdTimeout=10,
-sched_interval=2) so that a lost node's job is requeued and restarted elsewhere in tens of seconds.
+Set-up as measured on this kind of machine (docs/MEASURED.md): slurmd under `nsenter --net=<netns> unshare --uts
+--mount` (not `ip netns exec`, which remounts /sys), /etc/resolv.conf bind-mounted to a 127.0.0.1 one inside each
+node's private mount namespace (the real nameserver is unreachable from the bridge: every DNS fall-through would
+stall 10 s), the node names in /etc/hosts (lines marked, removed at teardown). Small timeouts (cred_expire=10,
+SlurmdTimeout=10, sched_interval=2) so that a lost node's job is requeued and restarted elsewhere in tens of seconds.
 
 Requires root, iproute2, util-linux (nsenter, unshare) and the packages the single-node fixture needs: without them
 it skips, or fails when env CI is set. One such cluster per machine (its own lock, /run/fcn-sweep-slurm-multi/lock:
@@ -40,7 +40,6 @@ from pathlib import Path
 import pytest
 
 from tests.services.slurm import (
-    DB_PASS,
     GPUS_PER_NODE,
     Ident,
     SlurmCluster,
@@ -55,6 +54,8 @@ from tests.services.slurm import (
     _start_munge_and_accounting,
     _terminate,
     _wait,
+    slurm_conf,
+    write_slurmdbd_conf,
 )
 
 IDENT = Ident(
@@ -255,84 +256,33 @@ def _stop_leftovers() -> None:
 
 
 def _write_configs(wd: Path, ports: dict[str, int]) -> Path:
-    munge_sock = wd / "munge" / "munge.socket.2"
     etc = wd / "etc"
     etc.mkdir()
     host = _sh("hostname", "-s").stdout.strip() or "localhost"
+    header = f"# Written by tests/services/slurm_multi.py for a throw-away two-node test cluster; state in {wd}"
     node_lines = "\n".join(
         f"NodeName={n} NodeAddr={ADDRS[n]} NodeHostname={n} CPUs={CPUS_PER_NODE} RealMemory={MEM_PER_NODE} "
         f"Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN"
         for n in NODES
     )
-    (etc / "slurm.conf").write_text(f"""\
-# Written by tests/services/slurm_multi.py for a throw-away two-node test cluster; state in {wd}
-ClusterName={IDENT.cluster_name}
-SlurmctldHost={host}({BRIDGE_ADDR})
-SlurmUser=root
-SlurmdUser=root
-SlurmctldPort={ports["slurmctld"]}
-SlurmdPort={ports["slurmd"]}
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=socket={munge_sock},cred_expire=10
-StateSaveLocation={wd}/state
-SlurmdSpoolDir={wd}/spool/%n
-SlurmctldPidFile={wd}/run/slurmctld.pid
-SlurmdPidFile={wd}/run/slurmd-%n.pid
-SlurmctldLogFile={wd}/log/slurmctld.log
-SlurmdLogFile={wd}/log/slurmd-%n.log
-SlurmctldDebug=info
-SlurmdDebug=info
-SlurmdParameters=config_overrides
-SlurmdTimeout=10
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=100
-GresTypes=gpu
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2,bf_interval=5
-EnforcePartLimits=ALL
-MailProg=/bin/true
-ReturnToService=2
-JobRequeue=1
-KillWait=2
-InactiveLimit=0
-MinJobAge=300
-JobCompType=jobcomp/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=127.0.0.1
-AccountingStoragePort={ports["slurmdbd"]}
-AccountingStoragePass={munge_sock}
-AccountingStorageTRES=gres/gpu
-{node_lines}
-PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-""")
+    (etc / "slurm.conf").write_text(
+        slurm_conf(
+            header=header,
+            cluster_name=IDENT.cluster_name,
+            ctld_host=f"{host}({BRIDGE_ADDR})",
+            ports=ports,
+            wd=wd,
+            nodes=node_lines,
+            partition=PARTITION,
+            slurmd_files="%n",  # one slurmd per node name, all in this work dir
+            slurmd_extra=("SlurmdParameters=config_overrides", "SlurmdTimeout=10"),
+            def_mem_per_cpu=100,
+        )
+    )
     (etc / "gres.conf").write_text(
         f"AutoDetect=off\nNodeName={','.join(NODES)} Name=gpu File={wd}/dev/nvidia[0-{GPUS_PER_NODE - 1}]\n"
     )
-    fd = os.open(etc / "slurmdbd.conf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"""\
-AuthType=auth/munge
-AuthInfo=socket={munge_sock}
-DbdAddr=127.0.0.1
-DbdHost={host}
-DbdPort={ports["slurmdbd"]}
-SlurmUser=root
-DebugLevel=info
-LogFile={wd}/log/slurmdbd.log
-PidFile={wd}/run/slurmdbd.pid
-StorageType=accounting_storage/mysql
-StorageHost=127.0.0.1
-StoragePort={ports["mariadb"]}
-StorageUser=slurm
-StoragePass={DB_PASS}
-StorageLoc=slurm_acct_db
-""")
+    write_slurmdbd_conf(etc / "slurmdbd.conf", header=header, dbd_host=host, ports=ports, wd=wd)
     (wd / "resolv.conf").write_text("nameserver 127.0.0.1\n")  # no DNS on the bridge: fail fast, never stall
     return etc / "slurm.conf"
 
