@@ -13,12 +13,14 @@
   columns. Both then hold the same frames, centred on the same samples, and a store built from the NPYs matches one
   built from the audio (fcn/melspecs.py; only the two edge frames differ: the audio crop's are zero-padded at the
   crop's ends, the NPY's see the track around them). Why the centre: it is MTG's own rule for Choi's model (their
-  script, without --full, cuts a centred 29.1-s segment), and the paper's for MSD. Won et al. 2020 instead trained on
-  a random 29-s chunk of the whole track at every step and tested on the mean of 16 evenly spaced chunks; this
-  project's stores hold one clip per track, so that rule is not offered ([U] how much it changes the AUCs here).
+  script, without --full, cuts a centred 29.1-s segment), and the paper's for MSD. Won et al. 2020 instead
+  test on the mean of 16 chunks of 29 s (at 16 kHz) starting at i·(L - 29 s) // 16, i = 0..15 (their
+  training/eval.py, minzwon/sota-music-tagging-models), and train on a random 29-s chunk at every step [U: their
+  loader, not re-read here]; this project's stores hold one clip per track, so that rule is not offered and the two
+  are not measured against each other ([U] how much it changes the AUCs here: a 16-chunk test is a later option).
   Tracks shorter than the clip (none in MTG-Jamendo's raw_30s, all >= 30 s) are zero-padded at the end, as "centre".
 
-Numpy only (no torch): the preprocessing workers and the NPY path share it.
+The preprocessing workers and the NPY path share it.
 """
 
 from __future__ import annotations

@@ -1,24 +1,26 @@
 """MTG-Jamendo's mel-spectrograms as the dataset computed them, reimplemented in numpy (no Essentia needed).
 
-MTG's `scripts/melspectrograms.py` (MTG/mtg-jamendo-dataset, commit 1b4fa8c) makes each `NN/<id>.npy` of the
+MTG's `scripts/melspectrograms.py` (MTG/mtg-jamendo-dataset, read at commit 0213104) makes each `NN/<id>.npy` of the
 `melspecs` download with Essentia, from the whole track ("--full"; 229 GB for 55k tracks of mean 245 s fits that and
 not its 29.1-s option):
-  MonoLoader(sampleRate=12000, resampleQuality=4)       12 kHz mono; quality 4 is libsamplerate's linear interpolator
+  MonoLoader(sampleRate=12000, resampleQuality=4)       12 kHz mono; quality 4 is libsamplerate's SRC_LINEAR
   FrameGenerator(frameSize=512, hopSize=256, startFromZero=False)   frames centred at 0, 256, ...: ceil(m/256) + 1
   Windowing(type='hann', normalized=False)              a symmetric Hann (denominator 511), zero-phase (phase only)
   Spectrum()                                            |rfft|, 257 bins
   MelBands(96 bands, 0-6000 Hz, slaneyMel, weighting 'linear', normalize 'unit_tri', type 'power')
   UnaryOperator(type='lin2db', scale=2)                 scale multiplies the RESULT: 2 · 10·log10(x), floor -200
   numpy.save(npy, pool['mel'].T)                        float32 (96, frames), written Fortran-ordered
-What was measured with Essentia 2.1b6.dev1389 (PyPI; bench/jamendo_mel.py, results/jamendo_mel.md): the filterbank
-equals librosa's / torchaudio's Slaney mel with Slaney area normalisation (the same 96 triangles, band for band),
-lin2db floors x < 1e-10 at -100 dB before the scale, and the window is the symmetric Hann. So a stored NPY value is
-20·log10(max(mel, 1e-10)) of the power mel: twice this project's plain-db value (10·log10 of the power mel), i.e.
-the authors' doubled scale (their 10·log10(mel²)) without the authors' per-clip 80-dB floor. fcn/melspecs.py converts.
+What each Essentia step does was READ from Essentia's source (MTG/essentia at b9fa6cb: windowing.cpp's hann() divides
+by size - 1; unaryoperator.cpp applies `scale` after the operator; essentiamath.h's lin2db gives -100 dB under 1e-10;
+triangularbands.cpp's 'unit_tri' divides each triangle by half its width in Hz, librosa's Slaney normalisation;
+framecutter.cpp ends with the first frame whose centre is at or past the end; resample.cpp passes the quality to
+libsamplerate, where 4 is SRC_LINEAR). Essentia itself is not a dependency and was not run here [U: the real NPYs are
+not checked against this code; a user with the melspecs download can: `fcn.melspecs.clip` refuses malformed files].
+So a stored NPY value is 20·log10(max(mel, 1e-10)) of the power mel: twice this project's plain-db value, i.e. the
+authors' doubled scale (their 10·log10(mel²)) without the authors' per-clip 80-dB floor. fcn/melspecs.py converts.
 
 `melspectrogram` below is that pipeline from a 12 kHz signal (the resampling is the caller's): the synthetic MTG-Jamendo
-(fcn/data/synth_jamendo.py) writes its NPYs with it, and bench/jamendo_mel.py checks it against Essentia itself.
-Essentia computes in float32; this computes in float64 and rounds at the end.
+(fcn/data/synth_jamendo.py) writes its NPYs with it. It computes in float64 and rounds at the end (Essentia: float32).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def filterbank(
 
 
 def window(size: int = FRAME) -> np.ndarray:
-    """Essentia's Hann (symmetric: 0.5 - 0.5 cos(2πi / (size - 1)))."""
+    """Essentia's Hann (symmetric: 0.5 - 0.5 cos(2πi / (size - 1))); torch's and this project's is the periodic one
+    (denominator `size`): the one difference fcn/melspecs.py cannot convert away."""
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(size) / (size - 1))
 
 
