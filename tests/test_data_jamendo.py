@@ -112,6 +112,15 @@ def test_reader_problems_and_refusals(root, tmp_path):
         jamendo.read(copy)
 
 
+def test_track_folders_may_be_symlinks(root, tmp_path):
+    copy = tmp_path / "j"
+    shutil.copytree(root, copy)
+    folder = next(p for p in copy.iterdir() if p.is_dir() and p.name != "splits")
+    folder.rename(tmp_path / "elsewhere")
+    folder.symlink_to(tmp_path / "elsewhere")  # a download spread over disks
+    assert len(jamendo.read(copy)[1]) == N
+
+
 def test_bad_jamendo_flags_are_one_line(tmp_path):
     with pytest.raises(UserError, match="mel input only"):
         RunConfig(dataset="jamendo", jamendo_type="melspecs", input="stft")

@@ -148,7 +148,8 @@ def read(root, splits_dir=None, kind: str = "audio") -> tuple[list[str], list[It
     report = Report(str(splits_dir))
     col = {t: i for i, t in enumerate(TOP50)}
     on_disk = set()
-    for dirpath, _, files in os.walk(root):  # one walk, not 54,380 stat calls (network file systems)
+    # one walk, not 54,380 stat calls (network file systems); NN/ folders may be symlinks to other disks
+    for dirpath, _, files in os.walk(root, followlinks=True):
         on_disk.update(os.path.join(dirpath, f) for f in files)
     items: list[Item] = []
     missing: list[str] = []
