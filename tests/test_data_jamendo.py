@@ -20,6 +20,7 @@ from fcn.data.synth_jamendo import make_jamendo
 from fcn.errors import UserError
 from fcn.frontends import FrontEndParams, compute
 from fcn.preprocess import ensure_feature_store
+from fcn.train import train
 from tests.conftest import run_py
 
 # ------------------------------------------------------------------------------------------- the shipped split-0
@@ -200,3 +201,7 @@ def test_store_from_npys_matches_store_from_the_same_audio(root, tmp_path, varia
     assert inner.mean() < 0.05 and np.percentile(inner, 99) < 0.3 and inner.max() < 4.0, (inner.mean(), inner.max())
     if variant == "authors":  # the NPY's doubled scale kept, its floor at -100 as ours: not halved by mistake
         assert from_npy.min() >= -100.0 and np.abs(d).mean() < 1.0
+    if variant == "plain-db":  # a run trains on the mel-only store: the fast path end to end
+        tiny = dict(epochs=1, width=0.125, batch_size=8, threads=1, out_dir=str(tmp_path / "runs"))
+        metrics = train(base.replace(jamendo_type="melspecs", **tiny))
+        assert 0.0 < metrics["test_roc_auc"] < 1.0 and 0.0 < metrics["test_pr_auc"] < 1.0
