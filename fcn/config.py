@@ -14,8 +14,8 @@ from typing import Any
 from fcn import cell
 from fcn.errors import UserError
 from fcn.flags import add_arguments, given, option
-from fcn.frontends import INPUTS, VARIANTS, FrontEndParams
-from fcn.models import DEPTHS
+from fcn.frontends import DELTAS, INPUTS, VARIANTS, FrontEndParams
+from fcn.models import DEPTHS, INITS, KERAS1_BN_EPSILON, KERAS1_BN_MOMENTUM, TORCH_BN_EPSILON, TORCH_BN_MOMENTUM
 
 DATASETS = ("mtat", "msd", "jamendo")
 JAMENDO_TYPES = (
@@ -35,6 +35,17 @@ PAPER_EPOCHS = 100
 PAPER_PATIENCE = 10
 
 PAPER_DROPOUT = 0.5  # after every max-pool [C]
+# The MTAT split of the paper preset, decided once and named the same everywhere (README, fcn.preprocess, the sbatch
+# headers, the tables' provenance) [D]: `folder` (0-b train, c valid, d-f test, every clip), PAPER.md's "common
+# convention" of 2016 and the only MTAT split that existed when the paper was written; Lee/Won's `clean` lists
+# (a subset: clips with a top-50 tag) came later (2017-2020) and stay one flag away (--split clean).
+PAPER_MTAT_SPLIT = "folder"
+# Where torch's and today's librosa's defaults differ from what the authors ran in 2016:
+# [D] Δ/ΔΔ of librosa 0.4 (fcn.frontends.LfilterDelta): their features came from librosa of 2016 (their
+# audio_processor.py), but their MFCC code itself is not known (PAPER.md);
+# [C] Keras 1's glorot-uniform weights with zero biases and BatchNorm epsilon 1e-6 (fcn/models.py cites the source).
+PAPER_DELTAS = "librosa-0.4"
+PAPER_INIT = "keras1"
 
 # Demo scale [D]: an eighth of the widths on 4 s clips, so a cell trains on 2 CPU cores in a minute or two.
 DEMO_WIDTH = 0.125
@@ -94,8 +105,8 @@ class RunConfig:
     )
     split: str = option(
         "folder",
-        "MTAT split: folder (0-b / c / d-f) or clean (Lee/Won lists); MSD always uses Choi's split, MTG-Jamendo "
-        "its split-0 (or the lists in --splits-dir)",
+        "MTAT split: folder (0-b / c / d-f, every clip: the 2016 convention) or clean (Lee/Won lists); MSD "
+        "always uses Choi's split, MTG-Jamendo its split-0 (or the lists in --splits-dir) [paper preset: folder]",
         choices=("folder", "clean"),
     )
     store: str = option("", "HDF5 feature store; empty = <data_dir>/<name>.h5, built on first use", resume=True)
@@ -113,6 +124,26 @@ class RunConfig:
         choices=VARIANTS,
     )
     dropout: float = option(DEMO_DROPOUT, "dropout after every max-pool; the paper's is 0.5 [demo 0.1]")
+    deltas: str = option(
+        "librosa",
+        "MFCC Δ/ΔΔ: librosa (today's Savitzky-Golay), librosa-0.4 (2016 librosa's regression filter, ΔΔ by filtering "
+        "twice: what the authors' tool computed in 2016) or nested; fcn/frontends.py [paper preset: librosa-0.4]",
+        choices=DELTAS,
+    )
+    init: str = option(
+        "torch",
+        "initial weights: torch (PyTorch's defaults) or keras1 (glorot-uniform weights, zero biases: the authors' "
+        "Keras 1) [paper preset: keras1]",
+        choices=INITS,
+    )
+    bn_epsilon: float = option(
+        TORCH_BN_EPSILON, "BatchNorm epsilon: torch's 1e-5, or Keras 1's 1e-6 [paper preset: 1e-6, the authors' Keras]"
+    )
+    bn_momentum: float = option(
+        TORCH_BN_MOMENTUM,
+        "BatchNorm running-statistics momentum, torch's convention (running = (1-m)·running + m·batch): 0.1 is "
+        "torch's default and Keras 1's momentum=0.9 [paper preset: 0.1]",
+    )
     # --- optimisation ---
     batch_size: int = option(16, "per-process batch size [U: 16 as in Won et al. 2020]")
     sync_bn: str = option(
@@ -175,6 +206,8 @@ class RunConfig:
                 raise UserError(f"unknown {f.name} {v!r}: choose one of {', '.join(map(str, choices))}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"dropout={self.dropout} must be in [0, 1)")
+        if not 0 < self.bn_epsilon < 1 or not 0 < self.bn_momentum <= 1:
+            raise UserError(f"bn_epsilon={self.bn_epsilon} must be in (0, 1), bn_momentum={self.bn_momentum} in (0, 1]")
         if not 0 < self.train_fraction <= 1:
             raise UserError(f"train_fraction={self.train_fraction} must be in (0, 1]")
         for name in ("width", "clip_seconds", "lr"):
@@ -195,10 +228,17 @@ class RunConfig:
         return cell.make_key(self.dataset, self.input, self.depth, self.seed, self.train_fraction)
 
     @property
+    def model_options(self) -> dict:
+        """fcn.models.FCN's keyword arguments beyond depth and width (training and prediction build the same net)."""
+        return dict(dropout=self.dropout, init=self.init, bn_eps=self.bn_epsilon, bn_momentum=self.bn_momentum)
+
+    @property
     def frontend(self) -> FrontEndParams:
         # full tracks are cut on the frame grid of the dataset's own mel-spectrograms (fcn/crop.py) [D]
         crop = "track-centre" if self.dataset == "jamendo" else "centre"
-        return FrontEndParams.for_seconds(self.clip_seconds, variant=self.frontend_variant, crop=crop)
+        return FrontEndParams.for_seconds(
+            self.clip_seconds, variant=self.frontend_variant, deltas=self.deltas, crop=crop
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -236,6 +276,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_workers=4,
         # the authors' released preprocessing, taken as the input behind the published numbers [D]
         frontend_variant="authors",
+        split=PAPER_MTAT_SPLIT,
+        deltas=PAPER_DELTAS,
+        init=PAPER_INIT,
+        bn_epsilon=KERAS1_BN_EPSILON,
+        bn_momentum=KERAS1_BN_MOMENTUM,
     ),
 }
 

@@ -32,8 +32,9 @@ AUTHORS_AMIN = 1e-10  # [C] logamplitude's default amin, on mel²
 MFCC_TOP_DB = 80.0  # [D] librosa.feature.mfcc's default: power_to_db(mel, top_db=80) before the DCT, per clip
 # How Δ and ΔΔ are computed: "librosa" = librosa.feature.delta(order=1) and (order=2), a Savitzky-Golay derivative
 # over `delta_width` frames with polynomial edges (mode "interp", its default); "nested" = Δ of Δ with replicated edges
-# (torchaudio's ComputeDeltas twice), which stores and checkpoints made before the front ends had variants hold.
-DELTAS = ("librosa", "nested")
+# (torchaudio's ComputeDeltas twice), which stores and checkpoints made before the front ends had variants hold;
+# "librosa-0.4" = librosa.feature.delta of librosa 0.4.x-0.5.x, what the authors' 2016 librosa computed (LfilterDelta).
+DELTAS = ("librosa", "nested", "librosa-0.4")
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,35 @@ class SavgolDelta(nn.Module):
         return torch.cat([head, mid, tail], dim=-1).reshape(x.shape)
 
 
+class LfilterDelta(nn.Module):
+    """(..., rows, frames) → the same shape: librosa.feature.delta(x, width, order) as librosa 0.4.0-0.5.1 computed it
+    [C: librosa/feature/utils.py at 0.4.3, replaced by Savitzky-Golay in 0.6]: the rows are padded with `width` copies
+    of their edge values on each side, the regression filter (k = width//2 … -width//2, divided by Σk²) is applied
+    `order` times as scipy.signal.lfilter (causal, zero initial state), and the result is cut back with one pass's
+    delay. So Δ is the centred regression with replicated edges (torchaudio's ComputeDeltas), while ΔΔ, filtered twice
+    but cut with one delay, lags the data by width//2 frames (4 at librosa's width 9): what 2016 librosa gave."""
+
+    def __init__(self, width: int, order: int):
+        super().__init__()
+        if width < 3 or width % 2 != 1 or order < 1:
+            raise ValueError(f"delta width must be odd and >= 3 and order >= 1, not {width}, {order}")
+        half = width // 2
+        taps = np.arange(half, -half - 1, -1.0)
+        self.width, self.order, self.taps = width, order, (taps / np.sum(taps**2)).tolist()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, n = self.width, x.shape[-1]
+        flat = x.reshape(-1, n)
+        y = torch.cat([flat[:, :1].expand(-1, w), flat, flat[:, -1:].expand(-1, w)], dim=1)  # np.pad(mode="edge")
+        for _ in range(self.order):  # lfilter(taps, 1, y): out[t] = Σ_k taps[k] · y[t - k], y before 0 is zero
+            out = y * self.taps[0]
+            for k, tap in enumerate(self.taps[1:], start=1):
+                out[:, k:].add_(y[:, :-k], alpha=tap)
+            y = out
+        cut = y.shape[-1] - (1 + w // 2)  # librosa's slice(-half_length - n, -half_length)
+        return y[:, cut - n : cut].reshape(x.shape)
+
+
 class FrontEnd(nn.Module):
     """(batch, samples) float waves at `sample_rate` → (batch, 1, rows, frames) log features."""
 
@@ -206,6 +236,8 @@ class FrontEnd(nn.Module):
             self.register_buffer("dct", AF.create_dct(p.n_mfcc, p.n_mels, "ortho"))
             if p.deltas == "librosa":
                 self.delta, self.delta2 = SavgolDelta(p.delta_width, 1), SavgolDelta(p.delta_width, 2)
+            elif p.deltas == "librosa-0.4":
+                self.delta, self.delta2 = LfilterDelta(p.delta_width, 1), LfilterDelta(p.delta_width, 2)
             else:
                 self.delta = T.ComputeDeltas(win_length=p.delta_width)
 
@@ -259,7 +291,7 @@ class FrontEnd(nn.Module):
         the same STFT and filterbank, so preprocessing derives the MFCC from its power mel instead of a second STFT."""
         db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - MFCC_TOP_DB)  # librosa's top_db=80, per clip
         x = torch.matmul(db.transpose(-1, -2), self.dct).transpose(-1, -2)
-        if self.params.deltas == "librosa":
+        if self.params.deltas in ("librosa", "librosa-0.4"):
             d1, d2 = self.delta(x), self.delta2(x)
         else:  # "nested": Δ(Δ), replicated edges (the old stores' MFCC)
             d1 = self.delta(x)

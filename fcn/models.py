@@ -31,15 +31,33 @@ SPECS: dict[int, tuple[tuple[tuple[int, tuple[int, int]], ...], tuple[int, ...]]
 DEPTHS = tuple(sorted(SPECS))
 N_TAGS = 50
 DROPOUT = 0.5  # after every max-pool [C]; demo runs use less (fcn.config: DEMO_DROPOUT)
+# BatchNorm and initial weights. torch's defaults (what this project used first; the demo presets keep them [D]) and
+# the authors' Keras 1 [C: keras-team/keras 1.0.6, the version the author names for his released model:
+# BatchNormalization(epsilon=1e-6, momentum=0.9), Convolution2D/Dense(init='glorot_uniform'), biases zero].
+# Keras' momentum 0.9 keeps 0.9 of the running statistic per batch: torch's momentum 0.1. Keras 1 divides by
+# sqrt(var + eps) + eps and tracks a running std, torch by sqrt(var + eps) with a running var: at eps 1e-6 the same
+# normalisation to 1e-6 [D: torch's formula kept].
+TORCH_BN_EPSILON, TORCH_BN_MOMENTUM = 1e-5, 0.1
+KERAS1_BN_EPSILON, KERAS1_BN_MOMENTUM = 1e-6, 0.1  # torch's momentum 0.1 = 1 - Keras' 0.9
+INITS = ("torch", "keras1")
 
 
 class Block(nn.Module):
     """conv (k×k, same padding) → BN → ReLU → max-pool → dropout; pool=None means global max-pool."""
 
-    def __init__(self, c_in: int, c_out: int, pool: tuple[int, int] | None, kernel: int = 3, dropout: float = DROPOUT):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        pool: tuple[int, int] | None,
+        kernel: int = 3,
+        dropout: float = DROPOUT,
+        bn_eps: float = TORCH_BN_EPSILON,
+        bn_momentum: float = TORCH_BN_MOMENTUM,
+    ):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2)
-        self.bn = nn.BatchNorm2d(c_out)
+        self.bn = nn.BatchNorm2d(c_out, eps=bn_eps, momentum=bn_momentum)
         self.pool = pool
         self.drop = nn.Dropout(dropout)
 
@@ -62,25 +80,51 @@ def scaled(channels: int, width: float) -> int:
 class FCN(nn.Module):
     """FCN-`depth` (3..7) of Choi et al. 2016 on a 1×rows×frames log-spectrogram; returns (batch, 50) logits."""
 
-    def __init__(self, depth: int = 4, width: float = 1.0, n_tags: int = N_TAGS, dropout: float = DROPOUT):
+    def __init__(
+        self,
+        depth: int = 4,
+        width: float = 1.0,
+        n_tags: int = N_TAGS,
+        dropout: float = DROPOUT,
+        *,
+        init: str = "torch",
+        bn_eps: float = TORCH_BN_EPSILON,
+        bn_momentum: float = TORCH_BN_MOMENTUM,
+    ):
         super().__init__()
         if depth not in SPECS:
             raise ValueError(f"unknown depth {depth!r}: FCN depths are {', '.join(map(str, DEPTHS))}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
         convs, extras = SPECS[depth]
         self.depth, self.width = depth, width
+        bn = dict(dropout=dropout, bn_eps=bn_eps, bn_momentum=bn_momentum)
         layers, c_in = [], 1
         for i, (c, pool) in enumerate(convs):
             last = i == len(convs) - 1
-            layers.append(Block(c_in, scaled(c, width), None if last else pool, dropout=dropout))
+            layers.append(Block(c_in, scaled(c, width), None if last else pool, **bn))
             c_in = scaled(c, width)
         for c in extras:
-            layers.append(Block(c_in, scaled(c, width), None, kernel=1, dropout=dropout))
+            layers.append(Block(c_in, scaled(c, width), None, kernel=1, **bn))
             c_in = scaled(c, width)
         self.features = nn.Sequential(*layers)
         self.out = nn.Linear(c_in, n_tags)
+        if init == "keras1":
+            init_keras1(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.features(x).flatten(1))
+
+
+@torch.no_grad()
+def init_keras1(model: nn.Module) -> None:
+    """Keras 1's initial weights [C, see INITS]: glorot_uniform, U(±sqrt(6 / (fan_in + fan_out))) with the fans of
+    Keras' 'th' kernels (channels × kernel area), for every conv and dense kernel; biases zero (BatchNorm: γ 1, β 0,
+    torch's too)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def n_params(model: nn.Module) -> int:

@@ -1,7 +1,7 @@
 """Audio → feature store, in parallel over all cores, resumable, with a progress bar and a report.
 
     python -m fcn.preprocess                                   # the built-in synthetic MTAT set (demo scale)
-    python -m fcn.preprocess --dataset mtat --data-root /data/mtat --split clean --preset paper --workers 16
+    python -m fcn.preprocess --dataset mtat --data-root /data/mtat --preset paper --workers 16   # the folder split
     python -m fcn.preprocess --dataset msd --data-root /data/msd --preset paper
     python -m harness.preprocess --dataset msd --data-root /data/msd --preset paper --cluster slurm --partition cpu
 

@@ -37,8 +37,10 @@ def store_path(config) -> Path:
     if config.dataset == "jamendo":  # which download, and which lists (split-0 unless --splits-dir names others)
         lists = "split0" if not config.splits_dir else "s" + hashlib.sha256(config.splits_dir.encode()).hexdigest()[:8]
         split = f"{lists}-{config.jamendo_type}"
-    # the mel variant in the name: stores of both variants live side by side
-    name = f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s-{config.frontend_variant}.h5"
+    # the mel variant in the name: stores of both variants live side by side; so do the MFCC's Δ/ΔΔ when they are not
+    # today's librosa (the paper preset's 2016 ones), leaving every earlier store's name as it was
+    deltas = "" if config.deltas == "librosa" else f"-deltas-{config.deltas}"
+    name = f"{config.dataset}-{source}-{split}-{config.clip_seconds:g}s-{config.frontend_variant}{deltas}.h5"
     return Path(config.data_dir) / name
 
 

@@ -243,7 +243,7 @@ def _set_up(config: RunConfig, d: dist.Dist, rdir: Path, trial: str) -> Run:
     np.random.seed(config.seed)
     random.seed(config.seed)
     data = _splits(config, store, trial)
-    model = FCN(config.depth, config.width, n_tags=len(meta["tags"]), dropout=config.dropout).to(d.device)
+    model = FCN(config.depth, config.width, n_tags=len(meta["tags"]), **config.model_options).to(d.device)
     # the layout is decided once: the model's parameters and every input batch share it
     fmt = torch.channels_last if channels_last(config, d.device) else torch.contiguous_format
     model = model.to(memory_format=fmt)

@@ -35,9 +35,10 @@ SLURM_DIR = REPO / "slurm"
 
 # --- compute model (PAPER.md, "Compute at paper scale" [D]) -----------------------------------------------------------
 FCN4_CLIPS_PER_S = 2600  # planning figure for one H100 in bf16 on FCN-4, 96×1366 mel; not measured here
-# Training / validation clips per epoch: MTAT's clean split (PAPER.md; --split folder keeps more clips) and Choi's
-# MSD split [C].
-SPLIT_CLIPS = {"mtat": (15_244, 1_529), "msd": (201_680, 12_634), "jamendo": (32_136, 10_888)}  # Jamendo: split-0
+# Training / validation clips per epoch, on the paper preset's splits: MTAT's `folder` split (fcn.config
+# PAPER_MTAT_SPLIT: folders 0-b / c, every clip; 18,706 / 1,825 [U: per-folder counts not re-counted here, their sum
+# with d-f's 5,329 is MTAT's 25,863 rows less its 3 broken clips]), Choi's MSD split [C] and MTG-Jamendo's split-0 [C].
+SPLIT_CLIPS = {"mtat": (18_706, 1_825), "msd": (201_680, 12_634), "jamendo": (32_136, 10_888)}
 FEATURE_KB = 262  # a 96×1366 float16 feature (PAPER.md)
 # What each job asks for (its #SBATCH lines, rendered from SlurmOptions like the grid's submitit jobs). One GPU by
 # default: the paper preset's batch of 16 is per process, so one GPU is the recipe as written; more GPUs are a flag
@@ -130,7 +131,7 @@ def _reproduces(dataset: str, depth: int) -> list[str]:
 
 def _estimate(dataset: str, depth: int, macs: int, macs4: int) -> tuple[list[str], int]:
     """Header lines on how long the job takes, and the time limit in hours."""
-    from fcn.config import PAPER_EPOCHS, PAPER_PATIENCE
+    from fcn.config import PAPER_EPOCHS, PAPER_MTAT_SPLIT, PAPER_PATIENCE
 
     flops_per_s = FCN4_CLIPS_PER_S * 6 * macs4  # the assumed sustained rate of one H100
     clips_per_s = flops_per_s / (6 * macs)
@@ -139,7 +140,9 @@ def _estimate(dataset: str, depth: int, macs: int, macs4: int) -> tuple[list[str
     epoch_s = epoch_flop / flops_per_s
     worst_s = PAPER_EPOCHS * epoch_s
     hours = math.ceil(1.5 * worst_s / 3600 + 1)  # margin + building the feature store / first-epoch warm-up
-    split = {"mtat": "clean split; --split folder has more", "msd": "Choi's split", "jamendo": "split-0"}[dataset]
+    split = {"mtat": f"{PAPER_MTAT_SPLIT} split, the paper preset's", "msd": "Choi's split", "jamendo": "split-0"}[
+        dataset
+    ]
     lines = [
         f"FCN-{depth} costs {macs / 1e9:.2f} G multiply-adds per 96×1366 mel clip forward: ≈{6 * macs / 1e9:.0f} GFLOP "
         f"per training clip (forward + backward), {2 * macs / 1e9:.0f} per validation clip.",

@@ -19,10 +19,10 @@
 # How long: an ESTIMATE from PAPER.md's compute figures, not a measurement.
 #   FCN-3 costs 2.85 G multiply-adds per 96×1366 mel clip forward: ≈17 GFLOP per training clip (forward + backward), 6
 #     per validation clip.
-#   One MTAT epoch (15,244 training + 1,529 validation clips, clean split; --split folder has more) ≈ 0.27 PFLOP.
+#   One MTAT epoch (18,706 training + 1,825 validation clips, folder split, the paper preset's) ≈ 0.33 PFLOP.
 #   Assumed: one H100 sustains ≈156 TFLOP/s in bf16 (the planning figure: ≈2,600 FCN-4 clips/s), here ≈9,139 clips/s.
-#   ≈2 s per epoch on 1 GPU; the worst case, 100 epochs (early stopping, patience 10): ≈3 min on 1 GPU, ≈43 s on 4,
-#     ≈22 s on 8 (linear scaling assumed).
+#   ≈2 s per epoch on 1 GPU; the worst case, 100 epochs (early stopping, patience 10): ≈4 min on 1 GPU, ≈53 s on 4,
+#     ≈26 s on 8 (linear scaling assumed).
 #   The store must deliver 9,139 clips/s × 262 KB ≈ 2,395 MB/s: keep it on local disk or in page cache.
 #   STFT (128 rows) costs about a third more than mel; MFCC (90 rows) about the same.
 #   Time limit: 2 h (1.5 × the worst case + 1 h); reaching it is not fatal (the job requeues itself and resumes).

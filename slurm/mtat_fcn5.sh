@@ -19,10 +19,10 @@
 # How long: an ESTIMATE from PAPER.md's compute figures, not a measurement.
 #   FCN-5 costs 8.88 G multiply-adds per 96×1366 mel clip forward: ≈53 GFLOP per training clip (forward + backward),
 #     18 per validation clip.
-#   One MTAT epoch (15,244 training + 1,529 validation clips, clean split; --split folder has more) ≈ 0.84 PFLOP.
+#   One MTAT epoch (18,706 training + 1,825 validation clips, folder split, the paper preset's) ≈ 1.03 PFLOP.
 #   Assumed: one H100 sustains ≈156 TFLOP/s in bf16 (the planning figure: ≈2,600 FCN-4 clips/s), here ≈2,932 clips/s.
-#   ≈5 s per epoch on 1 GPU; the worst case, 100 epochs (early stopping, patience 10): ≈9 min on 1 GPU, ≈2 min on 4,
-#     ≈67 s on 8 (linear scaling assumed).
+#   ≈7 s per epoch on 1 GPU; the worst case, 100 epochs (early stopping, patience 10): ≈11 min on 1 GPU, ≈3 min on 4,
+#     ≈82 s on 8 (linear scaling assumed).
 #   The store must deliver 2,932 clips/s × 262 KB ≈ 768 MB/s: keep it on local disk or in page cache.
 #   STFT (128 rows) costs about a third more than mel; MFCC (90 rows) about the same.
 #   Time limit: 2 h (1.5 × the worst case + 1 h); reaching it is not fatal (the job requeues itself and resumes).

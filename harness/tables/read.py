@@ -50,13 +50,21 @@ def run_scale(params: dict) -> str:
     return f"{size}, {variant} mel{recipe}"
 
 
+def run_split(params: dict) -> str:
+    """The split a run's numbers are on, named as fcn.config names it: MTAT `folder` (the paper preset's) or `clean`;
+    MSD always Choi's. Runs logged without the param used the default, `folder`."""
+    if params.get("dataset", "mtat") == "msd":
+        return "Choi's split"
+    return f"{params.get('split', 'folder')} split"
+
+
 def run_source(params: dict) -> str:
     """What a run's numbers are about: the built-in synthetic data at demo scale are not the paper's data sets. Only
     the data set's name, never the data root's path: results/ must not carry one machine's paths."""
     if not params.get("data_root"):
-        return f"built-in synthetic data in the data set's layout ({run_scale(params)})"
+        return f"built-in synthetic data in the data set's layout ({run_split(params)}, {run_scale(params)})"
     name = DATASET_NAMES.get(params.get("dataset", ""), params.get("dataset", "?"))
-    return f"real {name} data ({run_scale(params)})"
+    return f"real {name} data ({run_split(params)}, {run_scale(params)})"
 
 
 def cell_run(run) -> CellRun | None:
