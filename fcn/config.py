@@ -18,7 +18,12 @@ from fcn.flags import add_arguments, given, option
 from fcn.frontends import DELTAS, INPUTS, VARIANTS, FrontEndParams
 from fcn.models import DEPTHS, INITS, KERAS1_BN_EPSILON, KERAS1_BN_MOMENTUM, TORCH_BN_EPSILON, TORCH_BN_MOMENTUM
 
-DATASETS = ("mtat", "msd")
+DATASETS = ("mtat", "msd", "jamendo")
+JAMENDO_TYPES = (
+    "audio",
+    "audio-low",
+    "melspecs",
+)  # fcn.data.jamendo.TYPES: what the dataset's download script's --type gets
 
 # Paper scale [C]: the full model on 29.12 s clips.
 PAPER_WIDTH = 1.0
@@ -59,7 +64,9 @@ class RunConfig:
 
     # --- what to run (the cell) ---
     dataset: str = option(
-        "mtat", "data set layout: mtat (MagnaTagATune) or msd (Million Song Dataset)", choices=DATASETS
+        "mtat",
+        "data set layout: mtat (MagnaTagATune), msd (Million Song Dataset) or jamendo (MTG-Jamendo top-50, split-0)",
+        choices=DATASETS,
     )
     input: str = option("mel", "front end: mel (96 rows), stft (128 rows) or mfcc (30+Δ+ΔΔ = 90 rows)", choices=INPUTS)
     depth: int = option(4, "FCN depth, 3..7 (PAPER.md's architecture table)", choices=DEPTHS)
@@ -68,12 +75,14 @@ class RunConfig:
     data_root: str = option(
         "",
         "root of the real data set (MTAT: folder with annotations_final.csv and 0..f/; MSD: "
-        "folder with lastfm_tags.db); empty = the built-in synthetic set in the same layout",
+        "folder with lastfm_tags.db; MTG-Jamendo: the folder its download script unpacked into, NN/<id>.mp3, "
+        ".low.mp3 or .npy); empty = the built-in synthetic set in the same layout",
         resume=True,
     )
     splits_dir: str = option(
         "",
-        "folder of split lists (MTAT clean split: Lee/Won lists; MSD: Choi's lists); "
+        "folder of split lists (MTAT clean split: Lee/Won lists; MSD: Choi's lists; MTG-Jamendo: "
+        "autotagging_top50tags-{train,validation,test}.tsv); "
         "empty = <data_root>/splits if it holds them, else the lists shipped in fcn/data/splits",
         resume=True,
     )
@@ -87,10 +96,18 @@ class RunConfig:
         "folder); the ids it lists override the d1/d2 layout",
         resume=True,
     )
+    # [D] the dataset README's recommended download, and its download script's default --type
+    jamendo_type: str = option(
+        "audio",
+        "MTG-Jamendo: which download --data-root holds: audio (NN/<id>.mp3, 320 kbps), audio-low (NN/<id>.low.mp3) "
+        "or melspecs (NN/<id>.npy, the dataset's own mel-spectrograms: the mel input only, no decoding; "
+        "fcn/melspecs.py)",
+        choices=JAMENDO_TYPES,
+    )
     split: str = option(
         "folder",
         "MTAT split: folder (0-b / c / d-f, every clip: the 2016 convention) or clean (Lee/Won lists); MSD "
-        "always uses Choi's split [paper preset: folder]",
+        "always uses Choi's split, MTG-Jamendo its split-0 (or the lists in --splits-dir) [paper preset: folder]",
         choices=("folder", "clean"),
     )
     store: str = option("", "HDF5 feature store; empty = <data_dir>/<name>.h5, built on first use", resume=True)
@@ -212,6 +229,11 @@ class RunConfig:
         for name in ("batch_size", "epochs", "patience", "synth_clips"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1")
+        if self.dataset == "jamendo" and self.jamendo_type == "melspecs" and self.input != "mel":
+            raise UserError(
+                f"--jamendo-type melspecs gives the mel input only (MTG-Jamendo's own mel-spectrograms); input "
+                f"{self.input!r} needs the audio: --jamendo-type audio or audio-low (a grid: --inputs mel)"
+            )
 
     # The cell's stable key, e.g. mtat-mel-fcn4-s0 (fcn/cell.py; RQ4 runs on part of the data, and runs at a global
     # batch other than the recipe's 16, get a suffix).
@@ -226,7 +248,11 @@ class RunConfig:
 
     @property
     def frontend(self) -> FrontEndParams:
-        return FrontEndParams.for_seconds(self.clip_seconds, variant=self.frontend_variant, deltas=self.deltas)
+        # full tracks are cut on the frame grid of the dataset's own mel-spectrograms (fcn/crop.py) [D]
+        crop = "track-centre" if self.dataset == "jamendo" else "centre"
+        return FrontEndParams.for_seconds(
+            self.clip_seconds, variant=self.frontend_variant, deltas=self.deltas, crop=crop
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

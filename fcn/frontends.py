@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fcn.crop import check_crop
+
 INPUTS = ("mel", "stft", "mfcc")
 VARIANTS = ("authors", "plain-db")
 AUTHORS_TOP_DB = 80.0  # [C] librosa.logamplitude's default top_db, applied by the authors' code to 10·log10(mel²)
@@ -61,6 +63,9 @@ class FrontEndParams:
     # [D] frames are centred with zero padding at the clip's ends, as librosa (>= 0.10) does; torchaudio's default
     # is reflection, which differs only in the first and last frame.
     pad_mode: str = "constant"
+    # how a longer or shorter recording becomes the clip (fcn/crop.py): "centre" [C] for clips and previews;
+    # "track-centre" [D] for full tracks (MTG-Jamendo), on the frame grid of the data set's own mel-spectrograms
+    crop: str = "centre"
 
     @classmethod
     def for_seconds(cls, seconds: float, **kw) -> FrontEndParams:
@@ -86,6 +91,7 @@ class FrontEndParams:
             raise ValueError(f"unknown front-end variant {self.variant!r}: choose one of {', '.join(VARIANTS)}")
         if self.deltas not in DELTAS:
             raise ValueError(f"unknown deltas {self.deltas!r}: choose one of {', '.join(DELTAS)}")
+        check_crop(self.crop)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -41,12 +41,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fcn.audio import DECODERS, DEFAULT_DECODER, AudioError, fix_length, info, load
+from fcn.audio import DECODERS, DEFAULT_DECODER, AudioError, info, load
 from fcn.config import add_config_arguments, config_from_args
+from fcn.crop import MAX_TRACK_SECONDS, cut
 from fcn.errors import UserError, run_cli
 from fcn.frontends import INPUTS, FrontEndParams, compute
+from fcn.melspecs import NPY_DECODER
+from fcn.melspecs import process_shard as process_npy_shard
 from fcn.pool import run_shards
-from fcn.run_store import is_current, lock, read_items, store_path, wait_for_store, why_stale
+from fcn.run_store import build_source, is_current, lock, read_items, store_path, wait_for_store, why_stale
 from fcn.store import FORMAT_VERSION, StoreWriter, write_store
 
 SHARD_SIZE = 32  # clips per shard: small enough that a kill loses little, large enough to batch the front ends
@@ -103,9 +106,10 @@ class Report:
 def _decode(path: str, params: FrontEndParams, decoder: str = DEFAULT_DECODER):
     """(wave at the clip length, warning text) of one file; AudioError when it is not usable audio."""
     meta = info(path, decoder)  # header only (~0.1 ms): refuse absurd lengths before decoding them whole
-    if meta.seconds > MAX_SECONDS:
+    limit = MAX_SECONDS if params.crop == "centre" else MAX_TRACK_SECONDS  # full tracks: fcn/crop.py
+    if meta.seconds > limit:
         raise AudioError(
-            path, f"{meta.seconds:.0f} s long, over the {MAX_SECONDS:.0f} s limit (a whole track or album, not a clip?)"
+            path, f"{meta.seconds:.0f} s long, over the {limit:.0f} s limit (a whole track or album, not a clip?)"
         )
     x = load(path, sr=params.sample_rate, decoder=decoder)
     got = len(x) / params.sample_rate
@@ -117,7 +121,7 @@ def _decode(path: str, params: FrontEndParams, decoder: str = DEFAULT_DECODER):
         note.append("silent (all samples zero)")
     if len(x) < SHORT * params.n_samples:
         note.append(f"short: {got:.2f} s zero-padded to {params.seconds:.2f} s")
-    return fix_length(x, params.n_samples), "; ".join(note)
+    return cut(x, params), "; ".join(note)  # fcn/crop.py: "centre" is fix_length, as before
 
 
 def _process_shard(job, send) -> None:
@@ -126,6 +130,8 @@ def _process_shard(job, send) -> None:
     `send(kind, ...)` tells the parent which clip is being decoded, so that a crash or hang is pinned on that file.
     Clips in `preskip` (index -> reason) were found to crash or hang the decoder in an earlier attempt."""
     items, params, inputs, dest, decoder, preskip = job
+    if decoder == NPY_DECODER:  # no audio: the shard's mel comes from the dataset's own NPYs (fcn/melspecs.py)
+        return process_npy_shard(job, send)
     waves, status = [], []
     for j, (_cid, path) in enumerate(items):
         if j in preskip:
@@ -390,7 +396,7 @@ def build(
     inputs = tuple(inputs)
     if shard_size < 1:
         raise UserError(f"shard size must be >= 1, not {shard_size}")
-    if decoder not in DECODERS:
+    if decoder not in (*DECODERS, NPY_DECODER):
         raise UserError(f"unknown decoder {decoder!r}: choose from {', '.join(DECODERS)}")
     report = Report(reader_problems=list(reader_problems))
     unique = _unique(items, report)
@@ -504,6 +510,7 @@ def ensure_feature_store(
                 workers=workers,
                 progress=progress,
                 reader_problems=problems,
+                **build_source(config),  # MTG-Jamendo's mel NPYs: no decoder, the mel input only
             )
             print(
                 f"feature store {path}: {report.written} clips written, {len(report.skipped)} skipped "
@@ -574,7 +581,7 @@ def run_build(args: argparse.Namespace, runner=None) -> Report:
             shard_size=args.shard_size,
             decode_timeout=args.decode_timeout,
             runner=runner,
-            decoder=args.decoder,
+            **build_source(config, args.decoder),  # MTG-Jamendo's mel NPYs: no decoder, the mel input only
         )
     print(report.text(max_lines=20))
     print(f"store: {out}\nreport: {out}.report.txt")

@@ -17,7 +17,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from fcn.data import msd, mtat, synth
+from fcn import melspecs
+from fcn.data import jamendo, msd, mtat, synth, synth_jamendo
 from fcn.errors import UserError
 from fcn.store import FORMAT_VERSION, read_meta
 
@@ -34,6 +35,9 @@ def store_path(config) -> Path:
     else:
         source = f"synth{config.synth_clips}"
     split = config.split if config.dataset == "mtat" else "choi"
+    if config.dataset == "jamendo":  # which download, and which lists (split-0 unless --splits-dir names others)
+        lists = "split0" if not config.splits_dir else "s" + hashlib.sha256(config.splits_dir.encode()).hexdigest()[:8]
+        split = f"{lists}-{config.jamendo_type}"
     # the mel variant in the name: stores of both variants live side by side; so do the MFCC's Δ/ΔΔ when they are not
     # today's librosa (the paper preset's 2016 ones), leaving every earlier store's name as it was
     deltas = "" if config.deltas == "librosa" else f"-deltas-{config.deltas}"
@@ -85,6 +89,8 @@ def read_items(config):
         raise UserError(f"data root {root} does not exist: pass --data-root of your {config.dataset.upper()} copy")
     if config.dataset == "mtat":
         return mtat.read(root, split=config.split, splits_dir=config.splits_dir or None)
+    if config.dataset == "jamendo":
+        return jamendo.read(root, splits_dir=config.splits_dir or None, kind=config.jamendo_type)
 
     splits_dir = Path(config.splits_dir) if config.splits_dir else msd.default_splits_dir(root)
     tags_db = Path(config.tags_db) if config.tags_db else root / msd.TAGS_DB
@@ -103,12 +109,23 @@ def read_items(config):
     return tags, items, problems
 
 
+def build_source(config, decoder: str | None = None) -> dict:
+    """build()'s `decoder` and `inputs` for the run's data: a store from MTG-Jamendo's own mel-spectrograms reads
+    NPYs, not audio, and holds the mel input only (fcn/melspecs.py); any other store decodes audio with `decoder`."""
+    if config.dataset == "jamendo" and config.jamendo_type == "melspecs":
+        melspecs.check_params(config.frontend)
+        return dict(decoder=melspecs.NPY_DECODER, inputs=melspecs.INPUTS)
+    return {} if decoder is None else dict(decoder=decoder)
+
+
 def synth_root(config) -> Path:
     root = Path(config.data_dir) / f"synth-{config.dataset}-{config.synth_clips}-{config.clip_seconds:g}s"
     if not (root / ".complete").exists():
         with lock(root.with_name(root.name + ".lock")):
             if not (root / ".complete").exists():
-                maker = synth.make_mtat if config.dataset == "mtat" else synth.make_msd
+                maker = {"mtat": synth.make_mtat, "msd": synth.make_msd, "jamendo": synth_jamendo.make_jamendo}[
+                    config.dataset
+                ]
                 print(f"generating the built-in synthetic {config.dataset.upper()} set in {root}", file=sys.stderr)
                 maker(root, config.synth_clips, seconds=config.clip_seconds, seed=0, workers=os.cpu_count() or 1)
                 (root / ".complete").touch()

@@ -6,6 +6,10 @@ Source: Choi, Fazekas & Sandler, ISMIR 2016 (arXiv 1606.00298), as collected in 
 `PUBLISHED` holds the paper's tables; `MSD_RERUN` the first author's later re-run on MSD (no LR schedule, 480 epochs),
 which he gave because the published MSD numbers were not reproducible. Keys are (dataset, input, depth).
 `PAPER_CELLS` is the set of cells the paper trained (the one definition: the grid's `--paper` asks here).
+
+MTG-Jamendo (not in the paper): `WON_JAMENDO` is the reference its rows are put beside, Won et al. 2020's FCN on
+split-0, ROC-AUC and PR-AUC [C, read from that paper's results figure]; `JAMENDO_CELLS` the paper-style cells run on it
+(FCN-3..7 on mel, as the paper's MSD depth table), which `--paper --datasets ...,jamendo` keeps.
 """
 
 from __future__ import annotations
@@ -59,9 +63,35 @@ PAPER_CELLS: frozenset[tuple[str, str, int]] = frozenset(
     + [("msd", "mel", d) for d in (3, 4, 5, 6, 7)]
 )
 
-# The cells of the two result tables, in display order.
+
+@dataclass(frozen=True)
+class ReferenceAUC:
+    """A published result of another paper on a data set this paper did not use: one model, no depth axis."""
+
+    dataset: str
+    model: str
+    roc_auc: float
+    pr_auc: float
+    source: str
+    mark: str = "[C]"
+
+
+# [C] Won, Ferraro, Bogdanov & Serra, "Evaluation of CNN-based automatic music tagging models", SMC 2020
+# (arXiv 2006.00751), results figure, MTG-Jamendo top-50 split-0; their FCN is a smaller FCN than Choi's, at 16 kHz
+# (minzwon/sota-music-tagging-models), so it is a reference, not a number this grid reproduces.
+WON_JAMENDO = ReferenceAUC(
+    "jamendo", "FCN", 0.8255, 0.2801, "Won et al. 2020, MTG-Jamendo split-0 (a smaller FCN, 16 kHz input)"
+)
+# The best of the nine models in the same figure, for scale: Short-chunk CNN, .8324 / .2976 [C].
+WON_JAMENDO_BEST = ReferenceAUC(
+    "jamendo", "Short-chunk CNN", 0.8324, 0.2976, "Won et al. 2020, MTG-Jamendo split-0 (best of their nine models)"
+)
+JAMENDO_CELLS: frozenset[tuple[str, str, int]] = frozenset(("jamendo", "mel", d) for d in (3, 4, 5, 6, 7))
+
+# The cells of the result tables, in display order.
 INPUT_CELLS: list[tuple[str, str, int]] = [("mtat", inp, 4) for inp in ("mel", "stft", "mfcc")]
 DEPTH_CELLS: list[tuple[str, str, int]] = [(ds, "mel", d) for ds in ("mtat", "msd") for d in range(3, 8)]
+JAMENDO_DEPTH_CELLS: list[tuple[str, str, int]] = [("jamendo", "mel", d) for d in range(3, 8)]
 
 
 def published(dataset: str, input: str, depth: int) -> float | None:

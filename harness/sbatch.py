@@ -37,15 +37,15 @@ SLURM_DIR = REPO / "slurm"
 FCN4_CLIPS_PER_S = 2600  # planning figure for one H100 in bf16 on FCN-4, 96×1366 mel; not measured here
 # Training / validation clips per epoch, on the paper preset's splits: MTAT's `folder` split (fcn.config
 # PAPER_MTAT_SPLIT: folders 0-b / c, every clip; 18,706 / 1,825 [U: per-folder counts not re-counted here, their sum
-# with d-f's 5,329 is MTAT's 25,863 rows less its 3 broken clips]) and Choi's MSD split [C].
-SPLIT_CLIPS = {"mtat": (18_706, 1_825), "msd": (201_680, 12_634)}
+# with d-f's 5,329 is MTAT's 25,863 rows less its 3 broken clips]), Choi's MSD split [C] and MTG-Jamendo's split-0 [C].
+SPLIT_CLIPS = {"mtat": (18_706, 1_825), "msd": (201_680, 12_634), "jamendo": (32_136, 10_888)}
 FEATURE_KB = 262  # a 96×1366 float16 feature (PAPER.md)
 # What each job asks for (its #SBATCH lines, rendered from SlurmOptions like the grid's submitit jobs). One GPU by
 # default: the paper preset's batch of 16 is per process, so one GPU is the recipe as written; more GPUs are a flag
 # away (see each script's header).
 GPUS = 1
 CPUS_PER_TASK = 8  # 4 DataLoader workers (paper preset) + the trainer + headroom
-MEM_GB = {"mtat": 32, "msd": 64}  # per node
+MEM_GB = {"mtat": 32, "msd": 64, "jamendo": 64}  # per node
 LOG = "slurm/logs/%x-%j.out"
 
 
@@ -59,11 +59,11 @@ def grid_pairs() -> list[tuple[str, int]]:
     """(dataset, depth) of every cell of the paper's grid (harness.cells), in the grid's order."""
     # torch comes with fcn.config and fcn.models: imported where needed, so that `python -m harness.sbatch --help`
     # answers in 0.05 s rather than ~2.7 s (measured); the same in the functions below
-    from fcn.config import RunConfig
+    from fcn.config import DATASETS, RunConfig
     from harness.cells import GridSpec, expand
 
     pairs: list[tuple[str, int]] = []
-    for c in expand(GridSpec(), RunConfig()):
+    for c in expand(GridSpec(datasets=DATASETS), RunConfig()):  # every data set, MTG-Jamendo too
         if (c.dataset, c.depth) not in pairs:
             pairs.append((c.dataset, c.depth))
     return pairs
@@ -88,6 +88,14 @@ def _dur(seconds: float) -> str:
 
 
 def _reproduces(dataset: str, depth: int) -> list[str]:
+    if dataset == "jamendo":
+        w = paper.WON_JAMENDO
+        return [
+            f"Not in the paper. Reference: {w.model} of {w.source}: ROC-AUC {w.roc_auc:.4f}, PR-AUC {w.pr_auc:.4f} "
+            f"{w.mark}; not the same network, so a reference, not a reproduction.",
+            "Which download DATA_ROOT holds: FCN_ARGS='--jamendo-type audio' (the default; NN/<id>.mp3), 'audio-low' "
+            "(.low.mp3) or 'melspecs' (.npy, the data set's own mel-spectrograms: INPUT=mel only).",
+        ]
     lines = []
     for inp in ("mel", "stft", "mfcc"):
         pub, rerun = paper.published(dataset, inp, depth), paper.rerun(dataset, inp, depth)
@@ -132,7 +140,9 @@ def _estimate(dataset: str, depth: int, macs: int, macs4: int) -> tuple[list[str
     epoch_s = epoch_flop / flops_per_s
     worst_s = PAPER_EPOCHS * epoch_s
     hours = math.ceil(1.5 * worst_s / 3600 + 1)  # margin + building the feature store / first-epoch warm-up
-    split = f"{PAPER_MTAT_SPLIT} split, the paper preset's" if dataset == "mtat" else "Choi's split"
+    split = {"mtat": f"{PAPER_MTAT_SPLIT} split, the paper preset's", "msd": "Choi's split", "jamendo": "split-0"}[
+        dataset
+    ]
     lines = [
         f"FCN-{depth} costs {macs / 1e9:.2f} G multiply-adds per 96×1366 mel clip forward: ≈{6 * macs / 1e9:.0f} GFLOP "
         f"per training clip (forward + backward), {2 * macs / 1e9:.0f} per validation clip.",
@@ -565,16 +575,24 @@ def render(dataset: str, depth: int, macs: int, macs4: int) -> Script:
     est, hours = _estimate(dataset, depth, macs, macs4)
     opts = job_options(dataset, hours)
     values = {
-        "TITLE": f"{dataset.upper()} FCN-{depth}: one cell of Choi, Fazekas & Sandler 2016 (FCN music auto-tagging), "
-        f"paper scale, on Slurm.",
+        "TITLE": (
+            f"JAMENDO FCN-{depth}: Choi, Fazekas & Sandler 2016's FCN on MTG-Jamendo (not in the paper), paper scale, "
+            "on Slurm."
+            if dataset == "jamendo"
+            else f"{dataset.upper()} FCN-{depth}: one cell of Choi, Fazekas & Sandler 2016 (FCN music auto-tagging), "
+            "paper scale, on Slurm."
+        ),
         "NAME": name,
         "DATASET": dataset,
         "DATASET_UPPER": dataset.upper(),
         "DEPTH": str(depth),
         "DATA_EXAMPLE": f"/data/{dataset}",
-        "DATA_HINT": (
-            "annotations_final.csv and the folders 0..f" if dataset == "mtat" else "lastfm_tags.db, splits/, audio/"
-        ),
+        "DATA_HINT": {
+            "mtat": "annotations_final.csv and the folders 0..f",
+            "msd": "lastfm_tags.db, splits/, audio/",
+            # which download is there: --jamendo-type (fcn.config), passed in FCN_ARGS
+            "jamendo": "download folder: NN/<id>.mp3, .low.mp3 or .npy",
+        }[dataset],
         "REPRODUCES": _comment(_reproduces(dataset, depth)),
         "ESTIMATE": _comment(est),
         "SBATCH": directives(opts, f"fcn-{dataset}-fcn{depth}"),

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fcn.config import RunConfig
+from fcn.config import DATASETS, RunConfig
 from harness.cells import PAPER_CELLS, GridSpec, expand
 from tests.conftest import REPO, TINY, free_port, run_py
 
@@ -30,6 +30,13 @@ def test_expand_is_pure_and_keys_are_stable():
         "mtat-mfcc-fcn4-s0",
         "mtat-mfcc-fcn4-s1",
         "mtat-mfcc-fcn4-s2",
+    ]
+    everything = expand(GridSpec(datasets=DATASETS), base)  # MTG-Jamendo: asked for by name, not in the default
+    assert len(everything) == 45 and "jamendo-mel-fcn4-s0" in {c.key for c in everything}
+    assert not [c for c in cells if c.dataset == "jamendo"]
+    paper_style = expand(GridSpec(datasets=("mtat", "jamendo"), paper=True), base)
+    assert sorted(c.key for c in paper_style if c.dataset == "jamendo") == [
+        f"jamendo-mel-fcn{d}-s0" for d in range(3, 8)
     ]
     frac = expand(GridSpec(datasets=("msd",), inputs=("mel",), depths=(4,), fractions=(0.5, 1.0)), base)
     assert [c.key for c in frac] == ["msd-mel-fcn4-s0-f0.5", "msd-mel-fcn4-s0"]
@@ -75,20 +82,24 @@ def _cell_runs(tmp_path, experiment="fcn-sweep"):
 
 
 def test_local_grid_end_to_end_then_rerun_submits_nothing(data_dir, tmp_path):
-    flags = grid_flags(data_dir, tmp_path, "--inputs", "mel,mfcc", "--depths", "3", "--epochs", "2")
+    # MTG-Jamendo beside MTAT (MSD runs on Slurm, tests/test_grid_slurm.py): each back end sees the third data set
+    data = ("--datasets", "mtat,jamendo", "--inputs", "mel,mfcc", "--depths", "3")
+    flags = grid_flags(data_dir, tmp_path, *data, "--epochs", "2")
     out = run_py("-m", "harness.grid", *flags)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "4/4 cells finished" in out.stderr
     cells, parents = _cell_runs(tmp_path)
     assert sorted(r.info.run_name for r in cells) == [
-        "msd-mel-fcn3-s0",
-        "msd-mfcc-fcn3-s0",
+        "jamendo-mel-fcn3-s0",
+        "jamendo-mfcc-fcn3-s0",
         "mtat-mel-fcn3-s0",
         "mtat-mfcc-fcn3-s0",
     ]
     assert len(parents) == 1 and all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in cells)
     assert all(r.info.status == "FINISHED" for r in cells)
     assert (tmp_path / "results").is_dir()
+    jam = (tmp_path / "results" / "jamendo_table.md").read_text()  # its table, beside Won et al.'s FCN, with PR-AUC
+    assert "0.8255" in jam and "0.2801" in jam and "ours: FCN-3, mel" in jam and "ours: FCN-3, MFCC" in jam
 
     again = run_py("-m", "harness.grid", *flags)
     assert again.returncode == 0 and "(4 finished, 0 to run)" in again.stderr
@@ -101,10 +112,7 @@ def test_local_grid_end_to_end_then_rerun_submits_nothing(data_dir, tmp_path):
         str(data_dir),
         "--out-dir",
         str(tmp_path / "runs"),
-        "--inputs",
-        "mel,mfcc",
-        "--depths",
-        "3",
+        *data,
     )
     assert status.returncode == 0 and status.stdout.count("finished") == 4
 
@@ -175,14 +183,15 @@ def test_unreachable_tracking_server_submits_nothing(data_dir, tmp_path):
 
 
 def test_ray_grid_end_to_end(data_dir, tmp_path):
-    # three cells on two CPUs: the third runs in an actor a finished cell hands back (reuse_actors)
+    # three cells on two CPUs: the third runs in an actor a finished cell hands back (reuse_actors). MTG-Jamendo's
+    # three inputs from its audio (MTAT runs on the local back end above, MSD on Slurm)
     flags = grid_flags(
         data_dir,
         tmp_path,
         "--cluster",
         "ray",
         "--datasets",
-        "mtat",
+        "jamendo",
         "--inputs",
         "mel,stft,mfcc",
         "--depths",
@@ -196,7 +205,11 @@ def test_ray_grid_end_to_end(data_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     assert "3/3 cells finished" in out.stderr
     cells, parents = _cell_runs(tmp_path)
-    assert sorted(r.info.run_name for r in cells) == ["mtat-mel-fcn4-s0", "mtat-mfcc-fcn4-s0", "mtat-stft-fcn4-s0"]
+    assert sorted(r.info.run_name for r in cells) == [
+        "jamendo-mel-fcn4-s0",
+        "jamendo-mfcc-fcn4-s0",
+        "jamendo-stft-fcn4-s0",
+    ]
     assert all(r.info.status == "FINISHED" and "test_roc_auc" in r.data.metrics for r in cells)
     # Ray fills in each trial's process id: fewer processes than cells means actors were reused
     results = list((tmp_path / "runs" / "fcn-sweep" / ".harness" / "ray").glob("grid-*/*/result.json"))

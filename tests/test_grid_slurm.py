@@ -7,7 +7,9 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import REPO, run_py
+from fcn.config import RunConfig
+from fcn.preprocess import ensure_feature_store
+from tests.conftest import REPO, TINY, run_py
 from tests.test_grid import grid_flags
 
 
@@ -28,7 +30,7 @@ def test_slurm_grid_with_external_requeue(slurm_cluster, mlflow_server, data_dir
         "--partition",
         slurm_cluster.partition,
         "--datasets",
-        "mtat,msd",
+        "jamendo,msd",  # MTG-Jamendo through Slurm too (MTAT runs on the local back end, tests/test_grid.py)
         "--inputs",
         "mel",
         "--depths",
@@ -42,6 +44,9 @@ def test_slurm_grid_with_external_requeue(slurm_cluster, mlflow_server, data_dir
         "--tracking-uri",
         mlflow_server.uri,
     )
+    # the synthetic MTG-Jamendo and its store first (once per session; the local grid test may have made them): the
+    # deadline below is for the cells, not for generating 320 tracks on a busy machine
+    ensure_feature_store(RunConfig(dataset="jamendo", data_dir=str(data_dir), **TINY), workers=1, progress=False)
     # a requeue sends SIGTERM (which submitit ignores) and SIGKILL KillWait later, so the cell must still be training
     # then for the requeue to interrupt it. Epochs take 0.3 s (CI) to 1 s (a loaded machine): with KillWait=2 s the
     # kill lands by epoch ~8 of 40. KillWait=10 s was once too long: CI finished all 30 epochs before the kill.
@@ -69,7 +74,7 @@ def test_slurm_grid_with_external_requeue(slurm_cluster, mlflow_server, data_dir
     assert proc.returncode == 0, stderr[-4000:] + slurm_cluster.log_tails()
     assert "2/2 cells finished" in stderr
     runs = _runs(mlflow_server.uri)
-    assert sorted(r.info.run_name for r in runs) == ["msd-mel-fcn3-s0", "mtat-mel-fcn3-s0"]  # once each
+    assert sorted(r.info.run_name for r in runs) == ["jamendo-mel-fcn3-s0", "msd-mel-fcn3-s0"]  # once each
     assert all(r.info.status == "FINISHED" and "test_roc_auc" in r.data.metrics for r in runs)
     shown = slurm_cluster.run("scontrol", "show", "job", str(job)).stdout
     assert "Restarts=1" in shown, "the requeue did not restart the job (did the cell finish before the kill?)"

@@ -27,7 +27,8 @@ CELL_SCRIPTS = sorted(SLURM.glob("*_fcn*.sh"))
 
 def test_every_script_parses():
     scripts = CELL_SCRIPTS + [SLURM / "ray_cluster.sh"]
-    assert [p.name for p in CELL_SCRIPTS] == sorted(f"{ds}_fcn{d}.sh" for ds in ("mtat", "msd") for d in range(3, 8))
+    datasets = ("mtat", "msd", "jamendo")  # MTG-Jamendo's paper-style cells too
+    assert [p.name for p in CELL_SCRIPTS] == sorted(f"{ds}_fcn{d}.sh" for ds in datasets for d in range(3, 8))
     for p in scripts:
         r = subprocess.run(["bash", "-n", str(p)], capture_output=True, text=True)
         assert r.returncode == 0, f"{p.name}: {r.stderr}"
@@ -73,6 +74,10 @@ def test_headers_say_what_and_how_long():
     assert "≈2,600 FCN-4 clips/s" in mtat4 and "--gpus-per-node=4 --ntasks-per-node=4" in mtat4
     assert "INPUT=${INPUT:-mel}" in mtat4
     assert "--preset paper --dataset mtat --depth 4" in mtat4
+    jam5 = (SLURM / "jamendo_fcn5.sh").read_text()  # a reference, not a reproduction: Won et al.'s FCN
+    assert "0.8255, PR-AUC 0.2801 [C]" in jam5 and "not in the paper" in jam5.lower()
+    assert "--preset paper --dataset jamendo --depth 5" in jam5 and "32,136 training + 10,888 validation" in jam5
+    assert "'melspecs'" in jam5 and "INPUT=mel only" in jam5
 
 
 # --- on a real Slurm cluster ------------------------------------------------------------------------------------------

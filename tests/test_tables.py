@@ -53,6 +53,11 @@ def sweep(mlflow_server, tmp_path_factory):
         key = f"msd-mel-fcn{d}-s0"
         rid = log_cell(client, exp_id, key, msd_clips, msd_y, predictions(msd_y, sig, d), parent=parent)
         logged[key] = client.get_run(rid).data.metrics["test_roc_auc"]
+    jam_clips, jam_y = labels(2)  # MTG-Jamendo: two depths on mel, one on MFCC (not in the depth axis)
+    for key, sig in (("jamendo-mel-fcn4-s0", 1.0), ("jamendo-mel-fcn5-s0", 0.7), ("jamendo-mfcc-fcn4-s0", 0.5)):
+        rid = log_cell(client, exp_id, key, jam_clips, jam_y, predictions(jam_y, sig, zlib.crc32(key.encode()) % 97))
+        logged[key] = client.get_run(rid).data.metrics["test_roc_auc"]
+        logged[key + ":pr"] = client.get_run(rid).data.metrics["test_pr_auc"]
     client.set_terminated(parent)
 
     out = tmp_path_factory.mktemp("results")
@@ -83,6 +88,8 @@ def test_files_written_with_header(sweep):
         "significance.csv",
         "auc_vs_depth.png",
         "per_tag_auc.png",
+        "jamendo_table.md",
+        "jamendo_table.csv",
         "index.md",
     }
     for p in sweep["files"]:
@@ -118,6 +125,26 @@ def test_input_table_numbers(sweep):
 
     md = (sweep["out"] / "input_table.md").read_text()
     assert f"{np.mean(seeds):.3f} [" in md and "0.894" in md and "| STFT |" in md
+
+
+def test_jamendo_table_has_won_reference_and_pr_auc(sweep):
+    rows = _csv(sweep["out"] / "jamendo_table.csv")
+    logged = sweep["logged"]
+    won = _row(rows, status="published", model=next(r["model"] for r in rows if r["model"].startswith("FCN (Won")))
+    assert float(won["roc_auc"]) == pytest.approx(0.8255) and float(won["pr_auc"]) == pytest.approx(0.2801)
+    assert "Won et al. 2020" in won["model"] and "[C]" in won["model"]
+    mel4 = _row(rows, input="mel", model="FCN-4")
+    assert float(mel4["roc_auc"]) == pytest.approx(logged["jamendo-mel-fcn4-s0"], abs=1e-6)
+    assert float(mel4["pr_auc"]) == pytest.approx(logged["jamendo-mel-fcn4-s0:pr"], abs=1e-6)
+    assert float(mel4["diff_roc_vs_reference"]) == pytest.approx(logged["jamendo-mel-fcn4-s0"] - 0.8255, abs=1e-6)
+    assert float(mel4["diff_pr_vs_reference"]) == pytest.approx(logged["jamendo-mel-fcn4-s0:pr"] - 0.2801, abs=1e-6)
+    assert float(mel4["pr_lo"]) < float(mel4["pr_auc"]) < float(mel4["pr_hi"])  # PR-AUC has its interval too
+    assert _row(rows, input="mel", model="FCN-3")["status"] == "missing"  # the depth axis, shown until run
+    assert _row(rows, input="mfcc", model="FCN-4")["status"] == "finished"  # a cell off the axis still gets its row
+    assert not [r for r in _csv(sweep["out"] / "depth_table.csv") if r["dataset"] == "jamendo"]  # not the paper's
+    md = (sweep["out"] / "jamendo_table.md").read_text()
+    assert "0.8255" in md and "0.2801" in md and "PR-AUC" in md and "Δ PR vs Won FCN" in md
+    assert "jamendo_table.md" in (sweep["out"] / "index.md").read_text()
 
 
 def test_depth_table_missing_cells(sweep):
@@ -259,3 +286,5 @@ def test_paper_numbers():
     assert [paper.rerun("msd", "mel", d) for d in range(3, 6)] == [0.839, 0.852, 0.855]
     assert paper.published("mtat", "mel", 6) is None
     assert all(p.mark == "[C]" for p in [*paper.PUBLISHED.values(), *paper.MSD_RERUN.values()])
+    w = paper.WON_JAMENDO  # Won et al. 2020, as harness/paper.py cites it
+    assert (w.model, w.roc_auc, w.pr_auc, w.mark) == ("FCN", 0.8255, 0.2801, "[C]") and "Won et al. 2020" in w.source

@@ -23,6 +23,7 @@ import soundfile as sf
 
 from fcn.data import MSD_TOP50, MTAT_TOP50, SPLITS
 from fcn.data.signals import N_SLOTS, render, sample_labels
+from fcn.data.synth_jamendo import make_jamendo  # the third layout, in its own module
 
 FOLDERS = "0123456789abcdef"
 BROKEN_ID, BROKEN_PATH = "35644", "6/norine_braun-now_and_zen-08-gently-117-146.mp3"  # PAPER.md: an empty file
@@ -367,9 +368,13 @@ def main(argv=None) -> None:
         description=__doc__.split("\n\n")[0],
         epilog="Layouts: PAPER.md (Datasets). Same seed, same bytes.",
     )
-    ap.add_argument("--layout", choices=("mtat", "msd"), required=True, help="which data set's on-disk layout")
+    ap.add_argument(
+        "--layout", choices=("mtat", "msd", "jamendo"), required=True, help="which data set's on-disk layout"
+    )
     ap.add_argument("--out", required=True, help="folder to write (created; existing files are overwritten)")
-    ap.add_argument("--n", type=int, default=None, help="clips (MTAT, default 1200) or tracks (MSD, default 600)")
+    ap.add_argument(
+        "--n", type=int, default=None, help="clips (MTAT, default 1200) or tracks (MSD, MTG-Jamendo: default 600)"
+    )
     ap.add_argument("--seconds", type=float, default=4.0, help="clip length in seconds (default 4)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ap.add_argument("--workers", type=int, default=1, help="processes writing audio (default 1)")
@@ -379,6 +384,8 @@ def main(argv=None) -> None:
         ap.error("--n must be >= 1 and --seconds > 0")
     if a.layout == "mtat":
         root = make_mtat(a.out, a.n or 1200, a.seconds, a.seed, workers=a.workers)
+    elif a.layout == "jamendo":
+        root = make_jamendo(a.out, a.n or 600, a.seconds, a.seed, workers=a.workers)
     else:
         root = make_msd(a.out, a.n or 600, a.seconds, a.seed, n_missing=a.missing, workers=a.workers)
     print(f"wrote a synthetic {a.layout.upper()} set to {root}", file=sys.stderr)

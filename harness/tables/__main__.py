@@ -14,6 +14,7 @@ the training split. Writes:
   auc_vs_depth.png, per_tag_auc.png, index.md (what was read, from where, when, by which command)
   fraction_table.md/.csv, auc_by_depth_fraction.png   when the experiment holds runs on a fraction of the training
                         split (`harness.grid --fractions`): ROC-AUC by depth × training-data fraction (RQ4)
+  jamendo_table.md/.csv when the experiment holds MTG-Jamendo runs: ROC-AUC and PR-AUC beside Won et al. 2020's FCN
 Intervals: mean ± 95 % t-interval over seeds when a cell has several seeds, else a 95 % bootstrap interval over test
 clips from the run's `test_predictions.npz`. Cells not run yet show "—" (empty in CSV, status `missing`), never 0.
 results/ is generated: every file says so in its first line; do not edit it by hand.

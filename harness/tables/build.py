@@ -20,6 +20,7 @@ from harness.tables.render import (
     write_significance,
 )
 from harness.tables.render_fractions import write_fraction_table
+from harness.tables.render_jamendo import jamendo_cells, write_jamendo_table
 from harness.tables.summarise import fraction_grids, paper_cells, paper_comparisons, run_comparisons, summarise
 
 WHICH = ("all", "fractions")  # all: the paper's tables, the RQ4 files when there are fraction runs, index.md
@@ -76,7 +77,12 @@ def _paper_files(
     files += write_significance(run_comparisons(paper_comparisons(), cells, cache, n_boot, seed), out, n_boot)
     files.append(plot.plot_auc_vs_depth(cells, out, made.footer))
     per_tag, best = plot.plot_per_tag(cells, cache, out, made.footer)
-    return files + [per_tag], cells, best
+    files.append(per_tag)
+    if any(r.dataset == "jamendo" for r in runs):  # MTG-Jamendo is run by name only: its table when it was
+        mine = [r for r in runs if r.dataset == "jamendo"]
+        jam_cells = summarise(jamendo_cells(mine), runs, cache, n_boot, seed)
+        files += write_jamendo_table(jam_cells, out, provenance_note(mine))
+    return files, cells, best
 
 
 def _fraction_files(

@@ -21,6 +21,8 @@ WHAT = {
     "fraction_table.md": "ROC-AUC by depth × training-data fraction (RQ4), what less data costs each depth",
     "fraction_table.csv": "same, machine-readable",
     "auc_by_depth_fraction.png": "ROC-AUC vs training fraction, one line per depth (RQ4)",
+    "jamendo_table.md": "MTG-Jamendo FCN-3..7, ROC- and PR-AUC, beside Won et al. 2020's FCN",
+    "jamendo_table.csv": "same, machine-readable",
 }
 
 

@@ -16,7 +16,7 @@ from harness import bootstrap
 
 PREDICTIONS_ARTIFACT = "test_predictions.npz"
 PER_TAG_ARTIFACT = "per_tag_auc.csv"
-DATASET_NAMES = {"mtat": "MTAT", "msd": "MSD"}
+DATASET_NAMES = {"mtat": "MTAT", "msd": "MSD", "jamendo": "MTG-Jamendo"}
 
 
 @dataclass
