@@ -28,16 +28,21 @@
 #   The store must deliver 2,932 clips/s × 262 KB ≈ 768 MB/s: keep it on local disk or in page cache.
 #   STFT (128 rows) costs about a third more than mel; MFCC (90 rows) about the same.
 #   Time limit: 2 h (1.5 × the worst case + 1 h); reaching it is not fatal (the job requeues itself and resumes).
-#   Build the feature store first (CPU-bound; on first use rank 0 builds it while the other ranks wait):
-#     python -m fcn.preprocess --dataset jamendo --data-root $DATA_ROOT --preset paper
+#   Build the feature store first, on CPUs: with DATA_ROOT set and no store, this GPU job stops at once with one line
+#     naming the command (FCN_ARGS="--build-store here" builds it in the job instead):
+#     sbatch --cpus-per-task=16 --time=12:00:00 --wrap 'python -m fcn.preprocess --dataset jamendo --data-root
+#       $DATA_ROOT --preset paper'
+#     then: sbatch --dependency=afterok:<that job> this script; `python -m harness.grid --cluster slurm` does both
+#       (its store jobs: --store-cpus, --store-time-min).
 #
 # GPUs: one training process per GPU (one srun task each, DDP through fcn/dist.py). Keep --ntasks-per-node equal to
 # --gpus-per-node (the job stops at once with an error otherwise), and raise --mem with them. Examples:
 #     sbatch --gpus-per-node=4 --ntasks-per-node=4 --mem=128G slurm/jamendo_fcn6.sh            # 4 GPUs on one node
 #     sbatch --nodes=2 --gpus-per-node=4 --ntasks-per-node=4 --mem=128G slurm/jamendo_fcn6.sh  # 8 GPUs on two nodes
-# The paper preset's batch size (16 [U]) is per process: N GPUs train with a global batch of 16 × N, which the run
-# keeps if it resumes on another GPU count (fcn/train.py). To keep 16 in all, add FCN_ARGS="--batch-size $((16 / N))":
-# below 8 clips per GPU, BatchNorm becomes SyncBatchNorm (--sync-bn auto), so its statistics still see all 16.
+# The paper preset's batch size (16 [U]) is the global batch (fcn/batching.py): N GPUs train 16 / N clips each, so
+# every GPU count trains the same recipe (N must divide 16; 16 GPUs train one clip each under SyncBatchNorm; more
+# are refused). Below 8 clips per GPU, BatchNorm becomes SyncBatchNorm (--sync-bn auto), so its statistics still see
+# all 16. FCN_ARGS="--batch-size 64" is another recipe: its cell key and tables say -b64, never pooled with 16's.
 # CPUs: --cpus-per-task covers each task's 4 DataLoader workers (paper preset) and the trainer.
 # Precision: on CUDA the paper preset trains under bf16 autocast (--amp auto) [D: our speed choice, not the paper's];
 # FCN_ARGS="--amp off" trains in fp32, as the paper did. Input: the authors' released preprocessing (a per-clip floor
