@@ -40,7 +40,7 @@ from fcn.errors import UserError, run_cli
 from fcn.loader import device_inputs, make_loader
 from fcn.malloc import keep_freed_memory
 from fcn.models import FCN, n_params
-from fcn.precision import autocast, channels_last, describe
+from fcn.precision import apply_precision, autocast, channels_last, describe
 from fcn.preprocess import ensure_feature_store
 from fcn.store import FeatureDataset, check_store
 
@@ -247,6 +247,7 @@ def _set_up(config: RunConfig, d: dist.Dist, rdir: Path, trial: str) -> Run:
     # the layout is decided once: the model's parameters and every input batch share it
     fmt = torch.channels_last if channels_last(config, d.device) else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    apply_precision(config, d.device)  # --amp off on CUDA: TF32 off too, full fp32 as the paper trained
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     return Run(
         config=config,
