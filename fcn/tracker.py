@@ -56,13 +56,20 @@ class Tracker:
             self._submit(self._log_params, run_id, params)
         else:
             self._submit(self.c.update_run, run_id, status="RUNNING")
+            # a first attempt that died between creating the run and writing its params (queued calls die with
+            # the process) left the run without them: write the ones it lacks (MLflow refuses a param rewritten
+            # with another value, and the resume=True fields may differ on a requeue; those keep their first value)
+            self._submit(self._log_params, run_id, params, missing_only=True)
         self.run_id = run_id
         return run_id
 
-    def _log_params(self, run_id: str, params: dict) -> None:
+    def _log_params(self, run_id: str, params: dict, missing_only: bool = False) -> None:
         from mlflow.entities import Param  # heavy: see the module's docstring
 
-        self.c.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        have = self.c.get_run(run_id).data.params if missing_only else {}
+        todo = [Param(k, str(v)) for k, v in params.items() if k not in have]
+        for i in range(0, len(todo), 100):  # MLflow takes at most 100 params per batch
+            self.c.log_batch(run_id, params=todo[i : i + 100])
 
     def _call(self, fn, *a, **kw):
         if self._down:
@@ -175,8 +182,14 @@ def log_missing_epochs(t: Tracker, history: list[dict]) -> None:
     A resumed run calls this before training on, so every finished epoch is in MLflow once."""
     if not (t.enabled and t.run_id and history):
         return
+    # An epoch counts as logged when any of its values is: NaN values are never written (Tracker.metrics skips
+    # them), so an epoch whose validation ROC-AUC was NaN (a tag with no positive clip) has no valid_roc_auc step,
+    # and asking that one metric alone logged its other values again on every resume.
+    keys = {k for row in history for k in row if k != "epoch"}
+    logged = set()
     try:
-        logged = {m.step for m in t.c.get_metric_history(t.run_id, "valid_roc_auc")}
+        for k in sorted(keys):
+            logged |= {m.step for m in t.c.get_metric_history(t.run_id, k)}
     except Exception:  # noqa: BLE001 - nothing known: log all (the server is up, we were just told so)
         logged = set()
     for row in history:

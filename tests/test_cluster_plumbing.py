@@ -44,3 +44,30 @@ def test_amp_off_on_cuda_is_full_fp32(monkeypatch, tf32_restored):
     p.apply_precision(RunConfig(amp="off"), cuda)
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     assert p.describe(RunConfig(amp="off"), cuda) == "fp32 (TF32 off) (amp off)"
+
+
+def test_requeued_run_gets_its_params_and_no_epoch_twice(tmp_path):
+    """A run whose first attempt died after creating the MLflow run but before its queued params were written gets
+    them on the next attempt (only those it lacks: a changed resume=True field keeps its first value); epochs whose
+    validation ROC-AUC was NaN are not logged again on every resume."""
+    from fcn import tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = tracker.Tracker(uri, "exp", str(tmp_path))
+    run = first.c.create_run(first.exp_id, run_name="k", tags={"cell_key": "k"})  # the attempt dies here
+    run_id = run.info.run_id
+    first.c.log_param(run_id, "device", "cuda")  # one param did land, with a value the requeue differs in
+    nan = float("nan")
+    history = [
+        {"epoch": 1, "train_loss": 0.7, "valid_loss": 0.69, "valid_roc_auc": nan, "epoch_time_s": 1.0},
+        {"epoch": 2, "train_loss": 0.6, "valid_loss": 0.68, "valid_roc_auc": 0.61, "epoch_time_s": 1.0},
+    ]
+    for _attempt in range(3):  # the requeued attempts: each continues the run and re-syncs what MLflow lacks
+        t = tracker.Tracker(uri, "exp", str(tmp_path))
+        assert t.start("k", {"depth": 4, "device": "cpu", "lr": 0.001}, {}, run_id=run_id) == run_id
+        tracker.log_missing_epochs(t, history)
+        t.finish("FAILED")
+    got = first.c.get_run(run_id).data.params
+    assert got == {"depth": "4", "device": "cuda", "lr": "0.001"}, got
+    steps = [m.step for m in first.c.get_metric_history(run_id, "train_loss")]
+    assert sorted(steps) == [1, 2], steps  # main: [1, 1, 1, 2] (epoch 1 again on every resume)
