@@ -13,13 +13,13 @@ mlflow is imported inside `prepare_db`: heavy (seconds of CPU), and only a SQLit
 
 from __future__ import annotations
 
-import fcntl
 import random
 import sqlite3
 import sys
 import time
 from pathlib import Path
 
+from fcn import locks
 from fcn.cell import sqlite_db
 from fcn.errors import UserError
 
@@ -70,25 +70,28 @@ class _store_lock:
         self.path, self.wait_s, self.f = db.with_name(db.name + ".lock"), wait_s, None
 
     def __enter__(self):
-        self.f = open(self.path, "a")
+        self.f = open(locks.lock_path(self.path), "a")
         t0, told = time.monotonic(), False
         while True:
             try:
-                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                taken = locks.try_lock(self.f, self.path)  # no cross-node flock: one line now, not after the wait
+            except BaseException:
+                self.f.close()
+                raise
+            if taken:
                 return self
-            except OSError:
-                waited = time.monotonic() - t0
-                if waited > self.wait_s:
-                    self.f.close()
-                    raise UserError(
-                        f"another process has held the MLflow store lock {self.path} for "
-                        f"{waited:.0f} s while setting the store up: if no job of this sweep is "
-                        f"alive, stop the stuck process (fuser -v {self.path}) and rerun"
-                    ) from None
-                if waited > 30 and not told:
-                    print(f"waiting for another process to set up the MLflow store ({self.path})", file=sys.stderr)
-                    told = True
-                time.sleep(0.1 + 0.2 * min(waited, 5) / 5)
+            waited = time.monotonic() - t0
+            if waited > self.wait_s:
+                self.f.close()
+                raise UserError(
+                    f"another process has held the MLflow store lock {self.path} for "
+                    f"{waited:.0f} s while setting the store up: if no job of this sweep is "
+                    f"alive, stop the stuck process (fuser -v {self.path}) and rerun"
+                ) from None
+            if waited > 30 and not told:
+                print(f"waiting for another process to set up the MLflow store ({self.path})", file=sys.stderr)
+                told = True
+            time.sleep(0.1 + 0.2 * min(waited, 5) / 5)
 
     def __exit__(self, *exc):
         self.f.close()  # closing releases the flock

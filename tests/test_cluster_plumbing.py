@@ -3,6 +3,8 @@ capability (precision as labelled), runs that died before MLflow saw their param
 fails as Lustre's does, a SQLite store written from several nodes, and the GPU command's refusal on a CPU machine.
 The real-Slurm counterparts are in test_multinode.py (two-node fixture)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -71,3 +73,57 @@ def test_requeued_run_gets_its_params_and_no_epoch_twice(tmp_path):
     assert got == {"depth": "4", "device": "cuda", "lr": "0.001"}, got
     steps = [m.step for m in first.c.get_metric_history(run_id, "train_loss")]
     assert sorted(steps) == [1, 2], steps  # main: [1, 1, 1, 2] (epoch 1 again on every resume)
+
+
+# --- filesystems whose flock does not lock across nodes --------------------------------------------------------------
+
+
+def test_flock_that_fails_as_lustres_does_is_one_line_with_a_way_out(tmp_path, monkeypatch):
+    """Lustre without `-o flock` answers flock with ENOSYS (set by the test hook FCN_TEST_FLOCK_ENOSYS, no mount
+    needed): the cell lock, a store build's lock and the MLflow store's set-up lock stop at once with one line naming
+    FCN_LOCK_DIR (main: the cell lock read ENOSYS as "being trained by another process", after its wait); with
+    FCN_LOCK_DIR on a filesystem whose flock works, the locks are taken there and still exclude each other."""
+    from fcn import cell, mlflow_db, run_store
+    from fcn.errors import UserError
+
+    rdir, other = tmp_path / "lustre" / "cell", tmp_path / "lustre" / "cell2"
+    rdir.mkdir(parents=True)
+    other.mkdir()
+    monkeypatch.setenv("FCN_TEST_FLOCK_ENOSYS", str(tmp_path / "lustre"))
+    monkeypatch.delenv("FCN_LOCK_DIR", raising=False)
+    for take in (
+        lambda: cell.acquire_lock(rdir, wait_s=30),
+        lambda: run_store.lock(tmp_path / "lustre" / "store.h5.lock").__enter__(),
+        lambda: mlflow_db._store_lock(tmp_path / "lustre" / "mlflow.db", wait_s=30).__enter__(),
+    ):
+        with pytest.raises(UserError, match="flock is not supported there \\(ENOSYS\\).*FCN_LOCK_DIR") as e:
+            take()
+        assert "\n" not in str(e.value)
+    monkeypatch.setenv("FCN_LOCK_DIR", str(tmp_path / "locks"))  # the way out
+    held = cell.acquire_lock(rdir, wait_s=0)
+    try:
+        with pytest.raises(UserError, match="being trained by another process"):
+            cell.acquire_lock(rdir, wait_s=0)
+        assert cell.lock_held(rdir) and not cell.lock_held(other)
+        cell.acquire_lock(other, wait_s=0).close()  # another cell's lock is another file
+    finally:
+        held.close()
+    with run_store.lock(tmp_path / "lustre" / "store.h5.lock"):
+        pass
+    assert len(list((tmp_path / "locks").iterdir())) == 3  # each guarded path its own stand-in
+
+
+def test_flock_that_locks_one_node_only_is_refused():
+    """Lustre's `-o localflock` and NFS's `local_lock=flock` take flock on the node only: refused, as above."""
+    from fcn import locks
+
+    mountinfo = (
+        "22 1 0:20 / / rw,relatime - ext4 /dev/sda1 rw\n"
+        "40 22 0:40 / /lus rw,relatime - lustre 10.0.0.1@o2ib:/fs rw,localflock\n"
+        "41 22 0:41 / /nfs/home rw,relatime - nfs4 srv:/home rw,vers=4.2,local_lock=flock\n"
+        "42 22 0:42 / /lus/ok rw,relatime - lustre 10.0.0.1@o2ib:/fs2 rw,flock\n"
+    )
+    assert "localflock" in locks.node_local(Path("/lus/runs/x"), mountinfo)
+    assert "local_lock=flock" in locks.node_local(Path("/nfs/home/u/runs"), mountinfo)
+    assert locks.node_local(Path("/lus/ok/runs"), mountinfo) == ""
+    assert locks.node_local(Path("/scratch/runs"), mountinfo) == ""
