@@ -13,7 +13,10 @@ mlflow is imported inside `prepare_db`: heavy (seconds of CPU), and only a SQLit
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import socket
 import sqlite3
 import sys
 import time
@@ -54,6 +57,42 @@ def prepare_db(uri: str, wait_s: float = STORE_LOCK_WAIT_S) -> None:
             _rebuild_or_explain(uri, db, e, backup)
             _open_store(uri)
     _READY.add(uri)
+
+
+WRITERS = ".writers"  # beside mlflow.db: one JSON line per (host, Slurm job) that logged runs into the store
+
+
+def check_one_host(uri: str) -> None:
+    """Refuse, in one line, a SQLite store that jobs on more than one host write: two hosts that see one file share
+    its filesystem, and SQLite's locks over NFS / Lustre / GPFS do not hold, so runs go missing or the store is
+    corrupted, silently. Each writing process (a cell's rank 0) records its host and Slurm job id in
+    `<db>.writers`; another host is refused unless it is the same Slurm job (a requeue onto another node, whose
+    earlier copy the cell lock keeps out). Ray trials of slurm/ray_cluster.sh carry no job id: across nodes they
+    are refused too. The way out is a tracking server (harness.grid --tracking-server, README "Tracking on a
+    cluster"). Any other URI (a server) is left alone."""
+    db = sqlite_db(uri)
+    if db is None:
+        return
+    me = {"host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID", "")}
+    path = db.with_name(db.name + WRITERS)
+    try:
+        lines = path.read_text().splitlines() if path.exists() else []
+    except OSError:
+        return  # unreadable: the store's own errors will say what is wrong with the folder
+    seen = [json.loads(ln) for ln in lines if ln.strip().startswith("{")]
+    others = sorted(
+        {w["host"] for w in seen if w.get("host") != me["host"] and not (me["job"] and w.get("job") == me["job"])}
+    )
+    if others:
+        raise UserError(
+            f"the MLflow SQLite store {db} is written by jobs on several hosts ({', '.join([*others, me['host']])}): "
+            f"SQLite over a shared filesystem loses or corrupts runs; use a tracking server (python -m harness.grid "
+            f"--tracking-server, or MLFLOW_TRACKING_URI=http://... for sbatch scripts) or delete {path} if those "
+            f"jobs have ended"
+        )
+    if me not in seen:
+        with open(path, "a") as f:  # one short O_APPEND write: whole lines even from concurrent jobs
+            f.write(json.dumps(me) + "\n")
 
 
 def _open_store(uri: str) -> None:
