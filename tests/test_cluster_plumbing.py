@@ -127,3 +127,92 @@ def test_flock_that_locks_one_node_only_is_refused():
     assert "local_lock=flock" in locks.node_local(Path("/nfs/home/u/runs"), mountinfo)
     assert locks.node_local(Path("/lus/ok/runs"), mountinfo) == ""
     assert locks.node_local(Path("/scratch/runs"), mountinfo) == ""
+
+
+# --- no run silently lost from MLflow --------------------------------------------------------------------------------
+
+
+def test_sqlite_store_written_from_two_hosts_is_refused(tmp_path, monkeypatch):
+    """A second host writing one SQLite store (so: over a shared filesystem) is refused in one line before it
+    trains, unless it is the same Slurm job moved by a requeue; the real two-node counterpart is in
+    test_multinode.py."""
+    import socket
+
+    from fcn import tracker
+    from fcn.errors import UserError
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    host = {"name": "node1"}
+    monkeypatch.setattr(socket, "gethostname", lambda: host["name"])
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    tracker.Tracker(uri, "exp", str(tmp_path)).close()
+    tracker.Tracker(uri, "exp", str(tmp_path)).close()  # the same host again: fine
+    host["name"] = "node2"
+    tracker.Tracker(uri, "exp", str(tmp_path)).close()  # job 7 requeued onto node2: fine
+    monkeypatch.setenv("SLURM_JOB_ID", "8")
+    with pytest.raises(UserError, match=r"written by jobs on several hosts \(node1, node2\).*tracking server") as e:
+        tracker.Tracker(uri, "exp", str(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+def test_tracker_that_gave_up_says_how_many_records_it_lacks(tmp_path, capsys):
+    """After MLflow failed for good the Tracker skips its calls; at the end it says how many records are missing
+    and how to sync them (main: one warning at the first failure, then silence)."""
+    from fcn import tracker
+
+    t = tracker.Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp", str(tmp_path))
+    t.start("mtat-mel-fcn4-s0", {"depth": 4}, {})
+    t.flush()
+
+    def down(*a, **kw):
+        raise ConnectionError("server gone")
+
+    t.c.log_batch = down
+    for epoch in (1, 2, 3):
+        t.metrics({"train_loss": 0.5}, step=epoch)
+    t.close()
+    err = capsys.readouterr().err
+    assert "training goes on" in err
+    assert "3 MLflow record(s) of mtat-mel-fcn4-s0 could not be written" in err and "rerun the same command" in err
+
+
+# --- the checkpoint off the critical path ----------------------------------------------------------------------------
+
+
+def test_checkpoint_writer_returns_before_the_files_are_written(tmp_path, monkeypatch):
+    """checkpoint.Writer: submit() returns once the state is copied (while the write is held back here), the files
+    hold the state as it was at submit even though training changes the tensors after, `then` runs only once they
+    are on disk, and a failed write is raised, as its one line, by the next wait()."""
+    import threading
+
+    from fcn import checkpoint
+    from fcn.errors import UserError
+
+    gate, real_save, order = threading.Event(), checkpoint.save, []
+
+    def held_save(state, path):
+        assert gate.wait(60)
+        real_save(state, path)
+        order.append("saved")
+
+    monkeypatch.setattr(checkpoint, "save", held_save)
+    model = torch.nn.Linear(3, 2)
+    w = checkpoint.Writer()
+    w.submit([({"model": model.state_dict()}, tmp_path / "last.pt")], then=lambda: order.append("then"))
+    assert order == [] and not (tmp_path / "last.pt").exists()  # the caller trains on while the write waits
+    before = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)  # the next step changes the live tensors
+    gate.set()
+    w.wait()
+    assert order == ["saved", "then"]
+    assert torch.equal(checkpoint.read(tmp_path / "last.pt")["model"]["weight"], before)
+
+    def full_disk(state, path):
+        raise UserError(f"cannot write checkpoint {path} (No space left on device); the previous checkpoint is intact")
+
+    monkeypatch.setattr(checkpoint, "save", full_disk)
+    w.submit([({"model": model.state_dict()}, tmp_path / "last.pt")], then=lambda: order.append("then"))
+    with pytest.raises(UserError, match="No space left"):
+        w.wait()
+    assert order == ["saved", "then"]  # no log line or MLflow metrics for an epoch whose files are not there
