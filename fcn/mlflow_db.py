@@ -65,24 +65,35 @@ WRITERS = ".writers"  # beside mlflow.db: one JSON line per (host, Slurm job) th
 def check_one_host(uri: str) -> None:
     """Refuse, in one line, a SQLite store that jobs on more than one host write: two hosts that see one file share
     its filesystem, and SQLite's locks over NFS / Lustre / GPFS do not hold, so runs go missing or the store is
-    corrupted, silently. Each writing process (a cell's rank 0) records its host and Slurm job id in
-    `<db>.writers`; another host is refused unless it is the same Slurm job (a requeue onto another node, whose
-    earlier copy the cell lock keeps out). Ray trials of slurm/ray_cluster.sh carry no job id: across nodes they
-    are refused too. The way out is a tracking server (harness.grid --tracking-server, README "Tracking on a
-    cluster"). Any other URI (a server) is left alone."""
+    corrupted, silently. Each writing process (a cell's rank 0) records its host, Slurm job id and restart count in
+    `<db>.writers`; another host is refused unless it is a later start of the same Slurm job (a requeue onto another
+    node, whose earlier copy the cell lock keeps out). Ray trials of one slurm/ray_cluster.sh job on several nodes
+    share a job id and a restart count (none): they are refused too. The way out is a tracking server
+    (harness.grid --tracking-server, README "Tracking on a cluster"). Any other URI (a server) is left alone."""
     db = sqlite_db(uri)
     if db is None:
         return
-    me = {"host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID", "")}
+    env = os.environ
+    me = {
+        "host": socket.gethostname(),
+        "job": env.get("SLURM_JOB_ID", ""),
+        "restart": env.get("SLURM_RESTART_COUNT", ""),
+    }
     path = db.with_name(db.name + WRITERS)
     try:
-        lines = path.read_text().splitlines() if path.exists() else []
+        if not path.exists() or json.dumps(me) not in path.read_text().splitlines():
+            # recorded before looking, so that two hosts starting together both see each other (and both stop),
+            # never both miss the other; one short O_APPEND write keeps lines whole even from concurrent jobs
+            with open(path, "a") as f:
+                f.write(json.dumps(me) + "\n")
+        seen = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip().startswith("{")]
     except OSError:
-        return  # unreadable: the store's own errors will say what is wrong with the folder
-    seen = [json.loads(ln) for ln in lines if ln.strip().startswith("{")]
-    others = sorted(
-        {w["host"] for w in seen if w.get("host") != me["host"] and not (me["job"] and w.get("job") == me["job"])}
-    )
+        return  # unwritable: the store's own errors will say what is wrong with the folder
+
+    def requeued(w: dict) -> bool:  # an earlier start of this same job, elsewhere
+        return bool(me["job"]) and w.get("job") == me["job"] and w.get("restart", "") != me["restart"]
+
+    others = sorted({w["host"] for w in seen if w.get("host") != me["host"] and not requeued(w)})
     if others:
         raise UserError(
             f"the MLflow SQLite store {db} is written by jobs on several hosts ({', '.join([*others, me['host']])}): "
@@ -90,9 +101,6 @@ def check_one_host(uri: str) -> None:
             f"--tracking-server, or MLFLOW_TRACKING_URI=http://... for sbatch scripts) or delete {path} if those "
             f"jobs have ended"
         )
-    if me not in seen:
-        with open(path, "a") as f:  # one short O_APPEND write: whole lines even from concurrent jobs
-            f.write(json.dumps(me) + "\n")
 
 
 def _open_store(uri: str) -> None:

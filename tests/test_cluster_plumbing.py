@@ -145,9 +145,13 @@ def test_sqlite_store_written_from_two_hosts_is_refused(tmp_path, monkeypatch):
     host = {"name": "node1"}
     monkeypatch.setattr(socket, "gethostname", lambda: host["name"])
     monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     tracker.Tracker(uri, "exp", str(tmp_path)).close()
     tracker.Tracker(uri, "exp", str(tmp_path)).close()  # the same host again: fine
     host["name"] = "node2"
+    with pytest.raises(UserError, match="several hosts"):  # one job's writers on two nodes at once (Ray trials)
+        tracker.Tracker(uri, "exp", str(tmp_path))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     tracker.Tracker(uri, "exp", str(tmp_path)).close()  # job 7 requeued onto node2: fine
     monkeypatch.setenv("SLURM_JOB_ID", "8")
     with pytest.raises(UserError, match=r"written by jobs on several hosts \(node1, node2\).*tracking server") as e:
