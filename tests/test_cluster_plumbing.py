@@ -3,6 +3,10 @@ capability (precision as labelled), runs that died before MLflow saw their param
 fails as Lustre's does, a SQLite store written from several nodes, and the GPU command's refusal on a CPU machine.
 The real-Slurm counterparts are in test_multinode.py (two-node fixture)."""
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ import torch
 
 import fcn.precision as p
 from fcn.config import RunConfig
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -220,3 +225,56 @@ def test_checkpoint_writer_returns_before_the_files_are_written(tmp_path, monkey
     with pytest.raises(UserError, match="No space left"):
         w.wait()
     assert order == ["saved", "then"]  # no log line or MLflow metrics for an epoch whose files are not there
+
+
+# --- the GPU machine's command, and what it says on a CPU machine -----------------------------------------------
+
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # torch sees no GPU even on a GPU machine: the refusals are real there too
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*args], cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_gpu_check_says_in_one_line_that_it_needs_a_gpu(tmp_path):
+    """`python -m bench --gpu-check` and scripts/gpu_check.sh (which runs the setup first, so it checks before)
+    without a GPU: one plain line, exit 2, nothing written."""
+    p = _cli(sys.executable, "-m", "bench", "--gpu-check", env=NO_GPU)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().startswith("python -m bench --gpu-check needs a CUDA GPU") and p.stderr.count("\n") == 1
+    if shutil.which("nvidia-smi") is None:
+        p = _cli("bash", "scripts/gpu_check.sh")
+        assert p.returncode == 2 and p.stdout == "", p.stderr
+        assert p.stderr.strip().startswith("scripts/gpu_check.sh needs an NVIDIA GPU") and p.stderr.count("\n") == 1
+
+
+def test_gpu_check_section_replaces_its_own_part_of_benchmarks_md(tmp_path):
+    """What a GPU run writes: both AUCs, their difference, the paper-scale step rows, the smoke table; a second run
+    replaces its section and leaves the rest of the file alone."""
+    from bench import gpu_check
+
+    smoke = "step FCN-4 mel bf16  ok  12.0 ms, 1,333 clips/s, 3.1 GiB\nstep FCN-4 mel fp32  ok  40.0 ms\nall passed"
+    m = lambda auc: {"test_roc_auc": auc, "train_time_s": 30.0}  # noqa: E731
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\nother sections\n")
+    gpu_check.write(gpu_check.section(smoke, m(0.9301), m(0.9312), 300), out)
+    gpu_check.write(gpu_check.section(smoke, m(0.9300), m(0.9310), 290), out)
+    text = out.read_text()
+    assert text.startswith("# Benchmarks\n\nother sections\n") and text.count(gpu_check.BEGIN) == 1
+    assert "bf16 − fp32 test ROC-AUC: -0.0010" in text and "step FCN-4 mel fp32" in text and "290 s" in text
+    failed = gpu_check.section(smoke, {"error": "CUDA out of memory"}, m(0.93), 10)
+    assert "FAILED: CUDA out of memory" in failed and "bf16 − fp32" not in failed
+
+
+def test_preprocess_on_the_gpu_is_opt_in_and_refused_without_one(tmp_path):
+    """`fcn.preprocess --device cuda` computes the front ends on the GPU; stores stay CPU-built otherwise (auto
+    included); without a GPU, --device cuda is one line, exit 2, before any data is read."""
+    from fcn.preprocess import build_device
+
+    assert build_device("auto") == "cpu" and build_device("cpu") == "cpu"
+    p = _cli(sys.executable, "-m", "fcn.preprocess", "--device", "cuda", "--data-dir", str(tmp_path), env=NO_GPU)
+    assert p.returncode == 2, p.stderr
+    assert "--device cuda computes the front ends on a GPU" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert not any(tmp_path.iterdir())  # nothing generated or built
