@@ -287,10 +287,11 @@ def snapshot(obj):
 class Writer:
     """Rank 0's checkpoint files written on a background thread while training goes on.
 
-    Measured (issue 24): FCN-4 at paper width, last.pt (208 MB: model + Adam state) and best.pt (70 MB) took 3.5-4.4 s
-    to serialise, hash, write and fsync here (local disk; a shared filesystem is slower), while every rank waited at
-    the epoch's barrier. A paper-scale MSD epoch is 201,680 clips: at 7,413 clips/s per H100 (FCN-4 at 45 % MFU,
-    bench/loading.py) 27 s on one GPU, 6.8 s on a 4-GPU node, so the write cost 13-50 % of an epoch; here it costs the
+    Measured (issue 24, docs/MEASURED.md): FCN-4 at paper width, last.pt (208 MB: model + Adam state) and best.pt
+    (70 MB) took 2.4-4.4 s to serialise, hash, write and fsync here (local disk; a shared filesystem is slower),
+    while every rank waited at the epoch's barrier. A paper-scale MSD epoch is 201,680 clips: at 7,413 clips/s per
+    H100 (FCN-4 at 45 % MFU, bench/loading.py) 27 s on one GPU, 6.8 s on a 4-GPU node, so the write cost 9-65 % of
+    an epoch; here it costs the
     snapshot (a copy to host memory: 0.2-0.4 s for last.pt on this busy CPU; a GPU's device-to-host copy of 208 MB at
     ~20 GB/s is ~10 ms) and the files land during the next epoch.
 
