@@ -205,23 +205,27 @@ def _ip(node: str, *args: str, check: bool = True) -> None:
 @contextmanager
 def _decoy_first(cluster, node: str):
     """An interface listed before the node's real one by `hostname -I` (as docker0 or IPoIB can be), on an address
-    that reaches nothing: a dummy device, then eth0 moved out of the node's namespace and back, so that it comes
-    after the dummy in the device list (getifaddrs' order), its address and route restored."""
-    decoy = "10.89.0.11"  # exists only on the dummy device inside the node's own namespace
-    _ip(node, "link", "add", DECOY, "type", "dummy")
+    that reaches nothing. `hostname -I` lists by interface index, and eth0 holds index 2 in the node's namespace: eth0
+    is moved out to a spare namespace, the decoy (a veth pair, both ends inside: this kernel has no dummy devices)
+    takes index 2, and eth0 comes back with a higher index, its address and route restored."""
+    decoy = "10.89.0.11"  # exists only on the decoy inside the node's own namespace
+    spare = f"{node}-spare"
+    subprocess.run(["ip", "netns", "add", spare], check=True, timeout=30)
     try:
-        _ip(node, "addr", "add", f"{decoy}/24", "dev", DECOY)
-        _ip(node, "link", "set", DECOY, "up")
-        spare = f"{node}-spare"
-        subprocess.run(["ip", "netns", "add", spare], check=True, timeout=30)
+        _ip(node, "link", "set", "eth0", "netns", spare)
         try:
-            _ip(node, "link", "set", "eth0", "netns", spare)
-            _ip(spare, "link", "set", "eth0", "netns", node)
+            _ip(node, "link", "add", DECOY, "index", "2", "type", "veth", "peer", "name", DECOY + "p")
         finally:
-            subprocess.run(["ip", "netns", "delete", spare], check=False, timeout=30)
+            _ip(spare, "link", "set", "eth0", "netns", node)
+    finally:
+        subprocess.run(["ip", "netns", "delete", spare], check=False, timeout=30)
+    try:
         _ip(node, "addr", "add", f"{cluster.addrs[node]}/24", "dev", "eth0")
         _ip(node, "link", "set", "eth0", "up")
         _ip(node, "route", "add", "default", "via", cluster.bridge_addr)
+        _ip(node, "addr", "add", f"{decoy}/24", "dev", DECOY)
+        _ip(node, "link", "set", DECOY, "up")
+        _ip(node, "link", "set", DECOY + "p", "up")
         yield decoy
     finally:
         _ip(node, "link", "delete", DECOY, check=False)
