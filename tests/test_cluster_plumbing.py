@@ -278,3 +278,29 @@ def test_preprocess_on_the_gpu_is_opt_in_and_refused_without_one(tmp_path):
     assert p.returncode == 2, p.stderr
     assert "--device cuda computes the front ends on a GPU" in p.stderr and p.stderr.count("\n") == 1, p.stderr
     assert not any(tmp_path.iterdir())  # nothing generated or built
+
+
+def test_slurm_sweep_over_several_nodes_with_sqlite_and_no_wait_is_refused(tmp_path):
+    """`harness.grid --cluster slurm --no-wait` on a partition of several nodes with the default SQLite store: one
+    line (the sweep cannot run a server for jobs that outlive it). sinfo is a stand-in here, beside the real
+    two-node run in test_multinode.py (test_grid_on_slurm_with_two_nodes_per_cell), where the sweep gets a server."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sinfo").write_text("#!/bin/sh\necho '2 gpu*'\n")
+    (bin_dir / "sinfo").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": ""}
+    p = _cli(
+        sys.executable,
+        "-m",
+        "harness.grid",
+        "--cluster",
+        "slurm",
+        "--no-wait",
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--data-dir",
+        str(tmp_path / "data"),
+        env=env,
+    )
+    assert p.returncode == 2, p.stderr
+    assert "may run on 2 nodes" in p.stderr and "--tracking-uri" in p.stderr and p.stderr.count("\n") == 1, p.stderr

@@ -177,6 +177,8 @@ def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, 
     )
     assert p.returncode == 0, p.stderr[-4000:] + slurm_multi.log_tails()
     assert "1/1 cells finished" in p.stderr, p.stderr[-3000:]
+    # the partition has 2 nodes: the sweep's cells log through a server of its own, not into SQLite from the nodes
+    assert "the jobs may run on 2 nodes" in p.stderr and "tracking server stopped" in p.stderr, p.stderr[-3000:]
     cell = tmp_path / "runs" / "fcn-sweep" / "msd-mel-fcn3-s0"
     assert json.loads((cell / "metrics.json").read_text())["world_size"] == 2
     logs = "".join(
