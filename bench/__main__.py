@@ -4,6 +4,7 @@
     python -m bench --only train_step     # one benchmark (comma list); the other sections of the file are kept
     python -m bench --quick               # a smoke run at reduced sizes, written to results/benchmarks-quick.md
     python -m bench --gpu-smoke           # a new GPU node's first check (bench/gpu_smoke.py): a table and what to fix
+    python -m bench --gpu-check           # smoke + fcn.train bf16 vs fp32 on CUDA → results/benchmarks.md
 
 Benchmarks: train_step (1), preprocess (2), loading (3), harness (4), ddp (5), tables (6), memory (7). Every figure is
 a ratio measured in the same run (see bench/README.md). Sections are kept in <out>.json, so `--only` re-runs part of
@@ -20,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import gpu_smoke
+from bench import gpu_check, gpu_smoke
 from bench.common import REPO, Row, Section, machine, versions
 from fcn.errors import run_cli
 
@@ -51,9 +52,17 @@ def main(argv=None) -> int:
         action="store_true",
         help="one paper-scale step of every depth × input in bf16 and fp32, NCCL, loader (needs a GPU)",
     )
+    ap.add_argument(
+        "--gpu-check",
+        action="store_true",
+        help="the GPU machine's measurements into results/benchmarks.md: --gpu-smoke, fcn.train on CUDA in bf16 and "
+        "fp32 with their AUC difference, the paper-scale step (needs a GPU; scripts/gpu_check.sh runs the setup too)",
+    )
     args = ap.parse_args(argv)
     if args.gpu_smoke:
         return gpu_smoke.run()
+    if args.gpu_check:
+        return gpu_check.run()
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
     if unknown:

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from fcn import locks
 from fcn.batching import RECIPE_BATCH
 from fcn.errors import UserError
 
@@ -159,29 +160,33 @@ def acquire_lock(rdir: Path, wait_s: float | None = None):
     afterwards, so two live copies of one cell never train, checkpoint or log to MLflow at the same time."""
     rdir = Path(rdir)
     wait_s = lock_wait_s() if wait_s is None else wait_s
-    f = open(rdir / LOCK, "a")
+    path = locks.lock_path(rdir / LOCK)
+    f = open(path, "a")
     deadline, said = time.monotonic() + wait_s, False
     while True:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            taken = locks.try_lock(f, rdir / LOCK)  # a filesystem without cross-node flock: one line, at once
+        except BaseException:
+            f.close()
+            raise
+        if taken:
             break
-        except OSError:
-            if time.monotonic() >= deadline:
-                f.close()
-                raise UserError(
-                    f"{rdir.name} is being trained by another process right now (lock {rdir / LOCK})"
-                    + (f" and was still after waiting {wait_s:.0f} s" if wait_s else "")
-                    + "; wait for it, or stop it first"
-                ) from None
-            if not said:
-                print(
-                    f"{rdir.name}: another process holds the cell lock {rdir / LOCK} (an older copy of this "
-                    f"job?); waiting up to {wait_s:.0f} s for it to end",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                said = True
-            time.sleep(1.0)
+        if time.monotonic() >= deadline:
+            f.close()
+            raise UserError(
+                f"{rdir.name} is being trained by another process right now (lock {rdir / LOCK})"
+                + (f" and was still after waiting {wait_s:.0f} s" if wait_s else "")
+                + "; wait for it, or stop it first"
+            ) from None
+        if not said:
+            print(
+                f"{rdir.name}: another process holds the cell lock {rdir / LOCK} (an older copy of this "
+                f"job?); waiting up to {wait_s:.0f} s for it to end",
+                file=sys.stderr,
+                flush=True,
+            )
+            said = True
+        time.sleep(1.0)
     if said:
         print(f"{rdir.name}: got the cell lock", file=sys.stderr, flush=True)
     return f
@@ -189,13 +194,11 @@ def acquire_lock(rdir: Path, wait_s: float | None = None):
 
 def lock_held(rdir: Path) -> bool:
     """True when a live training process holds the cell's lock (training keeps it while it trains)."""
-    path = Path(rdir) / LOCK
+    path = locks.lock_path(Path(rdir) / LOCK)
     if not path.exists():
         return False
     with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not locks.try_lock(f, Path(rdir) / LOCK):
             return True
         fcntl.flock(f, fcntl.LOCK_UN)
         return False

@@ -184,7 +184,8 @@ def check_cuda_usable(env=None) -> None:
     raise UserError(
         f"GPUs are allocated to this process (CUDA_VISIBLE_DEVICES/Slurm: {gpus}) but torch cannot use CUDA: torch "
         f"{torch.__version__} is built for CUDA {torch.version.cuda or 'none (a CPU-only build)'}, with "
-        f"{driver_version()}: a driver/build mismatch; install a torch build matching the driver (or a newer driver), "
+        f"{driver_version()}: a driver/build mismatch; install the torch build that fits the driver with "
+        f"`FCN_TORCH_CUDA=cu126 bash scripts/setup.sh` (or cu128; README, 'On a GPU node, first'), or a newer driver, "
         f"or pass --device cpu to train on the CPU on purpose"
     )
 

@@ -13,13 +13,16 @@ mlflow is imported inside `prepare_db`: heavy (seconds of CPU), and only a SQLit
 
 from __future__ import annotations
 
-import fcntl
+import json
+import os
 import random
+import socket
 import sqlite3
 import sys
 import time
 from pathlib import Path
 
+from fcn import locks
 from fcn.cell import sqlite_db
 from fcn.errors import UserError
 
@@ -56,6 +59,50 @@ def prepare_db(uri: str, wait_s: float = STORE_LOCK_WAIT_S) -> None:
     _READY.add(uri)
 
 
+WRITERS = ".writers"  # beside mlflow.db: one JSON line per (host, Slurm job) that logged runs into the store
+
+
+def check_one_host(uri: str) -> None:
+    """Refuse, in one line, a SQLite store that jobs on more than one host write: two hosts that see one file share
+    its filesystem, and SQLite's locks over NFS / Lustre / GPFS do not hold, so runs go missing or the store is
+    corrupted, silently. Each writing process (a cell's rank 0) records its host, Slurm job id and restart count in
+    `<db>.writers`; another host is refused unless it is a later start of the same Slurm job (a requeue onto another
+    node, whose earlier copy the cell lock keeps out). Ray trials of one slurm/ray_cluster.sh job on several nodes
+    share a job id and a restart count (none): they are refused too. The way out is a tracking server
+    (harness.grid --tracking-server, README "Tracking on a cluster"). Any other URI (a server) is left alone."""
+    db = sqlite_db(uri)
+    if db is None:
+        return
+    env = os.environ
+    me = {
+        "host": socket.gethostname(),
+        "job": env.get("SLURM_JOB_ID", ""),
+        "restart": env.get("SLURM_RESTART_COUNT", ""),
+    }
+    path = db.with_name(db.name + WRITERS)
+    try:
+        if not path.exists() or json.dumps(me) not in path.read_text().splitlines():
+            # recorded before looking, so that two hosts starting together both see each other (and both stop),
+            # never both miss the other; one short O_APPEND write keeps lines whole even from concurrent jobs
+            with open(path, "a") as f:
+                f.write(json.dumps(me) + "\n")
+        seen = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip().startswith("{")]
+    except OSError:
+        return  # unwritable: the store's own errors will say what is wrong with the folder
+
+    def requeued(w: dict) -> bool:  # an earlier start of this same job, elsewhere
+        return bool(me["job"]) and w.get("job") == me["job"] and w.get("restart", "") != me["restart"]
+
+    others = sorted({w["host"] for w in seen if w.get("host") != me["host"] and not requeued(w)})
+    if others:
+        raise UserError(
+            f"the MLflow SQLite store {db} is written by jobs on several hosts ({', '.join([*others, me['host']])}): "
+            f"SQLite over a shared filesystem loses or corrupts runs; use a tracking server (python -m harness.grid "
+            f"--tracking-server, or MLFLOW_TRACKING_URI=http://... for sbatch scripts) or delete {path} if those "
+            f"jobs have ended"
+        )
+
+
 def _open_store(uri: str) -> None:
     """MLflow's own store set-up (create, migrate, verify, default experiment), cached for this process's clients."""
     from mlflow.tracking._tracking_service import utils  # heavy: see the module's docstring
@@ -70,25 +117,28 @@ class _store_lock:
         self.path, self.wait_s, self.f = db.with_name(db.name + ".lock"), wait_s, None
 
     def __enter__(self):
-        self.f = open(self.path, "a")
+        self.f = open(locks.lock_path(self.path), "a")
         t0, told = time.monotonic(), False
         while True:
             try:
-                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                taken = locks.try_lock(self.f, self.path)  # no cross-node flock: one line now, not after the wait
+            except BaseException:
+                self.f.close()
+                raise
+            if taken:
                 return self
-            except OSError:
-                waited = time.monotonic() - t0
-                if waited > self.wait_s:
-                    self.f.close()
-                    raise UserError(
-                        f"another process has held the MLflow store lock {self.path} for "
-                        f"{waited:.0f} s while setting the store up: if no job of this sweep is "
-                        f"alive, stop the stuck process (fuser -v {self.path}) and rerun"
-                    ) from None
-                if waited > 30 and not told:
-                    print(f"waiting for another process to set up the MLflow store ({self.path})", file=sys.stderr)
-                    told = True
-                time.sleep(0.1 + 0.2 * min(waited, 5) / 5)
+            waited = time.monotonic() - t0
+            if waited > self.wait_s:
+                self.f.close()
+                raise UserError(
+                    f"another process has held the MLflow store lock {self.path} for "
+                    f"{waited:.0f} s while setting the store up: if no job of this sweep is "
+                    f"alive, stop the stuck process (fuser -v {self.path}) and rerun"
+                ) from None
+            if waited > 30 and not told:
+                print(f"waiting for another process to set up the MLflow store ({self.path})", file=sys.stderr)
+                told = True
+            time.sleep(0.1 + 0.2 * min(waited, 5) / 5)
 
     def __exit__(self, *exc):
         self.f.close()  # closing releases the flock

@@ -18,6 +18,10 @@ from fcn.config import RunConfig
 # 1.0 were measured: 0.5 splits them, as in channels_last's rule.
 CPU_BF16_MIN_WIDTH = 0.5
 
+# bf16 arithmetic on NVIDIA GPUs starts with Ampere (compute capability 8.0: A100, A10, H100, L4...). On Volta/Turing
+# (V100 7.0, T4 7.5) torch's bf16 autocast runs, emulated, slower than fp32 and with bf16's rounding: auto takes fp32.
+CUDA_BF16_MIN_CAPABILITY = (8, 0)
+
 
 def cpu_bf16_arithmetic() -> bool:
     """Whether this CPU computes in bf16 natively (AVX-512 BF16 or AMX-BF16), not by oneDNN's emulation in fp32
@@ -36,15 +40,21 @@ def cpu_bf16_arithmetic() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """The GPU's compute capability (major, minor); tests set it through torch.cuda.get_device_capability."""
+    return tuple(torch.cuda.get_device_capability(device))
+
+
 def amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of this run (None: fp32). auto: bf16 on CUDA; on CPU where the CPU has bf16 arithmetic
-    and the model is at least CPU_BF16_MIN_WIDTH wide (where bench/train_step.py measured it faster at equal AUC)."""
+    """The autocast dtype of this run (None: fp32). auto: bf16 on a GPU of compute capability ≥ 8.0; on CPU where
+    the CPU has bf16 arithmetic and the model is at least CPU_BF16_MIN_WIDTH wide (where bench/train_step.py measured
+    it faster at equal AUC)."""
     if config.amp == "bf16":
         return torch.bfloat16
     if config.amp == "off":
         return None
     if device.type == "cuda":
-        return torch.bfloat16
+        return torch.bfloat16 if cuda_capability(device) >= CUDA_BF16_MIN_CAPABILITY else None
     if device.type == "cpu" and config.width >= CPU_BF16_MIN_WIDTH and cpu_bf16_arithmetic():
         return torch.bfloat16
     return None
@@ -55,14 +65,28 @@ def autocast(config: RunConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def apply_precision(config: RunConfig, device: torch.device) -> None:
+    """Set the process-wide switches that belong to the run's precision, once, before the model runs. fp32 on CUDA
+    is full fp32, as the paper trained: TF32 off for matmuls and cuDNN convolutions (torch leaves cuDNN's TF32 on by
+    default, so without this `--amp off` convolutions ran at TF32's 10-bit mantissa on Ampere and newer). With bf16
+    autocast the fp32 remainder (loss, optimiser) keeps torch's defaults."""
+    if device.type == "cuda" and amp_dtype(config, device) is None:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
 def describe(config: RunConfig, device: torch.device) -> str:
     """The run's precision in words, for its log line: e.g. "bf16 autocast (amp auto: CPU with bf16 arithmetic)"."""
     dtype = amp_dtype(config, device)
     name = "bf16 autocast" if dtype is not None else "fp32"
+    if dtype is None and device.type == "cuda":
+        name = "fp32 (TF32 off)"
     if config.amp != "auto":
         return f"{name} (amp {config.amp})"
     if device.type == "cuda":
-        why = "CUDA"
+        cap = cuda_capability(device)
+        have = "≥" if dtype is not None else "<"
+        why = f"GPU compute capability {cap[0]}.{cap[1]} {have} 8.0" + (", no bf16 arithmetic" if dtype is None else "")
     elif not cpu_bf16_arithmetic():
         why = "this CPU has no bf16 arithmetic"
     elif dtype is None:

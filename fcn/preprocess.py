@@ -129,9 +129,10 @@ def _process_shard(job, send) -> None:
 
     `send(kind, ...)` tells the parent which clip is being decoded, so that a crash or hang is pinned on that file.
     Clips in `preskip` (index -> reason) were found to crash or hang the decoder in an earlier attempt."""
-    items, params, inputs, dest, decoder, preskip = job
+    items, params, inputs, dest, decoder, *device, preskip = job  # device: "cuda" for a GPU build (--device cuda)
     if decoder == NPY_DECODER:  # no audio: the shard's mel comes from the dataset's own NPYs (fcn/melspecs.py)
-        return process_npy_shard(job, send)
+        return process_npy_shard((items, params, inputs, dest, decoder, preskip), send)
+    device = device[0] if device else "cpu"
     waves, status = [], []
     for j, (_cid, path) in enumerate(items):
         if j in preskip:
@@ -151,7 +152,8 @@ def _process_shard(job, send) -> None:
     send("compute")
     feats = {}
     if waves:
-        out = compute(torch.from_numpy(np.stack(waves)), tuple(inputs), params)
+        out = compute(torch.from_numpy(np.stack(waves)).to(device), tuple(inputs), params)
+        out = {k: v.cpu() for k, v in out.items()}
         # torch's float16 conversion (vectorised F16C), not numpy's astype: the same round-to-nearest-even values,
         # 7 % of a shard's time less (bench/preprocess.py)
         feats = {k: v.half().numpy() for k, v in out.items()}
@@ -380,8 +382,11 @@ def build(
     decode_timeout: float = DECODE_TIMEOUT,
     runner=None,
     decoder: str = DEFAULT_DECODER,
+    device: str = "cpu",
 ) -> Report:
     """Build the store at `out` from data set items (fcn.data.Item); returns the report (also saved beside it).
+    device "cuda": the front ends on the GPU (opt-in, `--device cuda`): their values differ from the CPU's by float
+    rounding, so such a build's parts are never mixed with a CPU build's (the device is in their manifest).
 
     Parts of an interrupted build with the same items, parameters and shard size under `<out>.parts/` are reused;
     parts of any other build there are discarded. Callers that may race on `out` hold its lock (ensure_feature_store
@@ -403,13 +408,15 @@ def build(
     if not unique:
         raise UserError(f"no clips to preprocess for {out}: check the data root and split lists")
     parts = out.with_name(out.name + ".parts")
-    _prepare_parts(parts, _manifest(unique, params, inputs, shard_size, decoder), report)
+    manifest = _manifest(unique, params, inputs, shard_size, decoder + ("" if device == "cpu" else f" on {device}"))
+    _prepare_parts(parts, manifest, report)
 
     shards = [unique[i : i + shard_size] for i in range(0, len(unique), shard_size)]
     dests = [parts / f"shard-{i:06d}.npz" for i in range(len(shards))]
     status = {i: _shard_status(d, len(s), inputs) for i, (s, d) in enumerate(zip(shards, dests))}
     todo = {
         i: (tuple((it.clip_id, it.path) for it in shards[i]), params, inputs, dests[i], decoder)
+        + ((device,) if device != "cpu" else ())
         for i, st in status.items()
         if st is None
     }
@@ -561,11 +568,25 @@ def build_parser(prog: str = "python -m fcn.preprocess", description: str = __do
     return ap
 
 
+def build_device(device: str) -> str:
+    """Where a build computes its front ends: the CPU unless `--device cuda` asks for the GPU (opt-in: stores stay
+    CPU-built by default, since GPU and CPU features differ by float rounding; `--device auto` means the CPU here)."""
+    if device != "cuda":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise UserError(
+            "--device cuda computes the front ends on a GPU, and torch sees no usable CUDA GPU here: "
+            "leave --device out to build on the CPU"
+        )
+    return "cuda"
+
+
 def run_build(args: argparse.Namespace, runner=None) -> Report:
     """The build the parsed flags describe (its shards in this machine's pool, or with `runner`), printed."""
     if args.shard_size < 1 or args.decode_timeout <= 0 or args.workers < 0:
         raise UserError("--shard-size must be >= 1, --decode-timeout > 0 and --workers >= 0")
     config = config_from_args(args)
+    device = build_device(config.device)
     out = Path(args.out) if args.out else store_path(config)
     # the lock ensure_feature_store takes: a sweep building the same store at once must wait, not share the parts
     with lock(out.with_name(out.name + ".lock")):
@@ -582,6 +603,7 @@ def run_build(args: argparse.Namespace, runner=None) -> Report:
             decode_timeout=args.decode_timeout,
             runner=runner,
             **build_source(config, args.decoder),  # MTG-Jamendo's mel NPYs: no decoder, the mel input only
+            device=device,
         )
     print(report.text(max_lines=20))
     print(f"store: {out}\nreport: {out}.report.txt")

@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from fcn import melspecs
+from fcn import locks, melspecs
 from fcn.data import jamendo, msd, mtat, synth, synth_jamendo
 from fcn.errors import UserError
 from fcn.store import FORMAT_VERSION, read_meta
@@ -136,8 +136,8 @@ def synth_root(config) -> Path:
 def lock(path: Path):
     """An exclusive file lock, so that concurrent jobs of a sweep build a shared store or data set once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with open(locks.lock_path(path), "w") as f:
+        locks.lock(f, path)  # where flock cannot lock across nodes: one line, not two nodes building one store
         try:
             yield
         finally:

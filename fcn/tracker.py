@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from fcn import cell, checkpoint
+from fcn.mlflow_db import check_one_host
 from fcn.tracking import artifact_root, cell_runs, client, experiment_id, redact, resolve_uri
 
 # [D] MLflow calls of a run go to a background thread (Tracker); False makes every call synchronous (debugging).
@@ -36,7 +37,10 @@ class Tracker:
         self._down = False  # set after a call failed for good: later calls are skipped, not retried for minutes
         self.exp_id = None
         self._q = None  # the background writer's queue, made with its thread on the first queued call
+        self.lost = 0  # calls not written: the failed one and every one skipped after it (said at close())
+        self.key = ""
         if enabled:
+            check_one_host(uri)  # a SQLite store written from several nodes: refused here, before any training
             self.c = client(uri)
             self.exp_id = experiment_id(self.c, experiment, artifact_root(uri, out_dir))
 
@@ -44,6 +48,7 @@ class Tracker:
         """Continue `run_id` (from a checkpoint), else the cell's existing unfinished run, else a new one."""
         if not self.enabled:
             return None
+        self.key = key
         if run_id is None:
             # its unfinished run, else its finished one (a cell retrained from scratch after losing metrics.json and
             # its checkpoints): a cell never gets a second run
@@ -56,22 +61,31 @@ class Tracker:
             self._submit(self._log_params, run_id, params)
         else:
             self._submit(self.c.update_run, run_id, status="RUNNING")
+            # a first attempt that died between creating the run and writing its params (queued calls die with
+            # the process) left the run without them: write the ones it lacks (MLflow refuses a param rewritten
+            # with another value, and the resume=True fields may differ on a requeue; those keep their first value)
+            self._submit(self._log_params, run_id, params, missing_only=True)
         self.run_id = run_id
         return run_id
 
-    def _log_params(self, run_id: str, params: dict) -> None:
+    def _log_params(self, run_id: str, params: dict, missing_only: bool = False) -> None:
         from mlflow.entities import Param  # heavy: see the module's docstring
 
-        self.c.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        have = self.c.get_run(run_id).data.params if missing_only else {}
+        todo = [Param(k, str(v)) for k, v in params.items() if k not in have]
+        for i in range(0, len(todo), 100):  # MLflow takes at most 100 params per batch
+            self.c.log_batch(run_id, params=todo[i : i + 100])
 
     def _call(self, fn, *a, **kw):
         if self._down:
+            self.lost += 1
             return None
         for attempt in range(3):  # SQLite stores shared by parallel cells can be briefly locked
             try:
                 return fn(*a, **kw)
             except Exception as e:  # noqa: BLE001 - any tracking failure is survivable
                 if attempt == 2:
+                    self.lost += 1
                     self._down = True  # the server is gone: metrics.json and the checkpoints carry on
                     if not self._warned:
                         print(
@@ -107,7 +121,19 @@ class Tracker:
         if self._q is not None:
             self._q.join()
 
-    close = flush  # the thread is a daemon waiting on an empty queue: nothing else to release
+    def close(self) -> None:
+        """Everything queued written (the thread is a daemon waiting on an empty queue: nothing else to release),
+        and, when MLflow gave up, one line saying how many records it lacks and how they get there."""
+        self.flush()
+        if self.lost:
+            print(
+                f"warning: {self.lost} MLflow record(s) of {self.key or 'this run'} could not be written to "
+                f"{redact(self.uri)}; they are kept in the run dir (checkpoints, metrics.json): rerun the same "
+                f"command when the server is back to sync them",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.lost = 0
 
     def metrics(self, values: dict, step: int | None = None) -> None:
         if not (self.enabled and self.run_id):
@@ -175,8 +201,14 @@ def log_missing_epochs(t: Tracker, history: list[dict]) -> None:
     A resumed run calls this before training on, so every finished epoch is in MLflow once."""
     if not (t.enabled and t.run_id and history):
         return
+    # An epoch counts as logged when any of its values is: NaN values are never written (Tracker.metrics skips
+    # them), so an epoch whose validation ROC-AUC was NaN (a tag with no positive clip) has no valid_roc_auc step,
+    # and asking that one metric alone logged its other values again on every resume.
+    keys = {k for row in history for k in row if k != "epoch"}
+    logged = set()
     try:
-        logged = {m.step for m in t.c.get_metric_history(t.run_id, "valid_roc_auc")}
+        for k in sorted(keys):
+            logged |= {m.step for m in t.c.get_metric_history(t.run_id, k)}
     except Exception:  # noqa: BLE001 - nothing known: log all (the server is up, we were just told so)
         logged = set()
     for row in history:

@@ -41,7 +41,7 @@ from fcn.errors import UserError, run_cli
 from fcn.loader import device_inputs, make_loader
 from fcn.malloc import keep_freed_memory
 from fcn.models import FCN, n_params
-from fcn.precision import autocast, channels_last, describe
+from fcn.precision import apply_precision, autocast, channels_last, describe
 from fcn.preprocess import ensure_feature_store
 from fcn.run_store import check_buildable
 from fcn.store import FeatureDataset, check_store
@@ -136,6 +136,7 @@ class Run:
     loaders: dict = field(default_factory=dict)
     tracker: Any = None
     run_id: str | None = None
+    writer: checkpoint.Writer = field(default_factory=checkpoint.Writer)  # rank 0's checkpoints, in the background
 
     def log(self, msg: str) -> None:
         _log(self.d, self.rdir, msg)
@@ -172,13 +173,17 @@ def train(config: RunConfig, *, trial: str = "", on_epoch=None) -> dict:
                 break
             row = _epoch(run, epoch)
             if on_epoch is not None:
+                run.writer.wait()  # on_epoch's promise: the epoch's checkpoint is on disk
                 on_epoch(row)
+        run.writer.wait()  # the last epoch's files whole (and a failed write's one line) before the test reads them
         if trial:  # the search's caller ends the trial's MLflow run, with why it stopped
             return _trial_result(run)
         result, files = _test(run)
         _publish(run, result, files)
         return result
     finally:
+        if run is not None:
+            run.writer.close()  # an error elsewhere: the epoch in flight still lands, so a rerun resumes after it
         if run is not None and run.tracker is not None:
             run.tracker.close()  # MLflow's queued calls written (fcn.tracker.Tracker logs in the background)
         dist.cleanup()
@@ -245,6 +250,7 @@ def _set_up(config: RunConfig, d: dist.Dist, rdir: Path, trial: str) -> Run:
     # the layout is decided once: the model's parameters and every input batch share it
     fmt = torch.channels_last if channels_last(config, d.device) else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    apply_precision(config, d.device)  # --amp off on CUDA: TF32 off too, full fp32 as the paper trained
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     return Run(
         config=config,
@@ -379,12 +385,12 @@ def _epoch(run: Run, epoch: int) -> dict:
         epoch_time_s=time.time() - t0,
     )
     p.history.append(row)
-    _checkpoint(run, row, improved)
-    run.log(
+    line = (
         f"{c.key} epoch {epoch + 1}: train loss {train_loss:.4f}, valid loss {vloss:.4f}, valid ROC-AUC "
         f"{valid['roc_auc']:.4f} (best {p.best:.4f} at epoch {p.best_epoch}), {row['epoch_time_s']:.1f} s"
     )
-    dist.barrier(run.d)  # rank 0's checkpoint is on disk before anyone moves on
+    _checkpoint(run, row, improved, line)
+    dist.barrier(run.d)  # every rank leaves the epoch together (rank 0's files are being written meanwhile)
     return row
 
 
@@ -427,18 +433,21 @@ def _train_epoch(run: Run, epoch: int) -> float:
     return sum(dist.gather(float(loss_sum), d)) / max(1, sum(dist.gather(n, d)))
 
 
-def _checkpoint(run: Run, row: dict, improved: bool) -> None:
-    """best.pt when validation improved, last.pt always (rank 0 writes; every rank gives its RNG state); the
-    epoch's metrics to MLflow."""
+def _checkpoint(run: Run, row: dict, improved: bool, line: str) -> None:
+    """best.pt when validation improved, last.pt always (rank 0 writes, in the background: checkpoint.Writer says
+    why; every rank gives its RNG state); once they are on disk, the epoch's log line and its metrics to MLflow."""
     rngs = dist.gather(checkpoint.rng_state(run.d.device), run.d)  # a collective: every rank, before rank 0 alone
     if not run.d.main:
         return
+    files = [(checkpoint.last(run.model, run.opt, rngs, run.progress, run.config, run.run_id), cell.LAST)]
     if improved:
-        checkpoint.save(_best(run, row["epoch"], row["valid_roc_auc"]), cell.ckpt(run.rdir, cell.BEST))
-    checkpoint.save(
-        checkpoint.last(run.model, run.opt, rngs, run.progress, run.config, run.run_id), cell.ckpt(run.rdir, cell.LAST)
-    )
-    run.tracker.metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        files.insert(0, (_best(run, row["epoch"], row["valid_roc_auc"]), cell.BEST))
+
+    def logged() -> None:
+        run.log(line)
+        run.tracker.metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+
+    run.writer.submit([(state, cell.ckpt(run.rdir, name)) for state, name in files], then=logged)
 
 
 def _best(run: Run, epoch: int, valid_roc_auc: float, fallback: str = "") -> checkpoint.Best:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from fcn import flags, tracking
-from fcn.cell import finished_metrics, run_dir
+from fcn.cell import finished_metrics, run_dir, sqlite_db
 from fcn.config import RunConfig
 from fcn.errors import UserError, run_cli
 from fcn.preprocess import ensure_feature_stores
@@ -112,9 +112,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.tracking_server is None and not args.dry_run and _sqlite_over_nodes(args):
+        args.tracking_server = ""  # the sweep gets its server, as --tracking-server does (what it says is below)
     if args.tracking_server is not None and not args.dry_run:
         return _with_tracking_server(args)
     return _main(args)
+
+
+def _sqlite_over_nodes(args) -> bool:
+    """A Slurm sweep logging to the default SQLite store whose jobs may land on several nodes: their cells would
+    write one SQLite file over the shared filesystem (runs lost; each job on a second host would stop, see
+    fcn/mlflow_db.py check_one_host), so the sweep gets a tracking server on this host, or, with --no-wait (the
+    server would stop while jobs still need it), one line saying what to do."""
+    if args.cluster != "slurm" or args.tracking_uri:
+        return False
+    if sqlite_db(tracking.resolve_uri("", grid_from_args(args)[0].out_dir)) is None:
+        return False  # MLFLOW_TRACKING_URI names a server
+    n = tracking_server.partition_nodes(args.partition)
+    if n <= 1:
+        return False
+    if not args.wait:
+        raise UserError(
+            f"the jobs may run on {n} nodes of partition {args.partition or '(default)'} and would write one SQLite "
+            f"MLflow store over the shared filesystem, which loses runs: run a tracking server and pass "
+            f"--tracking-uri (README, 'Tracking on a cluster'), or drop --no-wait for one run by the sweep"
+        )
+    print(
+        f"the jobs may run on {n} nodes: their runs go to a tracking server on this host for the sweep's length "
+        f"(as --tracking-server), not straight into the SQLite file over the shared filesystem",
+        file=sys.stderr,
+    )
+    return True
 
 
 def _with_tracking_server(args) -> int:

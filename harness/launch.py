@@ -82,6 +82,11 @@ def slurm_executor(
         slurm_array_parallelism=array_parallelism,
     )
     additional = {**({"requeue": True} if requeue else {}), **(extra or {})}
+    if cpus_per_task:
+        # Slurm 22.05-23.02's srun does not take --cpus-per-task from the job (SLURM_CPUS_PER_TASK is ignored by
+        # srun there; 23.11 reads SRUN_CPUS_PER_TASK): submitit's srun line without it gives each task one CPU, so
+        # a rank's DataLoader workers and its torch threads all share one core where binding is enforced
+        srun_args = (f"--cpus-per-task={cpus_per_task}", *srun_args)
     for k, v in (
         ("slurm_signal_delay_s", signal_delay_s),
         ("slurm_srun_args", list(srun_args)),

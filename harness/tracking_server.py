@@ -89,6 +89,21 @@ def _controller_route() -> str | None:
         return None
 
 
+def partition_nodes(partition: str) -> int:
+    """How many nodes Slurm's `partition` (its default one when empty) has; 0 when sinfo cannot tell."""
+    if shutil.which("sinfo") is None:
+        return 0
+    cmd = ["sinfo", "-h", "-o", "%D %P"] + (["-p", partition] if partition else [])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    rows = [ln.split() for ln in out.splitlines() if len(ln.split()) == 2 and ln.split()[0].isdigit()]
+    if not partition:  # the default partition is marked with a '*'
+        rows = [r for r in rows if r[1].endswith("*")]
+    return sum(int(r[0]) for r in rows)
+
+
 def _loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback

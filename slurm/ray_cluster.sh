@@ -21,8 +21,11 @@
 # Preemption and time limit: Slurm sends USR2 120 s before the limit (TERM on preemption); the script then runs
 # `scontrol requeue` and the restarted job picks the grid up where it stopped.
 #
-# Addresses and ports: Ray is given each node's interface address (`hostname -I`, first non-loopback; Ray 2.60
-# ignored --node-ip-address=127.0.0.1), and ports derived from the job id, so two such jobs on one node do not collide:
+# Addresses and ports: Ray is given each node's address on the route between the nodes: the head the source address
+# of its route to the second node (one node: to the controller), each worker the source of its route to the head, so
+# a docker0, IPoIB or other interface listed first by `hostname -I` is never taken (Ray 2.60 ignored
+# --node-ip-address=127.0.0.1); a worker that has not joined after RAY_WAIT_S ends the job with one line naming its
+# node. Ports are derived from the job id, so two such jobs on one node do not collide:
 # GCS RAY_PORT = 35000 + 3 × (job id % 2000), Ray client (if installed) RAY_PORT+1, dashboard agent RAY_PORT+2
 # (the DDP rendezvous of the cell scripts uses 20000..26999).
 #
@@ -36,7 +39,7 @@
 #   GRID_ARGS=                flags of `python -m harness.grid` (default: "--preset paper --paper", plus
 #                             "--gpus-per-trial 1" when the job has GPUs); --data-root-mtat / --data-root-msd for real
 #                             data (default: the built-in synthetic sets)
-#   MLFLOW_TRACKING_URI=      MLflow server; empty = sqlite:///<out dir>/mlflow.db
+#   MLFLOW_TRACKING_URI=      MLflow server; empty = sqlite:///<out dir>/mlflow.db (one node only: refused on several)
 #   PYTHON=.venv/bin/python   the interpreter with fcn-sweep installed; RAY defaults to the `ray` next to it
 #   RAY_PORT, RAY_HEAD_IP     override the derived port / the head's address
 #   RAY_WAIT_S=120            how long to wait for the head and for every worker to join
@@ -91,8 +94,20 @@ case "${DRIVER:-grid}" in
     *) die "DRIVER=$DRIVER: use grid (run the cells) or search (search their recipes)" ;;
 esac
 
-node_ip() {  # this node's first non-loopback IPv4 address
+route_src() {  # the address this node sends from to reach address $1 (the interface its route goes through)
+    ip -o -4 route get "$1" 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p' | head -n 1
+}
+export -f route_src
+node_addr() {  # Slurm node $1's address (its NodeAddr, resolved to IPv4)
+    local a
+    a=$(scontrol show node "$1" 2>/dev/null | tr ' ' '\n' | sed -n 's/^NodeAddr=//p' | head -n 1)
+    [[ "$a" =~ ^[0-9.]+$ ]] || a=$(getent ahostsv4 "${a:-$1}" 2>/dev/null | awk 'NR == 1 {print $1}')
+    echo "$a"
+}
+node_ip() {  # this node's address towards $1 (an IPv4 address; else the first non-loopback one)
     local ip
+    # a loopback route (the controller on this very host) names no address the cluster reaches: not that one
+    [ -n "${1:-}" ] && ip=$(route_src "$1") && [ -n "$ip" ] && [[ "$ip" != 127.* ]] && { echo "$ip"; return; }
     ip=$(hostname -I 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9.]+$' | grep -v '^127\.' | head -n 1)
     [ -n "$ip" ] || ip=$(hostname --ip-address 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9.]+$' | grep -v '^127\.' \
                          | head -n 1)
@@ -115,7 +130,21 @@ export -f without_slurm_tasks
 mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 [ "${#nodes[@]}" -gt 0 ] || nodes=("$(hostname)")
 head_node=${nodes[0]}
-head_ip=${RAY_HEAD_IP:-$(node_ip)}  # the batch script runs on the allocation's first node
+# trials on several nodes would write one SQLite file over the shared filesystem, where its locks do not hold and runs
+# go missing (fcn/mlflow_db.py check_one_host would stop the second node's trials): refused here, before anything starts
+[ "${#nodes[@]}" -le 1 ] || [ -n "${MLFLOW_TRACKING_URI:-}" ] || die "${#nodes[@]} nodes would write one SQLite" \
+    "MLflow store over the shared filesystem, which loses runs: set MLFLOW_TRACKING_URI to a tracking server" \
+    "(README, 'Tracking on a cluster'), or use --nodes=1"
+# the batch script runs on the allocation's first node: its address on the route to the second (one node: to the
+# controller, the address the cluster's network knows it by)
+controller_addr() {  # SlurmctldHost's address: "name(addr)" or a name to resolve
+    local c
+    c=$(scontrol show config 2>/dev/null | sed -n 's/^SlurmctldHost[^=]*= *\([^ ]*\).*/\1/p' | head -n 1)
+    [[ "$c" == *"("*")" ]] && { c=${c#*(}; echo "${c%)}"; return; }
+    getent ahostsv4 "$c" 2>/dev/null | awk 'NR == 1 {print $1}'
+}
+towards=$( ([ "${#nodes[@]}" -gt 1 ] && node_addr "${nodes[1]}") || controller_addr)
+head_ip=${RAY_HEAD_IP:-$(node_ip "$towards")}
 export RAY_ADDRESS_HEAD=$head_ip:$RAY_PORT
 echo "$(date '+%F %T') job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): Ray head $head_node" \
      "($RAY_ADDRESS_HEAD), ${#nodes[@]} node(s) × $RAY_NUM_CPUS CPU(s), $RAY_NUM_GPUS GPU(s); temp dir $RAY_TMP"
@@ -175,15 +204,24 @@ done
 # --- one worker per other node ---------------------------------------------------------------------------------------
 for node in "${nodes[@]:1}"; do
     srun --nodes=1 --ntasks=1 --cpus-per-task="$RAY_NUM_CPUS" -w "$node" bash -c 'without_slurm_tasks "$RAY" start \
-        --address="$RAY_ADDRESS_HEAD" --node-ip-address="$(node_ip)" --dashboard-agent-listen-port=$((RAY_PORT + 2)) \
+        --address="$RAY_ADDRESS_HEAD" --node-ip-address="$(node_ip "${RAY_ADDRESS_HEAD%:*}")" \
+        --dashboard-agent-listen-port=$((RAY_PORT + 2)) \
         --disable-usage-stats --num-cpus="$RAY_NUM_CPUS" --num-gpus="$RAY_NUM_GPUS" --temp-dir="$RAY_TMP" --block' &
     pids+=($!)
 done
+missing_nodes() {  # the job's nodes whose address no live Ray node has
+    local alive n
+    alive=$(without_slurm_tasks "$PYTHON" -c 'import os, ray; ray.init(address=os.environ["RAY_ADDRESS_HEAD"],
+        log_to_driver=False); print(" ".join(x["NodeManagerAddress"] for x in ray.nodes() if x["Alive"]))' \
+        2>/dev/null | tail -n 1)
+    for n in "${nodes[@]:1}"; do
+        [[ " $alive " == *" $(node_addr "$n") "* ]] || echo -n "$n "
+    done
+}
 until [ "$(active_nodes)" -ge "${#nodes[@]}" ]; do
-    if [ $SECONDS -ge $deadline ]; then
-        echo "warning: only $(active_nodes) of ${#nodes[@]} Ray node(s) joined in ${RAY_WAIT_S} s; going on" >&2
-        break
-    fi
+    # a job that asked for N nodes and trains on fewer wastes the rest of its allocation unseen: stop, naming them
+    [ $SECONDS -lt $deadline ] || die "Ray node(s) $(missing_nodes)did not join the head at $RAY_ADDRESS_HEAD in" \
+        "${RAY_WAIT_S} s ($(active_nodes) of ${#nodes[@]} joined): see their lines above; RAY_WAIT_S waits longer"
     sleep 2
 done
 echo "$(date '+%F %T') Ray cluster up: $(active_nodes) node(s)"

@@ -26,12 +26,28 @@ ENV = "FCN_CLUSTER_REPORT"
 # The scenarios, in the order of the table: pytest node id → what it is and what must hold.
 SCENARIOS = {
     "tests/test_concurrency_cluster.py::test_thirty_cell_jobs_start_together_on_an_empty_out_dir": (
-        "30 cell jobs submitted at once on an empty out dir, default SQLite store on the shared filesystem",
+        "30 cell jobs submitted at once on an empty out dir, both nodes logging to one tracking server",
         "0 crashed, 0 duplicate runs, 30 finished, PRAGMA integrity_check ok",
     ),
     "tests/test_concurrency_cluster.py::test_tracking_server_takes_the_jobs_of_both_nodes": (
         "`harness.grid --cluster slurm --tracking-server`: one cell job per node, both logging over HTTP",
         "jobs of both nodes logged to the server; every cell finished once; the server stopped at the end",
+    ),
+    "tests/test_cluster_plumbing.py::test_flock_that_fails_as_lustres_does_is_one_line_with_a_way_out": (
+        "flock fails as Lustre's does without -o flock (ENOSYS, set by a test hook)",
+        "cell, store and MLflow locks stop at once in one line naming FCN_LOCK_DIR; with it, locks work",
+    ),
+    "tests/test_multinode.py::test_cell_jobs_on_two_nodes_refuse_one_sqlite_store": (
+        "cell jobs on two nodes, one SQLite MLflow store on the shared filesystem",
+        "the second host refused in one line before training; no run written from it",
+    ),
+    "tests/test_multinode.py::test_ray_cluster_script_spans_two_nodes": (
+        "slurm/ray_cluster.sh on two nodes: SQLite (no server), then served, a decoy interface first on the head",
+        "refused in one line without a server; served: both nodes join by the route's address, 2 cells finished",
+    ),
+    "tests/test_multinode.py::test_submitit_tasks_get_their_cpus": (
+        "submitit job, 2 nodes × 1 task, --cpus-per-task 3",
+        "each srun task has 3 CPUs (SLURM_CPUS_ON_NODE)",
     ),
     "tests/test_multinode.py::test_node_crash_requeues_and_resumes_on_the_other_node": (
         "a node crashes (all its processes killed) while a cell trains",

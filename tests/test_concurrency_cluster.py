@@ -2,10 +2,11 @@
 several nodes (issue 11 items 5 and 6).
 
 1. The generated cell scripts, all 30 cells (10 scripts × 3 inputs), submitted in a loop as the README invites, on an
-   out dir that does not exist yet, with the default SQLite store on the (shared) filesystem: the jobs start
-   together on both nodes, and none crashes, no cell gets two runs, all finish, the store passes integrity_check.
-   Before the store was set up under a lock, processes starting together on a fresh store crashed in MLflow's schema
-   set-up (tests/test_concurrency.py reproduces it in seconds).
+   out dir that does not exist yet, with MLFLOW_TRACKING_URI naming a tracking server (a SQLite file written from
+   both nodes over the shared filesystem is refused since issue 24: test_multinode.py shows the refusal): the jobs
+   start together on both nodes, and none crashes, no cell gets two runs, all finish, the server's store passes
+   integrity_check. Processes starting together on one fresh SQLite store on one host (the store set up under a
+   lock) are tests/test_concurrency.py's.
 2. `harness.grid --cluster slurm --tracking-server`: one job per node (each asks for a whole node's CPUs), both
    logging over HTTP to the server the harness runs on this host, bound to the cluster bridge's address.
 """
@@ -83,8 +84,18 @@ def _watch(cluster, jobs: dict[str, int], timeout: float) -> dict[int, dict]:
 
 @pytest.mark.burst
 def test_thirty_cell_jobs_start_together_on_an_empty_out_dir(slurm_multi, data_dir, tmp_path):
-    out_dir = tmp_path / "runs"  # does not exist: the jobs create it, and the store in it
-    env = _tiny_env(data_dir, out_dir, epochs=1, patience=1)
+    from harness import tracking_server
+
+    out_dir = tmp_path / "runs"  # the server makes it and the store in it; the jobs make their run dirs
+    server = tracking_server.start(str(out_dir), slurm_multi.bridge_addr)
+    try:
+        _thirty_jobs(slurm_multi, data_dir, tmp_path, out_dir, server.uri)
+    finally:
+        server.stop()
+
+
+def _thirty_jobs(slurm_multi, data_dir, tmp_path, out_dir, uri: str) -> None:
+    env = {**_tiny_env(data_dir, out_dir, epochs=1, patience=1), "MLFLOW_TRACKING_URI": uri}
     jobs: dict[str, int] = {}
     t0 = time.monotonic()
     for script in sorted(SLURM.glob("*_fcn*.sh")):
@@ -117,7 +128,6 @@ def test_thirty_cell_jobs_start_together_on_an_empty_out_dir(slurm_multi, data_d
     assert nodes == list(slurm_multi.nodes), nodes  # the jobs ran on both hosts
     assert together == 30, f"only {together} of 30 jobs were running before the first one ended"
 
-    uri = f"sqlite:///{out_dir / 'mlflow.db'}"
     runs = _cell_runs(uri)
     duplicated = sum(len(v) - 1 for v in runs.values())
     finished = sum(

@@ -118,6 +118,7 @@ def test_gpus_allocated_but_cuda_unusable_stops_with_one_line(clean_env, fake_cu
         dist.setup("auto")
     msg = str(e.value)
     assert "driver/build mismatch" in msg and f"CUDA {torch.version.cuda or 'none'}" in msg
+    assert "FCN_TORCH_CUDA=cu126 bash scripts/setup.sh" in msg  # the build that fits, installed without editing files
     assert "driver" in msg and "--device cpu" in msg and "\n" not in msg
     assert dist.setup("cpu").device.type == "cpu"  # on purpose: fine
 

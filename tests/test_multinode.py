@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,8 @@ def test_grid_on_slurm_with_two_nodes_per_cell(slurm_multi, data_dir, tmp_path, 
     )
     assert p.returncode == 0, p.stderr[-4000:] + slurm_multi.log_tails()
     assert "1/1 cells finished" in p.stderr, p.stderr[-3000:]
+    # the partition has 2 nodes: the sweep's cells log through a server of its own, not into SQLite from the nodes
+    assert "the jobs may run on 2 nodes" in p.stderr and "tracking server stopped" in p.stderr, p.stderr[-3000:]
     cell = tmp_path / "runs" / "fcn-sweep" / "msd-mel-fcn3-s0"
     assert json.loads((cell / "metrics.json").read_text())["world_size"] == 2
     logs = "".join(
@@ -232,10 +235,51 @@ def _hosts(train_log: Path) -> list[str]:
     return [ln.split(" on host ")[1].split()[0].rstrip(",") for ln in text.splitlines() if " on host " in ln]
 
 
+DECOY = "fcndecoy0"
+
+
+def _ip(node: str, *args: str, check: bool = True) -> None:
+    subprocess.run(["ip", "-n", node, *args], check=check, capture_output=True, timeout=30)
+
+
+@contextmanager
+def _decoy_first(cluster, node: str):
+    """An interface listed before the node's real one by `hostname -I` (as docker0 or IPoIB can be), on an address
+    that reaches nothing. `hostname -I` lists by interface index, and eth0 holds index 2 in the node's namespace: eth0
+    is moved out to a spare namespace, the decoy (a veth pair, both ends inside: this kernel has no dummy devices)
+    takes index 2, and eth0 comes back with a higher index, its address and route restored."""
+    decoy = "10.89.0.11"  # exists only on the decoy inside the node's own namespace
+    spare = f"{node}-spare"
+    subprocess.run(["ip", "netns", "add", spare], check=True, timeout=30)
+    try:
+        _ip(node, "link", "set", "eth0", "netns", spare)
+        try:
+            _ip(node, "link", "add", DECOY, "index", "2", "type", "veth", "peer", "name", DECOY + "p")
+        finally:
+            _ip(spare, "link", "set", "eth0", "netns", node)
+    finally:
+        subprocess.run(["ip", "netns", "delete", spare], check=False, timeout=30)
+    try:
+        _ip(node, "addr", "add", f"{cluster.addrs[node]}/24", "dev", "eth0")
+        _ip(node, "link", "set", "eth0", "up")
+        _ip(node, "route", "add", "default", "via", cluster.bridge_addr)
+        _ip(node, "addr", "add", f"{decoy}/24", "dev", DECOY)
+        _ip(node, "link", "set", DECOY, "up")
+        _ip(node, "link", "set", DECOY + "p", "up")
+        yield decoy
+    finally:
+        _ip(node, "link", "delete", DECOY, check=False)
+
+
 @slow
 def test_ray_cluster_script_spans_two_nodes(slurm_multi, data_dir, tmp_path, empty_store):
-    """slurm/ray_cluster.sh with --nodes=2: the head on the first node, a worker on the second joined over the
-    bridge; 2 nodes alive, and the two cells (one Ray CPU per node, one CPU per trial) train one on each host."""
+    """slurm/ray_cluster.sh with --nodes=2: refused in one line without a tracking server (its trials would write one
+    SQLite file from two nodes); with one, the head on the first node, a worker on the second joined over the bridge
+    although the head node lists a decoy interface first (the addresses come from the route between the nodes, not
+    `hostname -I`); 2 nodes alive, and the two cells (one Ray CPU per node, one CPU per trial) train one on each
+    host, both logged by the server."""
+    from harness import tracking_server
+
     if shutil.which("ray", path=str(REPO / ".venv" / "bin")) is None:
         pytest.skip("no ray in .venv")
     out_dir, log = _out_dir(tmp_path / "runs", empty_store), tmp_path / "job.out"
@@ -259,26 +303,39 @@ def test_ray_cluster_script_spans_two_nodes(slurm_multi, data_dir, tmp_path, emp
     ]
     for k, v in dict(TINY, epochs=1).items():
         grid += ["--" + k.replace("_", "-"), str(v)]
-    # the script's one deadline for the head to start and the worker to join: ~20 s on an idle machine, but `ray start`
-    # and every `ray status` poll are seconds of Python CPU each, which a loaded 2-core machine stretches past a fixed
-    # 120 s (then "only 1 of 2 Ray node(s) joined" and the cells run on one host): patience() stretches it with the load
     env = {"GRID_ARGS": " ".join(grid), "MLFLOW_TRACKING_URI": "", "RAY_WAIT_S": str(round(patience(120)))}
-    job = _sbatch(
-        slurm_multi,
-        SLURM / "ray_cluster.sh",
-        log,
-        "--nodes=2",
-        "--ntasks-per-node=1",
-        "--cpus-per-task=1",
-        "--gpus-per-node=0",
-        "--mem=1G",
-        "--time=10",
-        env=env,
-    )
-    state = slurm_multi.wait_job(job, timeout=300)
+    opts = ("--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--gpus-per-node=0", "--mem=1G", "--time=10")
+    refused = _sbatch(slurm_multi, SLURM / "ray_cluster.sh", tmp_path / "refused.out", *opts, env=env)
+    assert slurm_multi.wait_job(refused, timeout=120) == "FAILED"
+    errors = [ln for ln in _log(tmp_path / "refused.out").splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "2 nodes would write one SQLite MLflow store" in errors[0], errors
+    assert "Ray head" not in _log(tmp_path / "refused.out")  # refused before anything started
+    record("test_ray_cluster_sqlite_from_two_nodes", jobs=1, crashed=0, note="refused: " + errors[0][7:140])
+
+    n1, n2 = slurm_multi.nodes
+    server = tracking_server.start(str(out_dir), slurm_multi.bridge_addr)
+    try:
+        with _decoy_first(slurm_multi, n1) as decoy:
+            listed = subprocess.run(
+                ["srun", "-p", slurm_multi.partition, "-w", n1, "-N1", "-n1", "hostname", "-I"],
+                env={**os.environ, **slurm_multi.env},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout.split()
+            assert listed[:1] == [decoy], listed  # the premise: `hostname -I` names the decoy first
+            job = _sbatch(
+                slurm_multi,
+                SLURM / "ray_cluster.sh",
+                log,
+                *opts,
+                env={**env, "MLFLOW_TRACKING_URI": server.uri},
+            )
+            state = slurm_multi.wait_job(job, timeout=300)
+    finally:
+        server.stop()
     text = _log(log)
     assert state == "COMPLETED", text[-6000:] + slurm_multi.log_tails()
-    n1, n2 = slurm_multi.nodes
     assert f"Ray head {n1} ({slurm_multi.addrs[n1]}:" in text and "Ray cluster up: 2 node(s)" in text, text[-4000:]
     assert "2/2 cells finished" in text, text[-4000:]
     cells = out_dir / "fcn-sweep"
@@ -289,6 +346,84 @@ def test_ray_cluster_script_spans_two_nodes(slurm_multi, data_dir, tmp_path, emp
         ("msd-mel-fcn3-s0", "FINISHED"),
         ("mtat-mel-fcn3-s0", "FINISHED"),
     ]
+    record(
+        "test_ray_cluster_script_spans_two_nodes",
+        jobs=1,
+        nodes_used=len(hosts),
+        finished=len(runs),
+        note=f"a decoy interface ({decoy}) listed first on {n1}: the head took {slurm_multi.addrs[n1]}, the route's",
+    )
+
+
+@slow
+def test_cell_jobs_on_two_nodes_refuse_one_sqlite_store(slurm_multi, data_dir, tmp_path, empty_store):
+    """Two cell scripts, one pinned to each node, on one out dir with the default SQLite store: the host that finds
+    the other's record stops in one line before training (both, when they start together), so no run is written
+    from two nodes into one SQLite file over the shared filesystem."""
+    out_dir = _out_dir(tmp_path / "runs", empty_store)
+    jobs = {}
+    for node, inp in zip(slurm_multi.nodes, ("mel", "mfcc"), strict=True):
+        env = {**_tiny_env(data_dir, out_dir, epochs=1, patience=1), "INPUT": inp}
+        jobs[node] = _sbatch(
+            slurm_multi,
+            SLURM / "msd_fcn3.sh",
+            tmp_path / f"{node}.out",
+            f"--nodelist={node}",
+            "--nodes=1",
+            "--ntasks-per-node=1",
+            "--cpus-per-task=1",
+            "--gpus-per-node=0",
+            "--mem=1G",
+            "--time=10",
+            env=env,
+        )
+        if node == slurm_multi.nodes[0]:  # the first host's job is in the store before the second starts
+            slurm_multi.wait_job(jobs[node], timeout=300)
+    states = {n: slurm_multi.wait_job(j, timeout=300) for n, j in jobs.items()}
+    n1, n2 = slurm_multi.nodes
+    assert states == {n1: "COMPLETED", n2: "FAILED"}, states
+    text = _log(tmp_path / f"{n2}.out")
+    lines = [ln for ln in text.splitlines() if "written by jobs on several hosts" in ln]
+    assert len(lines) == 1 and f"({n1}, {n2})" in lines[0] and "tracking server" in lines[0], text[-3000:]
+    assert "Traceback" not in text
+    runs = [r for r in _runs(f"sqlite:///{out_dir / 'mlflow.db'}", "fcn-sweep") if "cell_key" in r.data.tags]
+    assert [r.info.run_name for r in runs] == ["msd-mel-fcn3-s0"]  # nothing from the refused host
+    record(
+        "test_cell_jobs_on_two_nodes_refuse_one_sqlite_store",
+        jobs=2,
+        nodes_used=2,
+        crashed=0,
+        finished=1,
+        note="the second host's job refused in one line: " + lines[0][:120],
+    )
+
+
+@slow
+def test_submitit_tasks_get_their_cpus(slurm_multi, monkeypatch, tmp_path):
+    """`harness.grid --cluster slurm`'s executor (harness/launch.py): each srun task of a submitit job gets
+    --cpus-per-task CPUs (Slurm 22.05-23.02's srun takes no --cpus-per-task from the job: without the flag on
+    submitit's srun line each task had one)."""
+    import functools
+
+    from harness.launch import fresh_folder, slurm_executor
+
+    for k, v in slurm_multi.env.items():
+        monkeypatch.setenv(k, v)
+    ex = slurm_executor(
+        fresh_folder(tmp_path),
+        name="cpus",
+        time_min=5,
+        cpus_per_task=3,
+        array_parallelism=1,
+        nodes=2,
+        tasks_per_node=1,
+        partition=slurm_multi.partition,
+        mem_gb=1,
+    )
+    job = ex.submit(functools.partial(os.getenv, "SLURM_CPUS_ON_NODE"))
+    got = job.results()
+    assert got == ["3", "3"], (got, job.stderr())
+    record("test_submitit_tasks_get_their_cpus", jobs=1, nodes_used=2, crashed=0, note=f"SLURM_CPUS_ON_NODE {got}")
 
 
 # --- a node lost while a cell trains ----------------------------------------------------------------------------------

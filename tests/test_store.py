@@ -141,7 +141,8 @@ def test_hold_in_memory_reads_the_split_rows_in_blocks_and_row_by_row(data_dir, 
 
 
 def test_amp_auto_follows_the_measured_rule(monkeypatch):
-    """auto: bf16 on CUDA always; on CPU only with bf16 arithmetic, from CPU_BF16_MIN_WIDTH up; off and bf16 as
+    """auto: bf16 on CUDA from compute capability 8.0 (test_cluster_plumbing.py has the rest); on CPU only with
+    bf16 arithmetic, from CPU_BF16_MIN_WIDTH up; off and bf16 as
     asked. The run's log line says which, and why."""
     import contextlib
 
@@ -150,6 +151,7 @@ def test_amp_auto_follows_the_measured_rule(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     demo, paper = RunConfig(), RunConfig(width=1.0)
     monkeypatch.setattr(p, "cpu_bf16_arithmetic", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an Ampere GPU
     assert p.amp_dtype(paper, cpu) == torch.bfloat16 and p.amp_dtype(demo, cuda) == torch.bfloat16
     assert (p.amp_dtype(demo, cpu) == torch.bfloat16) == (demo.width >= p.CPU_BF16_MIN_WIDTH)
     assert p.amp_dtype(paper.replace(amp="off"), cpu) is None and p.amp_dtype(demo.replace(amp="off"), cuda) is None
