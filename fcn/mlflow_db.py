@@ -234,9 +234,17 @@ def _rebuild_or_explain(uri: str, db: Path, err: Exception, backup: Path | None)
 
 
 def _locked(e: BaseException) -> bool:
-    """SQLite's "another connection holds the lock", however MLflow or SQLAlchemy wrapped it."""
+    """SQLite's "another connection holds the lock", however MLflow or SQLAlchemy wrapped it; or, from a tracking
+    server, its connection pool's "QueuePool limit ... reached, connection timed out": a request that never got a
+    connection changed nothing, so it too is safe to send again (30 cell jobs starting at once against one server,
+    tests/test_concurrency_cluster.py, met it while the server was starved of CPU)."""
     text = str(e).lower()
-    return "database is locked" in text or "database is busy" in text or "database table is locked" in text
+    return (
+        "database is locked" in text
+        or "database is busy" in text
+        or "database table is locked" in text
+        or "queuepool limit" in text
+    )
 
 
 def retry_locked(fn, *args, attempts: int = 8, first_s: float = 0.2, **kwargs):
@@ -253,7 +261,8 @@ def retry_locked(fn, *args, attempts: int = 8, first_s: float = 0.2, **kwargs):
 
 
 class RetryingClient:
-    """An MlflowClient on a SQLite store whose every call retries while the store is locked (retry_locked)."""
+    """An MlflowClient whose every call retries while the store is locked or the server's pool is full
+    (retry_locked)."""
 
     def __init__(self, c):
         self._c = c

@@ -117,9 +117,8 @@ def client(uri: str):
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
     prepare_db(uri)  # a SQLite store is created/migrated once, under its lock, before this process opens it
-    return (
-        RetryingClient(MlflowClient(tracking_uri=uri)) if uri.startswith("sqlite:") else MlflowClient(tracking_uri=uri)
-    )
+    # every store: a SQLite file is locked by other writers, a server's SQLite store or connection pool the same way
+    return RetryingClient(MlflowClient(tracking_uri=uri))
 
 
 def experiment_id(c, name: str, artifact_location: str | None) -> str:

@@ -174,6 +174,11 @@ def start(out_dir: str, host: str, port: int = 0, timeout_s: float = START_TIMEO
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
         "PYTHONUNBUFFERED": "1",
+        # one connection per request thread (uvicorn runs MLflow's handlers on up to 40): with SQLAlchemy's default
+        # pool of 5 + 10, a sweep's burst of job starts left requests waiting 30 s for a connection and then failed
+        # ("QueuePool limit of size 5 overflow 10 reached"); SQLite itself still takes one writer at a time
+        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": os.environ.get("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "40"),
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": os.environ.get("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "10"),
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(log, "ab") as f:

@@ -147,3 +147,30 @@ def test_tracking_server_flags_are_checked_in_one_line():
         tracking_server.parse_address("a:b:c")
     assert tracking_server.choose_host("", "local") == "127.0.0.1"  # this machine's own cells: loopback
     assert tracking_server.choose_host("10.0.0.5", "slurm") == "10.0.0.5"
+
+
+def test_a_full_server_pool_or_a_locked_store_is_retried_and_nothing_else_is():
+    """What a tracking server answers when 30 job starts exhaust its connection pool (seen in the two-node burst) is
+    retried like SQLite's lock: the request never got a connection, so it changed nothing; other errors are not."""
+    from fcn.mlflow_db import retry_locked
+
+    pool = "BAD_REQUEST: QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00"
+    for transient in (pool, "(sqlite3.OperationalError) database is locked"):
+        calls = []
+
+        def flaky(msg=transient, calls=calls):
+            calls.append(1)
+            if len(calls) < 3:
+                raise RuntimeError(msg)
+            return "done"
+
+        assert retry_locked(flaky, first_s=0.001) == "done" and len(calls) == 3
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("RESOURCE_DOES_NOT_EXIST: run not found")
+
+    with pytest.raises(RuntimeError, match="RESOURCE_DOES_NOT_EXIST"):
+        retry_locked(broken, first_s=0.001)
+    assert len(calls) == 1

@@ -104,7 +104,7 @@ def _tiny_env(data_dir, out_dir: Path, **fcn) -> dict[str, str]:
     # The fields that name the feature store at their defaults, those of the stores data_dir already holds: the paper
     # preset's own front end (the authors' log-mel, 2016 Δ/ΔΔ) would have the session's first cell job build two more
     # (in a full run the 30-job burst's, while the other 29 wait on the store lock)
-    store = {k: getattr(RunConfig(), k) for k in ("frontend_variant", "deltas", "split")}
+    store = {k: getattr(RunConfig(), k) for k in ("frontend_variant", "deltas", "split") if k not in fcn}
     args = dict(TINY, data_dir=str(data_dir), num_workers=0, device="cpu", **store, **fcn)
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in args.items())
     return {
